@@ -1,0 +1,34 @@
+# Gatehouse developer entry points. `make` alone lists them.
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+
+.PHONY: help dev test lint fmt build release bench clean-dev
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+dev: ## Run PostgreSQL (.dev/pg) + core API on :8000; DEV_FRESH=1 wipes the data
+	scripts/dev.sh
+
+test: ## fmt + clippy + tests against a throwaway PostgreSQL (what CI runs)
+	scripts/test.sh
+
+lint: ## cargo fmt --check and clippy with -D warnings
+	$(CARGO) fmt --all --check && $(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the workspace
+	$(CARGO) fmt --all
+
+build: ## Debug build of the workspace
+	$(CARGO) build --workspace
+
+release: ## Release build of the workspace
+	$(CARGO) build --release --workspace
+
+bench: ## Run bench/run.sh (when it exists)
+	@if [ -x bench/run.sh ]; then bench/run.sh; elif [ -f bench/run.sh ]; then bash bench/run.sh; else echo "bench/run.sh is not there yet"; fi
+
+clean-dev: ## Stop the dev PostgreSQL and delete .dev/
+	@scripts/pg.sh stop .dev/pg
+	rm -rf .dev

@@ -1,0 +1,277 @@
+//! Access-token verification shared by the gateway and the core API, following RFC 8725 (JWT
+//! BCP) and RFC 9068 (JWT access tokens) to the letter:
+//! - §3.1 the algorithm comes from our key, never from the token: one algorithm per key, an
+//!   allow-list, `none` impossible (it is not even a variant of `Algorithm`);
+//! - keys are chosen by `kid` among keys we configured; `jku`, `x5u` and embedded `jwk` headers
+//!   are never followed;
+//! - §3.11 explicit typing: header `typ` must be `at+jwt` (RFC 9068 §2.1);
+//! - `iss`, `aud`, `sub`, `exp` required, `nbf` honoured, small leeway;
+//! - unknown `crit` extensions are rejected (RFC 7515 §4.1.11).
+//!
+//! Verified tokens are cached (keyed by a SHA-256 of the token, bounded, and never served
+//! past their `exp`) so repeated requests skip the signature check.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// `typ` value required on access tokens (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// Largest leeway we accept from configuration (SECURITY.md: ≤ 30 s).
+pub const MAX_LEEWAY_SECS: u64 = 30;
+
+/// The claims of a verified access token that callers use.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AccessClaims {
+    pub sub: String,
+    pub iss: String,
+    pub exp: u64,
+    #[serde(default)]
+    pub iat: Option<u64>,
+    #[serde(default)]
+    pub nbf: Option<u64>,
+    #[serde(default)]
+    pub jti: Option<String>,
+}
+
+/// Why a token was refused. `reason()` is a stable label for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token type must be at+jwt")]
+    WrongType,
+    #[error("token uses an unsupported critical header")]
+    UnsupportedCrit,
+    #[error("token has no key id")]
+    MissingKid,
+    #[error("token key id is not known")]
+    UnknownKey,
+    #[error("token algorithm is not allowed for this key")]
+    WrongAlgorithm,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token issuer is not accepted")]
+    WrongIssuer,
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("token lacks required claim {0}")]
+    MissingClaim(String),
+}
+
+impl Rejection {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::WrongType => "wrong_typ",
+            Self::UnsupportedCrit => "crit",
+            Self::MissingKid => "missing_kid",
+            Self::UnknownKey => "unknown_kid",
+            Self::WrongAlgorithm => "wrong_alg",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongIssuer => "wrong_iss",
+            Self::WrongAudience => "wrong_aud",
+            Self::MissingClaim(_) => "missing_claim",
+        }
+    }
+}
+
+/// One verification key: its id, its single algorithm and the key material.
+#[derive(Clone)]
+pub struct VerificationKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationKey").field("kid", &self.kid).field("alg", &self.alg).finish()
+    }
+}
+
+/// The keys tokens may be signed with, by `kid`.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: HashMap<String, VerificationKey>,
+}
+
+impl KeySet {
+    pub fn new(keys: impl IntoIterator<Item = VerificationKey>) -> Self {
+        Self { keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect() }
+    }
+
+    /// Keys from a JWK Set. Keys without `kid` or `alg`, symmetric keys, and keys whose
+    /// algorithm is not allowed are skipped; the reasons are returned for logging.
+    pub fn from_jwks(set: &JwkSet, allowed: &[Algorithm]) -> (Self, Vec<String>) {
+        let mut keys = Vec::new();
+        let mut skipped = Vec::new();
+        for jwk in &set.keys {
+            match Self::key_from_jwk(jwk, allowed) {
+                Ok(k) => keys.push(k),
+                Err(why) => skipped.push(why),
+            }
+        }
+        (Self::new(keys), skipped)
+    }
+
+    fn key_from_jwk(jwk: &Jwk, allowed: &[Algorithm]) -> Result<VerificationKey, String> {
+        let kid = jwk.common.key_id.clone().ok_or("JWK without kid")?;
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| Algorithm::try_from(a).ok())
+            .ok_or_else(|| format!("JWK {kid}: no supported alg"))?;
+        if !allowed.contains(&alg) {
+            return Err(format!("JWK {kid}: algorithm {alg:?} not allowed"));
+        }
+        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            return Err(format!("JWK {kid}: symmetric keys are never taken from a JWK Set"));
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWK {kid}: {e}"))?;
+        Ok(VerificationKey { kid, alg, key })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn get(&self, kid: &str) -> Option<&VerificationKey> {
+        self.keys.get(kid)
+    }
+
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.keys().map(String::as_str).collect()
+    }
+}
+
+/// What a verifier accepts.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub issuer: String,
+    pub audience: String,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway_secs: u64,
+    pub cache_capacity: usize,
+}
+
+type Cache = quick_cache::sync::Cache<[u8; 32], Arc<AccessClaims>>;
+
+/// Verifies access tokens against a swappable key set, with a verified-token cache.
+pub struct Verifier {
+    policy: Policy,
+    keys: ArcSwap<KeySet>,
+    cache: Cache,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    pub fn new(mut policy: Policy, keys: KeySet) -> Self {
+        policy.leeway_secs = policy.leeway_secs.min(MAX_LEEWAY_SECS);
+        let cache = Cache::new(policy.cache_capacity.max(1));
+        Self { policy, keys: ArcSwap::from_pointee(keys), cache }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.load_full()
+    }
+
+    /// Replaces the key set (rotation, JWKS refresh). Cached verdicts are dropped so a removed
+    /// key stops being honoured at once.
+    pub fn replace_keys(&self, keys: KeySet) {
+        self.keys.store(Arc::new(keys));
+        self.cache.clear();
+    }
+
+    /// Verifies `token`, from the cache when it was verified before and has not expired.
+    pub fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, Rejection> {
+        let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = now_secs();
+        if let Some(claims) = self.cache.get(&fingerprint) {
+            if claims.exp.saturating_add(self.policy.leeway_secs) > now {
+                return Ok(claims);
+            }
+            self.cache.remove(&fingerprint);
+            return Err(Rejection::Expired);
+        }
+        let claims = Arc::new(self.verify_uncached(token)?);
+        self.cache.insert(fingerprint, claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<AccessClaims, Rejection> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
+        // RFC 8725 §3.11 / RFC 9068 §2.1: explicit typing. "application/at+jwt" is the same
+        // media type (RFC 7515 §4.1.9 lets the prefix be omitted); compare case-insensitively.
+        let typ = header.typ.as_deref().unwrap_or_default();
+        let typ = typ.strip_prefix("application/").unwrap_or(typ);
+        if !typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) {
+            return Err(Rejection::WrongType);
+        }
+        // RFC 7515 §4.1.11: we understand no extensions, so any `crit` is fatal.
+        if header.crit.is_some() {
+            return Err(Rejection::UnsupportedCrit);
+        }
+        let kid = header.kid.as_deref().ok_or(Rejection::MissingKid)?;
+        let keys = self.keys.load();
+        let key = keys.get(kid).ok_or(Rejection::UnknownKey)?;
+        // RFC 8725 §3.1: the key decides the algorithm; the header must agree with it.
+        if header.alg != key.alg || !self.policy.algorithms.contains(&key.alg) {
+            return Err(Rejection::WrongAlgorithm);
+        }
+        let mut validation = Validation::new(key.alg);
+        validation.leeway = self.policy.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.policy.issuer]);
+        validation.set_audience(&[&self.policy.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.key, &validation)
+            .map_err(|e| map_error(e.kind()))?;
+        Ok(data.claims)
+    }
+}
+
+fn map_error(kind: &ErrorKind) -> Rejection {
+    match kind {
+        ErrorKind::ExpiredSignature => Rejection::Expired,
+        ErrorKind::ImmatureSignature => Rejection::NotYetValid,
+        ErrorKind::InvalidSignature => Rejection::BadSignature,
+        ErrorKind::InvalidIssuer => Rejection::WrongIssuer,
+        ErrorKind::InvalidAudience => Rejection::WrongAudience,
+        ErrorKind::InvalidAlgorithm => Rejection::WrongAlgorithm,
+        ErrorKind::MissingRequiredClaim(c) => Rejection::MissingClaim(c.clone()),
+        _ => Rejection::Malformed,
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,312 @@
+//! Building the application (keys, pool, hasher, verifier) and serving it: the accept loop,
+//! per-request envelope (request id, deadline, security headers, access log, metrics) and
+//! graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use gatehouse_common::config::Environment;
+use gatehouse_common::jwt::{Policy, Verifier};
+use gatehouse_common::request_id;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::header::{CACHE_CONTROL, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use crate::auth::keys::{self, Signer};
+use crate::auth::password::Hasher;
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::http::Body;
+use crate::metrics::Metrics;
+use crate::routes::{self, Router};
+use crate::settings::{Config, Settings};
+
+/// Per-request facts the envelope logs.
+pub struct Ctx {
+    pub request_id: String,
+    pub route: &'static str,
+    pub user_id: Option<Uuid>,
+}
+
+/// Everything handlers share.
+pub struct AppState {
+    pub env: Environment,
+    pub settings: Settings,
+    pub db: Db,
+    pub verifier: Verifier,
+    pub hasher: Hasher,
+    pub metrics: Metrics,
+    pub router: Router,
+    pub jwks_body: Bytes,
+    signer: Signer,
+    login_limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl AppState {
+    pub fn body_limit(&self) -> usize {
+        self.settings.server.body_limit_bytes
+    }
+
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// Verifies the bearer token (the API checks it itself even behind the gateway) and records
+    /// the subject on the request.
+    pub fn authenticate(&self, headers: &HeaderMap, ctx: &mut Ctx) -> Result<Uuid, ApiError> {
+        let Some(token) = crate::http::bearer(headers) else {
+            self.metrics.auth_failure("missing_token");
+            return Err(ApiError::Unauthenticated);
+        };
+        let claims = self.verifier.verify(token).map_err(|r| {
+            self.metrics.auth_failure(r.reason());
+            tracing::warn!(request_id = %ctx.request_id, reason = r.reason(), "access token rejected");
+            ApiError::InvalidToken(r)
+        })?;
+        let sub = Uuid::parse_str(&claims.sub).map_err(|_| {
+            self.metrics.auth_failure("malformed");
+            ApiError::InvalidToken(gatehouse_common::jwt::Rejection::Malformed)
+        })?;
+        ctx.user_id = Some(sub);
+        Ok(sub)
+    }
+
+    /// Per-account login attempt limit (SECURITY.md: repeated failures are rate-limited).
+    pub fn check_login_rate(&self, account: &str) -> Result<(), ApiError> {
+        self.login_limiter.check_key(&account.to_string()).map_err(|not_until| {
+            self.metrics.auth_failure("login_rate_limited");
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::RateLimited { retry_after_secs: wait.as_secs() + 1 }
+        })
+    }
+}
+
+/// A built application bound to its listener, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let Config { env, settings, .. } = config;
+        let keys = keys::load(&settings.auth, env).map_err(anyhow::Error::msg)?;
+        if keys.ephemeral {
+            tracing::warn!(
+                kid = keys.signer.kid(),
+                "DEVELOPMENT ONLY: no JWT_SIGNING_KEY set, signing with an ephemeral key; \
+                 every restart invalidates all tokens"
+            );
+        }
+        let mut algorithms = vec![settings.auth.algorithm.jwt()];
+        algorithms.extend(settings.auth.previous_keys.iter().map(|k| k.algorithm.jwt()));
+        let verifier = Verifier::new(
+            Policy {
+                issuer: settings.auth.issuer.clone(),
+                audience: settings.auth.audience.clone(),
+                algorithms,
+                leeway_secs: settings.auth.leeway_seconds,
+                cache_capacity: settings.auth.token_cache_capacity,
+            },
+            keys.verify,
+        );
+        let concurrency = match settings.auth.hash_concurrency {
+            0 => Hasher::default_concurrency(),
+            n => n,
+        };
+        let hasher = tokio::task::spawn_blocking({
+            let cost = settings.auth.bcrypt_cost;
+            let wait = Duration::from_millis(settings.auth.hash_queue_timeout_ms);
+            move || Hasher::new(cost, concurrency, wait)
+        })
+        .await??;
+
+        let url = settings.database.url.expose_secret().to_string();
+        if settings.database.migrate_on_start {
+            let report = crate::migrate::run(&url, settings.database.connect_timeout()).await?;
+            tracing::info!(applied = report, "migrations applied at start-up");
+        }
+        let db = Db::new(&settings.database, &url).map_err(anyhow::Error::msg)?;
+        if settings.database.open_at_startup {
+            match db.open_all().await {
+                Ok(n) => tracing::info!(connections = n, "database pool opened"),
+                Err(e) => tracing::warn!(error = %e, "database not reachable at start-up; serving 503 until it is"),
+            }
+        }
+        match db.role_bypasses_rls().await {
+            Ok(true) if env != Environment::Development => {
+                anyhow::bail!(
+                    "the database role is a superuser or has BYPASSRLS: row-level security would not \
+                     protect tasks; connect as an ordinary role"
+                )
+            }
+            Ok(true) => tracing::warn!("database role bypasses row-level security (development only)"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not check the database role"),
+        }
+
+        let per_minute = NonZeroU32::new(settings.auth.login_attempts_per_minute).unwrap_or(NonZeroU32::MIN);
+        let login_limiter = RateLimiter::keyed(Quota::per_minute(per_minute));
+        let jwks_body = Bytes::from(serde_json::to_vec(&keys.jwks)?);
+        let listener = TcpListener::bind(settings.listen_addr())
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen_addr()))?;
+        let state = Arc::new(AppState {
+            env,
+            settings,
+            db,
+            verifier,
+            hasher,
+            metrics: Metrics::new()?,
+            router: routes::router()?,
+            jwks_body,
+            signer: keys.signer,
+            login_limiter,
+        });
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
+    /// within the grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Self { listener, state } = self;
+        tracing::info!(addr = %listener.local_addr()?, env = %state.env, "core-api listening");
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // Slowloris: the whole header block must arrive within this time.
+            .header_read_timeout(Duration::from_secs(10))
+            .max_buf_size(64 * 1024);
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+        let graceful = GracefulShutdown::new();
+        let janitor = tokio::spawn(evict_idle_limiter_keys(state.clone()));
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, _peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let state = state.clone();
+                    let svc = service_fn(move |req| handle(state.clone(), req));
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        janitor.abort();
+        let grace = Duration::from_secs(state.settings.server.shutdown_grace_seconds);
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: draining in-flight requests");
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!("grace period over; closing remaining connections");
+        }
+        state.db.pool().close();
+        Ok(())
+    }
+}
+
+/// Keeps the per-account limiter bounded: forget accounts whose bucket is full again.
+async fn evict_idle_limiter_keys(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        state.login_limiter.retain_recent();
+        state.login_limiter.shrink_to_fit();
+    }
+}
+
+/// Extension methods are folded into one label so clients cannot grow the metric set.
+fn method_label(m: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static(request_id::HEADER);
+
+/// The per-request envelope around `routes::dispatch`.
+async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let mut ctx = Ctx {
+        request_id: request_id::accept_or_generate(req.headers().get(&X_REQUEST_ID).map(HeaderValue::as_bytes)),
+        route: "unmatched",
+        user_id: None,
+    };
+    let method = req.method().clone();
+    let deadline = Duration::from_secs(state.settings.server.request_timeout_seconds);
+    let result = tokio::time::timeout(deadline, routes::dispatch(&state, req, &mut ctx))
+        .await
+        .unwrap_or(Err(ApiError::Timeout));
+    let mut resp = result.unwrap_or_else(|e| e.into_response(&ctx.request_id));
+    let status = resp.status();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        h.insert(X_REQUEST_ID.clone(), v);
+    }
+    h.insert(http::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if !h.contains_key(CACHE_CONTROL) {
+        // Tokens and per-user data: never stored by caches (RFC 6749 §5.1).
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[ctx.route, method_label(&method), status.as_str()])
+        .inc();
+    state.metrics.latency.with_label_values(&[ctx.route]).observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "access",
+        request_id = %ctx.request_id,
+        method = %method,
+        route = ctx.route,
+        status = status.as_u16(),
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        user_id = ctx.user_id.map(|u| u.to_string()).unwrap_or_default(),
+        "request"
+    );
+    Ok(resp)
+}

@@ -1,0 +1,318 @@
+//! The database path: connection options (libpq URL with `sslmode`/`sslrootcert`), the pool,
+//! statement execution in both statement modes, and owner-scoped execution that sets the
+//! row-level-security identity for exactly one transaction.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+use uuid::Uuid;
+
+use crate::settings::{DatabaseSettings, StatementMode};
+
+mod tls;
+
+/// One statement parameter with its declared type (needed by unnamed statements, which carry
+/// their parameter types instead of asking the server).
+pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// How the connection is protected, from `sslmode` (libpq semantics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    Disable,
+    /// `prefer` / `require`: encrypted, server certificate not verified (as libpq does).
+    Unverified,
+    /// `verify-ca`: chain verified against the roots, host name not checked.
+    VerifyCa(Option<String>),
+    /// `verify-full`: chain and host name verified.
+    VerifyFull(Option<String>),
+}
+
+/// A parsed `DATABASE_URL`.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub pg: tokio_postgres::Config,
+    pub tls: TlsMode,
+}
+
+impl ConnectOptions {
+    /// Parses a `postgres://` URL, taking `sslmode` and `sslrootcert` out (tokio-postgres knows
+    /// only disable/prefer/require). Errors never echo the URL: it holds the password.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut sslmode = None;
+        let mut rootcert = None;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|_| "has a malformed query string".to_string())?;
+        let mut rest = Vec::new();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "sslmode" => sslmode = Some(v),
+                "sslrootcert" => rootcert = Some(v),
+                _ => rest.push((k, v)),
+            }
+        }
+        let rest = serde_urlencoded::to_string(&rest).unwrap_or_default();
+        let rebuilt = if rest.is_empty() { base.to_string() } else { format!("{base}?{rest}") };
+        let mut pg = tokio_postgres::Config::from_str(&rebuilt)
+            .map_err(|e| format!("is not a valid PostgreSQL URL ({e})"))?;
+        let tls = match sslmode.as_deref().unwrap_or("prefer") {
+            "disable" => TlsMode::Disable,
+            "allow" | "prefer" | "require" => TlsMode::Unverified,
+            "verify-ca" => TlsMode::VerifyCa(rootcert),
+            "verify-full" => TlsMode::VerifyFull(rootcert),
+            other => {
+                return Err(format!(
+                    "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
+                ));
+            }
+        };
+        pg.ssl_mode(match (&tls, sslmode.as_deref()) {
+            (TlsMode::Disable, _) => SslMode::Disable,
+            (_, Some("allow" | "prefer") | None) => SslMode::Prefer,
+            _ => SslMode::Require,
+        });
+        if pg.get_hosts().is_empty() {
+            return Err("names no host".into());
+        }
+        Ok(Self { pg, tls })
+    }
+
+    pub fn tls_connector(&self) -> Result<MakeRustlsConnect, String> {
+        tls::connector(&self.tls).map(MakeRustlsConnect::new)
+    }
+}
+
+/// Why a database operation failed, as the HTTP layer needs to know it.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be had in time, or the server went away: 503 + Retry-After.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The server answered with an error for this statement.
+    #[error("database error: {0}")]
+    Query(#[source] tokio_postgres::Error),
+}
+
+impl DbError {
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Self::Query(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION))
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // Connection-level failures (no SQLSTATE, closed socket) and operator intervention /
+        // connection / resource classes (57, 08, 53) mean "the database is not there".
+        let unavailable = e.is_closed()
+            || match e.code() {
+                None => true,
+                Some(code) => matches!(&code.code()[..2], "57" | "08" | "53"),
+            };
+        if unavailable { Self::Unavailable(e.to_string()) } else { Self::Query(e) }
+    }
+}
+
+impl From<PoolError> for DbError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Backend(e) => e.into(),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// The pool plus how statements are sent.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    mode: StatementMode,
+}
+
+const SET_IDENTITY: &str = "SELECT set_config('app.user_id', $1, true)";
+
+impl Db {
+    /// Builds the pool; connections are opened lazily unless `open_all` is called.
+    pub fn new(settings: &DatabaseSettings, url: &str) -> Result<Self, String> {
+        let mut opts = ConnectOptions::parse(url).map_err(|e| format!("database.url {e}"))?;
+        opts.pg.connect_timeout(settings.connect_timeout());
+        opts.pg.application_name("gatehouse-core-api");
+        let tls = opts.tls_connector()?;
+        let mgr = Manager::from_config(
+            opts.pg,
+            tls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(settings.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(settings.acquire_timeout()))
+            .create_timeout(Some(settings.connect_timeout()))
+            .recycle_timeout(Some(settings.connect_timeout()))
+            .build()
+            .map_err(|e| format!("database pool: {e}"))?;
+        Ok(Self { pool, mode: settings.statement_mode })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Opens every connection of the pool now (FR-012: the pool is really there at start-up).
+    /// Returns how many could be opened.
+    pub async fn open_all(&self) -> Result<usize, DbError> {
+        let n = self.pool.status().max_size;
+        let results = futures_util::future::join_all((0..n).map(|_| self.pool.get())).await;
+        let mut opened = 0;
+        let mut last_err = None;
+        for r in results {
+            match r {
+                Ok(_) => opened += 1,
+                Err(e) => last_err = Some(e),
+            }
+        }
+        match (opened, last_err) {
+            (0, Some(e)) => Err(e.into()),
+            _ => Ok(opened),
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Runs one statement in autocommit.
+    pub async fn query(&self, sql: &'static str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
+        let client = self.client().await?;
+        Ok(self.run(&client, sql, params).await?)
+    }
+
+    /// Runs one statement as `owner` in its own transaction, with the row-level-security
+    /// identity set for that transaction only (`set_config(…, true)`).
+    ///
+    /// BEGIN, the identity, the statement and COMMIT are pipelined: tokio-postgres sends a
+    /// request when its future is first polled, and `join!` polls them in order, so the four
+    /// go out back to back and cost one round trip. All four are queued before any await
+    /// returns, so a cancelled request can never leave the connection inside the transaction.
+    pub async fn scoped(
+        &self,
+        owner: Uuid,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, DbError> {
+        let client = self.client().await?;
+        let owner = owner.to_string();
+        let (begin, identity, rows, commit) = match self.mode {
+            StatementMode::Cached => {
+                // Prepare first (cached after the first use) so that nothing is awaited
+                // between the pipelined messages.
+                let set = client.prepare_typed_cached(SET_IDENTITY, &[Type::TEXT]).await?;
+                let types: Vec<Type> = params.iter().map(|p| p.1.clone()).collect();
+                let stmt = client.prepare_typed_cached(sql, &types).await?;
+                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.0).collect();
+                let owner_param: [&(dyn ToSql + Sync); 1] = [&owner];
+                tokio::join!(
+                    client.batch_execute("BEGIN"),
+                    client.query(&set, &owner_param),
+                    client.query(&stmt, &values),
+                    client.batch_execute("COMMIT"),
+                )
+            }
+            StatementMode::Unnamed => {
+                let owner_param: [Param<'_>; 1] = [(&owner, Type::TEXT)];
+                tokio::join!(
+                    client.batch_execute("BEGIN"),
+                    client.query_typed(SET_IDENTITY, &owner_param),
+                    client.query_typed(sql, params),
+                    client.batch_execute("COMMIT"),
+                )
+            }
+        };
+        begin?;
+        identity?;
+        let rows = rows?;
+        commit?;
+        Ok(rows)
+    }
+
+    async fn run(
+        &self,
+        client: &deadpool_postgres::Object,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        match self.mode {
+            StatementMode::Cached => {
+                let types: Vec<Type> = params.iter().map(|p| p.1.clone()).collect();
+                let stmt = client.prepare_typed_cached(sql, &types).await?;
+                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.0).collect();
+                client.query(&stmt, &values).await
+            }
+            StatementMode::Unnamed => client.query_typed(sql, params).await,
+        }
+    }
+
+    /// Readiness: a connection can be had and answers.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Whether the connected role escapes row-level security (superuser or BYPASSRLS), which
+    /// would silently remove the second wall.
+    pub async fn role_bypasses_rls(&self) -> Result<bool, DbError> {
+        let rows = self
+            .query(
+                "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get::<_, bool>(0)).unwrap_or(false))
+    }
+}
+
+/// A single connection outside the pool (migrations).
+pub async fn connect_once(url: &str, timeout: Duration) -> Result<tokio_postgres::Client, String> {
+    let mut opts = ConnectOptions::parse(url).map_err(|e| format!("database.url {e}"))?;
+    opts.pg.connect_timeout(timeout);
+    let tls = opts.tls_connector()?;
+    let (client, conn) = opts.pg.connect(tls).await.map_err(|e| format!("cannot connect: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "migration connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Shared handle type used by the app state.
+pub type SharedDb = Arc<Db>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_forms() {
+        let o = ConnectOptions::parse("postgres://u:p@h:5/d?sslmode=require").ok();
+        assert_eq!(o.map(|o| o.tls), Some(TlsMode::Unverified));
+        let o = ConnectOptions::parse("postgres://u:p@h/d?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x");
+        assert_eq!(o.map(|o| o.tls).ok(), Some(TlsMode::VerifyFull(Some("/ca.pem".into()))));
+        let o = ConnectOptions::parse("postgres://u:p@h/d?sslmode=disable").ok();
+        assert_eq!(o.map(|o| o.tls), Some(TlsMode::Disable));
+        let err = ConnectOptions::parse("postgres://u:secretpw@h/d?sslmode=bogus").err();
+        assert!(err.as_deref().is_some_and(|e| e.contains("sslmode=bogus") && !e.contains("secretpw")));
+        let err = ConnectOptions::parse("mysql://u:secretpw@h/d").err().unwrap_or_default();
+        assert!(!err.contains("secretpw"), "{err}");
+    }
+}

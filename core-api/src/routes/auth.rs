@@ -1,0 +1,263 @@
+//! `/auth/*`: registration, login, refresh-token rotation with reuse detection, logout.
+
+use gatehouse_common::telemetry::fingerprint;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use crate::app::{AppState, Ctx};
+use crate::auth::refresh;
+use crate::domain::{Email, Fields, Password};
+use crate::error::ApiError;
+use crate::http::{Body, empty, json, read_json};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+#[derive(Serialize)]
+pub struct UserOut {
+    pub id: Uuid,
+    pub email: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Serialize)]
+struct TokenPair {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    refresh_token: String,
+    refresh_expires_in: i64,
+}
+
+pub async fn register(
+    state: &AppState,
+    req: Request<Incoming>,
+    _ctx: &mut Ctx,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body: Credentials = read_json(&parts.headers, body, state.body_limit()).await?;
+    let mut fields = Fields::default();
+    let email = fields.take(Email::parse(&body.email));
+    let password = fields.take(Password::parse(body.password, "password"));
+    fields.finish().map_err(ApiError::Validation)?;
+    let (Some(email), Some(password)) = (email, password) else {
+        return Err(ApiError::Internal("parsed fields missing".into()));
+    };
+    let hash = state.hasher.hash(&password).await?;
+    let rows = state
+        .db
+        .query(
+            "INSERT INTO users (email, password_hash) VALUES ($1, $2) \
+             ON CONFLICT (email) DO NOTHING RETURNING id, email, created_at",
+            &[(&email.as_str(), Type::TEXT), (&hash, Type::TEXT)],
+        )
+        .await?;
+    let row = rows.first().ok_or(ApiError::EmailTaken)?;
+    let user = UserOut { id: row.get(0), email: row.get(1), created_at: row.get(2) };
+    tracing::info!(request_id = %_ctx.request_id, user_id = %user.id, "account registered");
+    json(StatusCode::CREATED, &user)
+}
+
+pub async fn login(
+    state: &AppState,
+    req: Request<Incoming>,
+    ctx: &mut Ctx,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body: Credentials = read_json(&parts.headers, body, state.body_limit()).await?;
+    // Malformed e-mail or an impossible password cannot match an account; they take the
+    // same path as an unknown account so the answer says nothing more.
+    let email = Email::parse(&body.email).ok();
+    let password = Password::parse(body.password, "password").ok();
+    let account_key = email.as_ref().map_or_else(|| body.email.trim().to_lowercase(), |e| e.to_string());
+    state.check_login_rate(&account_key)?;
+
+    let stored = match &email {
+        Some(email) => state
+            .db
+            .query("SELECT id, password_hash FROM users WHERE email = $1", &[(&email.as_str(), Type::TEXT)])
+            .await?
+            .first()
+            .map(|r| (r.get::<_, Uuid>(0), r.get::<_, String>(1))),
+        None => None,
+    };
+    let verified = match &password {
+        Some(p) => state.hasher.verify(p, stored.as_ref().map(|(_, h)| h.as_str())).await?,
+        None => {
+            // Still spend one bcrypt so timing matches.
+            let filler = Password::parse("x".repeat(16), "password").ok();
+            if let Some(f) = filler {
+                let _ = state.hasher.verify(&f, None).await?;
+            }
+            false
+        }
+    };
+    let user_id = match (verified, stored) {
+        (true, Some((id, _))) => id,
+        (_, stored) => {
+            state.metrics.auth_failure("invalid_credentials");
+            tracing::warn!(
+                request_id = %ctx.request_id,
+                user_id = ?stored.map(|(id, _)| id),
+                account = %fingerprint(account_key.as_bytes()),
+                "login failed"
+            );
+            return Err(ApiError::InvalidCredentials);
+        }
+    };
+    ctx.user_id = Some(user_id);
+    let pair = start_family(state, user_id).await?;
+    tracing::info!(request_id = %ctx.request_id, user_id = %user_id, "login succeeded");
+    json(StatusCode::OK, &pair)
+}
+
+/// A new login: a new refresh family and its first token.
+async fn start_family(state: &AppState, user_id: Uuid) -> Result<TokenPair, ApiError> {
+    let auth = &state.settings.auth;
+    let now = OffsetDateTime::now_utc();
+    let expires_at = now + time::Duration::seconds(auth.refresh_ttl_seconds as i64);
+    let family_expires_at = now + time::Duration::seconds(auth.refresh_family_ttl_seconds as i64);
+    let (token, hash) = refresh::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let family = Uuid::new_v4();
+    state
+        .db
+        .query(
+            "INSERT INTO refresh_tokens (family_id, user_id, token_hash, expires_at, family_expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                (&family, Type::UUID),
+                (&user_id, Type::UUID),
+                (&hash.as_slice(), Type::BYTEA),
+                (&expires_at, Type::TIMESTAMPTZ),
+                (&family_expires_at, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    pair(state, user_id, token, expires_at)
+}
+
+fn pair(
+    state: &AppState,
+    user_id: Uuid,
+    refresh_token: String,
+    refresh_expires_at: OffsetDateTime,
+) -> Result<TokenPair, ApiError> {
+    let (access_token, expires_in) =
+        state.signer().issue(user_id).map_err(|e| ApiError::Internal(format!("signing: {e}")))?;
+    Ok(TokenPair {
+        access_token,
+        token_type: "Bearer",
+        expires_in,
+        refresh_token,
+        refresh_expires_in: (refresh_expires_at - OffsetDateTime::now_utc()).whole_seconds().max(0),
+    })
+}
+
+/// Rotation (RFC 9700 §4.14.2). The spend is one compare-and-set UPDATE: of two concurrent
+/// refreshes with the same token, PostgreSQL's row lock lets exactly one see `used_at IS NULL`;
+/// the other re-checks the row after the winner commits and matches nothing. That is the
+/// `SELECT … FOR UPDATE` guarantee in one statement, with no transaction to leave open.
+const ROTATE: &str = "\
+WITH spent AS (
+    UPDATE refresh_tokens SET used_at = now()
+    WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL
+      AND expires_at > now() AND family_expires_at > now()
+    RETURNING family_id, user_id, family_expires_at
+)
+INSERT INTO refresh_tokens (family_id, user_id, token_hash, expires_at, family_expires_at)
+SELECT family_id, user_id, $2, LEAST($3::timestamptz, family_expires_at), family_expires_at
+FROM spent
+RETURNING user_id, expires_at";
+
+/// A spent token presented again: revoke its whole family. Autocommitted on its own, so the
+/// revocation persists although the request fails.
+const REVOKE_REUSED: &str = "\
+UPDATE refresh_tokens SET revoked_at = now()
+WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NOT NULL)
+  AND revoked_at IS NULL
+RETURNING user_id, family_id";
+
+const REVOKE_FAMILY: &str = "\
+UPDATE refresh_tokens SET revoked_at = now()
+WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)
+  AND revoked_at IS NULL";
+
+pub async fn refresh(
+    state: &AppState,
+    req: Request<Incoming>,
+    ctx: &mut Ctx,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body: RefreshBody = read_json(&parts.headers, body, state.body_limit()).await?;
+    if !refresh::looks_valid(&body.refresh_token) {
+        state.metrics.auth_failure("invalid_refresh_token");
+        return Err(ApiError::InvalidRefreshToken);
+    }
+    let presented = refresh::hash(&body.refresh_token);
+    let (token, new_hash) = refresh::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let expires_at = OffsetDateTime::now_utc()
+        + time::Duration::seconds(state.settings.auth.refresh_ttl_seconds as i64);
+    let rows = state
+        .db
+        .query(
+            ROTATE,
+            &[
+                (&presented.as_slice(), Type::BYTEA),
+                (&new_hash.as_slice(), Type::BYTEA),
+                (&expires_at, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    if let Some(row) = rows.first() {
+        let user_id: Uuid = row.get(0);
+        let expires_at: OffsetDateTime = row.get(1);
+        ctx.user_id = Some(user_id);
+        state.metrics.refresh_reuse.with_label_values(&["rotated"]).inc();
+        return json(StatusCode::OK, &pair(state, user_id, token, expires_at)?);
+    }
+    let revoked = state.db.query(REVOKE_REUSED, &[(&presented.as_slice(), Type::BYTEA)]).await?;
+    if let Some(row) = revoked.first() {
+        let user_id: Uuid = row.get(0);
+        let family: Uuid = row.get(1);
+        ctx.user_id = Some(user_id);
+        state.metrics.refresh_reuse.with_label_values(&["reuse_detected"]).inc();
+        tracing::warn!(
+            request_id = %ctx.request_id, user_id = %user_id, family = %family,
+            revoked = revoked.len(),
+            "refresh token reuse detected: family revoked"
+        );
+    }
+    state.metrics.auth_failure("invalid_refresh_token");
+    Err(ApiError::InvalidRefreshToken)
+}
+
+pub async fn logout(
+    state: &AppState,
+    req: Request<Incoming>,
+    ctx: &mut Ctx,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body: RefreshBody = read_json(&parts.headers, body, state.body_limit()).await?;
+    // Always 204: logout must not tell whether a token existed.
+    if refresh::looks_valid(&body.refresh_token) {
+        let hash = refresh::hash(&body.refresh_token);
+        state.db.query(REVOKE_FAMILY, &[(&hash.as_slice(), Type::BYTEA)]).await?;
+        tracing::info!(request_id = %ctx.request_id, "logout: refresh family revoked");
+    }
+    Ok(empty(StatusCode::NO_CONTENT))
+}

@@ -1,0 +1,344 @@
+//! `/api/users/{user_id}/tasks…`: owner-scoped task CRUD with keyset pagination.
+//!
+//! Two walls: every statement carries `owner_id = $1` from the verified token, and runs with
+//! the row-level-security identity set to the same user (`Db::scoped`).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use gatehouse_common::problem::FieldError;
+use http::header::LOCATION;
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::{Deserialize, Deserializer, Serialize};
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+use crate::app::{AppState, Ctx};
+use crate::domain::{Fields, TaskDescription, TaskTitle, parse_rfc3339};
+use crate::error::ApiError;
+use crate::http::{Body, empty, json, parse_query, read_json};
+
+const DEFAULT_LIMIT: i64 = 20;
+const MAX_LIMIT: i64 = 100;
+
+#[derive(Serialize)]
+pub struct TaskOut {
+    id: Uuid,
+    title: String,
+    description: Option<String>,
+    completed: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    due_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+}
+
+impl From<&Row> for TaskOut {
+    fn from(r: &Row) -> Self {
+        Self {
+            id: r.get(0),
+            title: r.get(1),
+            description: r.get(2),
+            completed: r.get(3),
+            due_at: r.get(4),
+            created_at: r.get(5),
+            updated_at: r.get(6),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Page {
+    items: Vec<TaskOut>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    completed: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    title: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    due_at: Option<String>,
+}
+
+/// PATCH body: an absent field is left alone, `null` clears a nullable one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    description: Option<Option<String>>,
+    #[serde(default)]
+    completed: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    due_at: Option<Option<String>>,
+}
+
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The caller's own scope: `{user_id}` must be the verified subject (403 otherwise).
+fn owner(state: &AppState, req: &Request<Incoming>, ctx: &mut Ctx, user_id: &str) -> Result<Uuid, ApiError> {
+    let sub = state.authenticate(req.headers(), ctx)?;
+    match Uuid::parse_str(user_id) {
+        Ok(id) if id == sub => Ok(sub),
+        _ => {
+            state.metrics.auth_failure("forbidden");
+            tracing::warn!(request_id = %ctx.request_id, user_id = %sub, path_user = %user_id.escape_debug(), "authorization denied: path user is not the token subject");
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
+/// A task id outside the caller's scope, or not a UUID at all, is simply not found.
+fn task_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound)
+}
+
+pub async fn list(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_id: &str) -> Result<Response<Body>, ApiError> {
+    let owner = owner(state, &req, ctx, user_id)?;
+    let q: ListQuery = parse_query(req.uri().query())?;
+    let mut fields = Fields::default();
+    let completed = fields.take(match q.completed.as_deref() {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(FieldError::new("completed", "must be true or false")),
+    });
+    let limit = fields.take(match q.limit.as_deref().map(str::parse::<i64>) {
+        None => Ok(DEFAULT_LIMIT),
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(FieldError::new("limit", "must be an integer from 1 to 100")),
+    });
+    let cursor = fields.take(q.cursor.as_deref().map(Cursor::decode).transpose());
+    fields.finish().map_err(ApiError::Validation)?;
+    let (Some(completed), Some(limit), Some(cursor)) = (completed, limit, cursor) else {
+        return Err(ApiError::Internal("parsed fields missing".into()));
+    };
+
+    // One more row than asked tells whether a next page exists.
+    let fetch = limit + 1;
+    let (c_at, c_id) = cursor.as_ref().map(|c| (c.created_at, c.id)).unzip();
+    let rows = match (completed, cursor) {
+        (None, None) => {
+            state.db.scoped(owner, LIST, &[(&owner, Type::UUID), (&fetch, Type::INT8)]).await?
+        }
+        (Some(done), None) => {
+            state
+                .db
+                .scoped(owner, LIST_DONE, &[(&owner, Type::UUID), (&fetch, Type::INT8), (&done, Type::BOOL)])
+                .await?
+        }
+        (None, Some(_)) => {
+            state
+                .db
+                .scoped(
+                    owner,
+                    LIST_AFTER,
+                    &[(&owner, Type::UUID), (&fetch, Type::INT8), (&c_at, Type::TIMESTAMPTZ), (&c_id, Type::UUID)],
+                )
+                .await?
+        }
+        (Some(done), Some(_)) => {
+            state
+                .db
+                .scoped(
+                    owner,
+                    LIST_DONE_AFTER,
+                    &[
+                        (&owner, Type::UUID),
+                        (&fetch, Type::INT8),
+                        (&c_at, Type::TIMESTAMPTZ),
+                        (&c_id, Type::UUID),
+                        (&done, Type::BOOL),
+                    ],
+                )
+                .await?
+        }
+    };
+    let more = rows.len() as i64 > limit;
+    let items: Vec<TaskOut> = rows.iter().take(limit as usize).map(TaskOut::from).collect();
+    let next_cursor = if more {
+        items.last().map(|t| Cursor { created_at: t.created_at, id: t.id }.encode())
+    } else {
+        None
+    };
+    json(StatusCode::OK, &Page { items, next_cursor })
+}
+
+const LIST: &str = "SELECT id, title, description, completed, due_at, created_at, updated_at FROM tasks \
+    WHERE owner_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2";
+const LIST_DONE: &str = "SELECT id, title, description, completed, due_at, created_at, updated_at FROM tasks \
+    WHERE owner_id = $1 AND completed = $3 ORDER BY created_at DESC, id DESC LIMIT $2";
+const LIST_AFTER: &str = "SELECT id, title, description, completed, due_at, created_at, updated_at FROM tasks \
+    WHERE owner_id = $1 AND (created_at, id) < ($3, $4) ORDER BY created_at DESC, id DESC LIMIT $2";
+const LIST_DONE_AFTER: &str = "SELECT id, title, description, completed, due_at, created_at, updated_at FROM tasks \
+    WHERE owner_id = $1 AND (created_at, id) < ($3, $4) AND completed = $5 \
+    ORDER BY created_at DESC, id DESC LIMIT $2";
+
+/// Keyset position: the last item's `(created_at, id)`, opaque to clients.
+struct Cursor {
+    created_at: OffsetDateTime,
+    id: Uuid,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        let micros = self.created_at.unix_timestamp_nanos() / 1_000;
+        URL_SAFE_NO_PAD.encode(format!("{micros}.{}", self.id))
+    }
+
+    fn decode(raw: &str) -> Result<Self, FieldError> {
+        let bad = || FieldError::new("cursor", "is not a cursor returned by this API");
+        let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
+        let text = String::from_utf8(bytes).map_err(|_| bad())?;
+        let (micros, id) = text.split_once('.').ok_or_else(bad)?;
+        let micros: i128 = micros.parse().map_err(|_| bad())?;
+        let created_at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).map_err(|_| bad())?;
+        let id = Uuid::parse_str(id).map_err(|_| bad())?;
+        Ok(Self { created_at, id })
+    }
+}
+
+pub async fn create(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_id: &str) -> Result<Response<Body>, ApiError> {
+    let owner = owner(state, &req, ctx, user_id)?;
+    let (parts, body) = req.into_parts();
+    let body: CreateBody = read_json(&parts.headers, body, state.body_limit()).await?;
+    let mut fields = Fields::default();
+    let title = fields.take(TaskTitle::parse(&body.title));
+    let description = fields.take(body.description.map(TaskDescription::parse).transpose());
+    let due_at = fields.take(body.due_at.as_deref().map(|d| parse_rfc3339(d, "due_at")).transpose());
+    fields.finish().map_err(ApiError::Validation)?;
+    let (Some(title), Some(description), Some(due_at)) = (title, description, due_at) else {
+        return Err(ApiError::Internal("parsed fields missing".into()));
+    };
+    let description = description.as_ref().map(TaskDescription::as_str);
+    let rows = state
+        .db
+        .scoped(
+            owner,
+            INSERT,
+            &[
+                (&owner, Type::UUID),
+                (&title.as_str(), Type::TEXT),
+                (&description, Type::TEXT),
+                (&due_at, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    let task = rows.first().map(TaskOut::from).ok_or_else(|| ApiError::Internal("insert returned nothing".into()))?;
+    let mut resp = json(StatusCode::CREATED, &task)?;
+    if let Ok(loc) = HeaderValue::from_str(&format!("/api/users/{owner}/tasks/{}", task.id)) {
+        resp.headers_mut().insert(LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+const INSERT: &str = "INSERT INTO tasks (owner_id, title, description, due_at) VALUES ($1, $2, $3, $4) \
+    RETURNING id, title, description, completed, due_at, created_at, updated_at";
+
+pub async fn get(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_id: &str, task: &str) -> Result<Response<Body>, ApiError> {
+    let owner = owner(state, &req, ctx, user_id)?;
+    let id = task_id(task)?;
+    let rows = state.db.scoped(owner, SELECT_ONE, &[(&owner, Type::UUID), (&id, Type::UUID)]).await?;
+    let task = rows.first().map(TaskOut::from).ok_or(ApiError::NotFound)?;
+    json(StatusCode::OK, &task)
+}
+
+const SELECT_ONE: &str = "SELECT id, title, description, completed, due_at, created_at, updated_at FROM tasks \
+    WHERE owner_id = $1 AND id = $2";
+
+pub async fn update(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_id: &str, task: &str) -> Result<Response<Body>, ApiError> {
+    let owner = owner(state, &req, ctx, user_id)?;
+    let id = task_id(task)?;
+    let (parts, body) = req.into_parts();
+    let body: PatchBody = read_json(&parts.headers, body, state.body_limit()).await?;
+    let mut fields = Fields::default();
+    if body.title.is_none() && body.description.is_none() && body.completed.is_none() && body.due_at.is_none() {
+        fields.push(FieldError::new("body", "must set at least one of title, description, completed, due_at"));
+    }
+    let title = fields.take(body.title.as_deref().map(TaskTitle::parse).transpose());
+    let description = fields.take(body.description.clone().map(|d| d.map(TaskDescription::parse).transpose()).transpose());
+    let due_at = fields.take(body.due_at.clone().map(|d| d.as_deref().map(|s| parse_rfc3339(s, "due_at")).transpose()).transpose());
+    fields.finish().map_err(ApiError::Validation)?;
+    let (Some(title), Some(description), Some(due_at)) = (title, description, due_at) else {
+        return Err(ApiError::Internal("parsed fields missing".into()));
+    };
+    let title = title.as_ref().map(TaskTitle::as_str);
+    let set_description = description.is_some();
+    let description = description.flatten();
+    let description = description.as_ref().map(TaskDescription::as_str);
+    let set_due = due_at.is_some();
+    let due_at = due_at.flatten();
+    let rows = state
+        .db
+        .scoped(
+            owner,
+            UPDATE,
+            &[
+                (&owner, Type::UUID),
+                (&id, Type::UUID),
+                (&title, Type::TEXT),
+                (&set_description, Type::BOOL),
+                (&description, Type::TEXT),
+                (&body.completed, Type::BOOL),
+                (&set_due, Type::BOOL),
+                (&due_at, Type::TIMESTAMPTZ),
+            ],
+        )
+        .await?;
+    let task = rows.first().map(TaskOut::from).ok_or(ApiError::NotFound)?;
+    json(StatusCode::OK, &task)
+}
+
+const UPDATE: &str = "UPDATE tasks SET \
+    title = COALESCE($3, title), \
+    description = CASE WHEN $4 THEN $5 ELSE description END, \
+    completed = COALESCE($6, completed), \
+    due_at = CASE WHEN $7 THEN $8 ELSE due_at END, \
+    updated_at = clock_timestamp() \
+    WHERE owner_id = $1 AND id = $2 \
+    RETURNING id, title, description, completed, due_at, created_at, updated_at";
+
+pub async fn delete(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_id: &str, task: &str) -> Result<Response<Body>, ApiError> {
+    let owner = owner(state, &req, ctx, user_id)?;
+    let id = task_id(task)?;
+    let rows = state
+        .db
+        .scoped(owner, "DELETE FROM tasks WHERE owner_id = $1 AND id = $2 RETURNING id", &[(&owner, Type::UUID), (&id, Type::UUID)])
+        .await?;
+    if rows.is_empty() {
+        return Err(ApiError::NotFound);
+    }
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = Cursor { created_at: OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000).unwrap_or(OffsetDateTime::UNIX_EPOCH), id: Uuid::nil() };
+        let d = Cursor::decode(&c.encode()).ok();
+        assert_eq!(d.map(|d| (d.created_at, d.id)), Some((c.created_at, c.id)));
+        assert!(Cursor::decode("not-a-cursor").is_err());
+        assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode("12.nope")).is_err());
+    }
+}

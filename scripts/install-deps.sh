@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Make sure the system tools Gatehouse builds and tests with are present.
+# Idempotent and quiet: prints a single "deps: ok" when nothing had to change.
+set -euo pipefail
+
+APT_PACKAGES=(postgresql postgresql-contrib openssl cmake build-essential pkg-config curl ca-certificates)
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# Debian keeps the server binaries off PATH (/usr/lib/postgresql/N/bin).
+have_pg_tool() {
+  local d
+  have "$1" && return 0
+  for d in /usr/lib/postgresql/*/bin; do
+    [[ -x $d/$1 ]] && return 0
+  done
+  return 1
+}
+
+missing=()
+for tool in initdb pg_ctl psql; do
+  have_pg_tool "$tool" || missing+=("$tool")
+done
+for tool in openssl cmake cc pkg-config curl; do
+  have "$tool" || missing+=("$tool")
+done
+# pg.sh runs the cluster as the postgres OS user when we are root; the
+# Debian package creates that user.
+if [[ $(id -u) -eq 0 ]] && ! id -u postgres >/dev/null 2>&1; then
+  missing+=("postgres-user")
+fi
+
+did_something=0
+
+if ((${#missing[@]} > 0)); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "deps: missing: ${missing[*]}" >&2
+    echo "deps: install them with: sudo apt-get install -y --no-install-recommends ${APT_PACKAGES[*]}" >&2
+    exit 1
+  fi
+  # Keep apt's chatter out of the way, but show it if something goes wrong.
+  apt_log=$(mktemp)
+  trap 'rm -f "$apt_log"' EXIT
+  export DEBIAN_FRONTEND=noninteractive
+  echo "deps: missing ${missing[*]}; running apt-get update"
+  if ! apt-get update -q >"$apt_log" 2>&1; then
+    cat "$apt_log" >&2
+    exit 1
+  fi
+  echo "deps: apt-get install ${APT_PACKAGES[*]}"
+  if ! apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}" >"$apt_log" 2>&1; then
+    cat "$apt_log" >&2
+    exit 1
+  fi
+  did_something=1
+fi
+
+if ! have cargo; then
+  echo "deps: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
+  exit 1
+fi
+
+# `make test` gates on fmt and clippy, so their components must exist.
+components=()
+cargo fmt --version >/dev/null 2>&1 || components+=(rustfmt)
+cargo clippy --version >/dev/null 2>&1 || components+=(clippy)
+if ((${#components[@]} > 0)); then
+  if ! have rustup; then
+    echo "deps: missing Rust components ${components[*]} and no rustup to add them" >&2
+    exit 1
+  fi
+  echo "deps: rustup component add ${components[*]}"
+  rustup component add "${components[@]}"
+  did_something=1
+fi
+
+if ((did_something == 0)); then
+  echo "deps: ok"
+fi

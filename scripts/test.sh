@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# What `make test` (and CI) runs: fmt, clippy and the test suite against a
+# throwaway PostgreSQL cluster that is always torn down afterwards.
+# Extra arguments are passed to `cargo test`.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [[ ${CI:-} == true ]]; then
+  export RUST_BACKTRACE=1 CARGO_TERM_COLOR=never
+fi
+
+step "dependencies"
+"$repo/scripts/install-deps.sh"
+
+# shellcheck source=scripts/pg.sh
+source "$repo/scripts/pg.sh"
+
+pg_tmp=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-pg.XXXXXX")
+cleanup() {
+  # A second Ctrl-C/SIGTERM (make forwards them) must not cut the cleanup short.
+  trap '' INT TERM
+  pg_stop "$pg_tmp" || true
+  rm -rf "$pg_tmp"
+}
+# EXIT covers success and failure; INT/TERM exit so that EXIT runs too.
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step "postgres: throwaway cluster in $pg_tmp"
+if ! pg_start "$pg_tmp"; then
+  if [[ -f $pg_tmp/postgres.log ]]; then
+    echo "--- last 50 lines of $pg_tmp/postgres.log ---" >&2
+    tail -n 50 "$pg_tmp/postgres.log" >&2
+  fi
+  exit 1
+fi
+echo "DATABASE_URL=$DATABASE_URL"
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets --locked -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test --workspace --locked${*:+ $*}"
+cargo test --workspace --locked "$@"
+
+step "all checks passed"
