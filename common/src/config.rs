@@ -122,7 +122,10 @@ impl<T> Loaded<T> {
 /// The overlay that goes with `base` for `env`: `config/core-api.toml` →
 /// `config/core-api.production.toml`.
 pub fn overlay_path(base: &Path, env: Environment) -> PathBuf {
-    let stem = base.file_stem().and_then(|s| s.to_str()).unwrap_or("config");
+    let stem = base
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("config");
     base.with_file_name(format!("{stem}.{}.toml", env.as_str()))
 }
 
@@ -158,7 +161,10 @@ pub fn load_files<T: DeserializeOwned>(
             Ok(table) => merge(&mut merged, table),
             Err(e) => errors.push(format!("{}: {}", path.display(), one_line(&e.to_string()))),
         }
-        sources.push(Source { path: path.clone(), text });
+        sources.push(Source {
+            path: path.clone(),
+            text,
+        });
     }
     if !errors.is_empty() {
         return Err(ConfigError(errors));
@@ -170,23 +176,35 @@ pub fn load_files<T: DeserializeOwned>(
     let mut loaded = Loaded { value: (), sources };
     if !missing.is_empty() {
         return Err(ConfigError(
-            missing.into_iter().map(|(key, msg)| format!("{}: {msg}", loaded.locate(&key))).collect(),
+            missing
+                .into_iter()
+                .map(|(key, msg)| format!("{}: {msg}", loaded.locate(&key)))
+                .collect(),
         ));
     }
     // Deserialise the merged, interpolated tree; the error path names the key, and the key
     // leads back to the file and line that set it.
     match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(value) => Ok(Loaded { value, sources: std::mem::take(&mut loaded.sources) }),
+        Ok(value) => Ok(Loaded {
+            value,
+            sources: std::mem::take(&mut loaded.sources),
+        }),
         Err(e) => {
             let path = e.path().to_string();
             let msg = e.into_inner().to_string();
-            let key = match msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+            let key = match msg
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split('`').next())
+            {
                 Some(field) if path == "." || path.is_empty() => field.to_string(),
                 Some(field) if !path.ends_with(field) => format!("{path}.{field}"),
                 _ => path,
             };
             let msg = msg.lines().next().unwrap_or_default();
-            Err(ConfigError::single(format!("{}: {msg}", loaded.locate(&key))))
+            Err(ConfigError::single(format!(
+                "{}: {msg}",
+                loaded.locate(&key)
+            )))
         }
     }
 }
@@ -212,10 +230,18 @@ pub fn env_or_file(
 
 fn one_line(s: &str) -> String {
     // toml's errors are multi-line with a source excerpt; keep the location and the message.
-    let lines: Vec<&str> = s.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = s
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     let head = lines.first().copied().unwrap_or_default();
     let msg = lines.last().copied().unwrap_or_default();
-    if lines.len() > 1 { format!("{} — {}", head.trim(), msg.trim()) } else { head.to_string() }
+    if lines.len() > 1 {
+        format!("{} — {}", head.trim(), msg.trim())
+    } else {
+        head.to_string()
+    }
 }
 
 fn merge(into: &mut toml::Table, from: toml::Table) {
@@ -270,7 +296,9 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
             let expr = &body[..end];
             let (name, default) = match expr.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
@@ -367,20 +395,32 @@ mod tests {
     }
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
     fn overlay_overrides_base_and_variables_expand() {
         let d = tmpdir("overlay");
-        let base = write(&d, "svc.toml", "[server]\nport = 1\nname = \"a\"\n[db]\nurl = \"${DB}\"\npool = 10\n");
+        let base = write(
+            &d,
+            "svc.toml",
+            "[server]\nport = 1\nname = \"a\"\n[db]\nurl = \"${DB}\"\npool = 10\n",
+        );
         let over = write(&d, "svc.staging.toml", "[server]\nport = 2\n");
-        let got: Loaded<Settings> =
-            load_files(&[base, over], &env(&[("DB", "postgres://x")])).unwrap_or_else(|e| panic!("{e}"));
+        let got: Loaded<Settings> = load_files(&[base, over], &env(&[("DB", "postgres://x")]))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got.value.server.port, 2);
         assert_eq!(got.value.server.name, "a");
         assert_eq!(got.value.db.url, "postgres://x");
-        assert!(got.locate("server.port").ends_with("svc.staging.toml:2: server.port"));
+        assert!(
+            got.locate("server.port")
+                .ends_with("svc.staging.toml:2: server.port")
+        );
         assert!(got.locate("db.pool").ends_with("svc.toml:6: db.pool"));
     }
 
@@ -388,16 +428,23 @@ mod tests {
     fn unknown_key_names_file_key_and_line() {
         let d = tmpdir("unknown");
         let base = write(&d, "svc.toml", "[server]\nport = 1\n\n[db]\nurll = \"x\"\n");
-        let err = load_files::<Settings>(&[base], &env(&[])).err().map(|e| e.to_string());
+        let err = load_files::<Settings>(&[base], &env(&[]))
+            .err()
+            .map(|e| e.to_string());
         let err = err.unwrap_or_default();
-        assert!(err.contains("svc.toml:5: db.urll: unknown field `urll`"), "{err}");
+        assert!(
+            err.contains("svc.toml:5: db.urll: unknown field `urll`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_variable_names_variable_key_file_and_line() {
         let d = tmpdir("missing");
         let base = write(&d, "svc.toml", "[db]\n\nurl = \"${DATABASE_URL}\"\n");
-        let err = load_files::<Settings>(&[base], &env(&[])).err().map(|e| e.to_string());
+        let err = load_files::<Settings>(&[base], &env(&[]))
+            .err()
+            .map(|e| e.to_string());
         let err = err.unwrap_or_default();
         assert!(err.contains("svc.toml:3: db.url"), "{err}");
         assert!(err.contains("DATABASE_URL is not set"), "{err}");

@@ -100,7 +100,10 @@ pub struct VerificationKey {
 
 impl std::fmt::Debug for VerificationKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerificationKey").field("kid", &self.kid).field("alg", &self.alg).finish()
+        f.debug_struct("VerificationKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish()
     }
 }
 
@@ -112,7 +115,9 @@ pub struct KeySet {
 
 impl KeySet {
     pub fn new(keys: impl IntoIterator<Item = VerificationKey>) -> Self {
-        Self { keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect() }
+        Self {
+            keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect(),
+        }
     }
 
     /// Keys from a JWK Set. Keys without `kid` or `alg`, symmetric keys, and keys whose
@@ -140,7 +145,9 @@ impl KeySet {
             return Err(format!("JWK {kid}: algorithm {alg:?} not allowed"));
         }
         if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-            return Err(format!("JWK {kid}: symmetric keys are never taken from a JWK Set"));
+            return Err(format!(
+                "JWK {kid}: symmetric keys are never taken from a JWK Set"
+            ));
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWK {kid}: {e}"))?;
         Ok(VerificationKey { kid, alg, key })
@@ -184,7 +191,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("policy", &self.policy).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -192,7 +201,11 @@ impl Verifier {
     pub fn new(mut policy: Policy, keys: KeySet) -> Self {
         policy.leeway_secs = policy.leeway_secs.min(MAX_LEEWAY_SECS);
         let cache = Cache::new(policy.cache_capacity.max(1));
-        Self { policy, keys: ArcSwap::from_pointee(keys), cache }
+        Self {
+            policy,
+            keys: ArcSwap::from_pointee(keys),
+            cache,
+        }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -273,5 +286,8 @@ fn map_error(kind: &ErrorKind) -> Rejection {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -14,7 +14,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -37,7 +40,14 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(status: u16, kind: &'static str, title: &'static str) -> Self {
-        Self { kind, title, status, detail: None, request_id: None, errors: Vec::new() }
+        Self {
+            kind,
+            title,
+            status,
+            detail: None,
+            request_id: None,
+            errors: Vec::new(),
+        }
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {

@@ -20,7 +20,9 @@ pub fn generate() -> String {
 fn is_acceptable(raw: &[u8]) -> bool {
     !raw.is_empty()
         && raw.len() <= MAX_LEN
-        && raw.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && raw
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 #[cfg(test)]

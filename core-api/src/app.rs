@@ -87,11 +87,15 @@ impl AppState {
 
     /// Per-account login attempt limit (SECURITY.md: repeated failures are rate-limited).
     pub fn check_login_rate(&self, account: &str) -> Result<(), ApiError> {
-        self.login_limiter.check_key(&account.to_string()).map_err(|not_until| {
-            self.metrics.auth_failure("login_rate_limited");
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ApiError::RateLimited { retry_after_secs: wait.as_secs() + 1 }
-        })
+        self.login_limiter
+            .check_key(&account.to_string())
+            .map_err(|not_until| {
+                self.metrics.auth_failure("login_rate_limited");
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                ApiError::RateLimited {
+                    retry_after_secs: wait.as_secs() + 1,
+                }
+            })
     }
 }
 
@@ -113,7 +117,13 @@ impl Application {
             );
         }
         let mut algorithms = vec![settings.auth.algorithm.jwt()];
-        algorithms.extend(settings.auth.previous_keys.iter().map(|k| k.algorithm.jwt()));
+        algorithms.extend(
+            settings
+                .auth
+                .previous_keys
+                .iter()
+                .map(|k| k.algorithm.jwt()),
+        );
         let verifier = Verifier::new(
             Policy {
                 issuer: settings.auth.issuer.clone(),
@@ -144,7 +154,9 @@ impl Application {
         if settings.database.open_at_startup {
             match db.open_all().await {
                 Ok(n) => tracing::info!(connections = n, "database pool opened"),
-                Err(e) => tracing::warn!(error = %e, "database not reachable at start-up; serving 503 until it is"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "database not reachable at start-up; serving 503 until it is")
+                }
             }
         }
         match db.role_bypasses_rls().await {
@@ -154,12 +166,15 @@ impl Application {
                      protect tasks; connect as an ordinary role"
                 )
             }
-            Ok(true) => tracing::warn!("database role bypasses row-level security (development only)"),
+            Ok(true) => {
+                tracing::warn!("database role bypasses row-level security (development only)")
+            }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not check the database role"),
         }
 
-        let per_minute = NonZeroU32::new(settings.auth.login_attempts_per_minute).unwrap_or(NonZeroU32::MIN);
+        let per_minute =
+            NonZeroU32::new(settings.auth.login_attempts_per_minute).unwrap_or(NonZeroU32::MIN);
         let login_limiter = RateLimiter::keyed(Quota::per_minute(per_minute));
         let jwks_body = Bytes::from(serde_json::to_vec(&keys.jwks)?);
         let listener = TcpListener::bind(settings.listen_addr())
@@ -181,7 +196,9 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     pub fn state(&self) -> Arc<AppState> {
@@ -200,7 +217,10 @@ impl Application {
             // Slowloris: the whole header block must arrive within this time.
             .header_read_timeout(Duration::from_secs(10))
             .max_buf_size(64 * 1024);
-        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256);
         let graceful = GracefulShutdown::new();
         let janitor = tokio::spawn(evict_idle_limiter_keys(state.clone()));
         let mut shutdown = std::pin::pin!(shutdown);
@@ -231,8 +251,14 @@ impl Application {
         drop(listener);
         janitor.abort();
         let grace = Duration::from_secs(state.settings.server.shutdown_grace_seconds);
-        tracing::info!(grace_secs = grace.as_secs(), "shutting down: draining in-flight requests");
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: draining in-flight requests"
+        );
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("grace period over; closing remaining connections");
         }
         state.db.pool().close();
@@ -268,10 +294,15 @@ fn method_label(m: &http::Method) -> &'static str {
 static X_REQUEST_ID: HeaderName = HeaderName::from_static(request_id::HEADER);
 
 /// The per-request envelope around `routes::dispatch`.
-async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let mut ctx = Ctx {
-        request_id: request_id::accept_or_generate(req.headers().get(&X_REQUEST_ID).map(HeaderValue::as_bytes)),
+        request_id: request_id::accept_or_generate(
+            req.headers().get(&X_REQUEST_ID).map(HeaderValue::as_bytes),
+        ),
         route: "unmatched",
         user_id: None,
     };
@@ -286,7 +317,10 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
         h.insert(X_REQUEST_ID.clone(), v);
     }
-    h.insert(http::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if !h.contains_key(CACHE_CONTROL) {
         // Tokens and per-user data: never stored by caches (RFC 6749 §5.1).
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -297,7 +331,11 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response
         .requests
         .with_label_values(&[ctx.route, method_label(&method), status.as_str()])
         .inc();
-    state.metrics.latency.with_label_values(&[ctx.route]).observe(elapsed.as_secs_f64());
+    state
+        .metrics
+        .latency
+        .with_label_values(&[ctx.route])
+        .observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "access",
         request_id = %ctx.request_id,

@@ -30,7 +30,9 @@ impl Email {
         }
         let ok = email_address::EmailAddress::parse_with_options(
             trimmed,
-            email_address::Options::default().without_display_text().without_domain_literal(),
+            email_address::Options::default()
+                .without_display_text()
+                .without_domain_literal(),
         )
         .is_ok();
         if !ok || !trimmed.rsplit('@').next().is_some_and(|d| d.contains('.')) {
@@ -92,7 +94,10 @@ impl TaskTitle {
             return Err(FieldError::new("title", "must be at most 200 characters"));
         }
         if t.chars().any(char::is_control) {
-            return Err(FieldError::new("title", "must not contain control characters"));
+            return Err(FieldError::new(
+                "title",
+                "must not contain control characters",
+            ));
         }
         Ok(Self(t.to_string()))
     }
@@ -109,7 +114,10 @@ pub struct TaskDescription(String);
 impl TaskDescription {
     pub fn parse(raw: String) -> Result<Self, FieldError> {
         if raw.chars().count() > DESCRIPTION_MAX_CHARS {
-            return Err(FieldError::new("description", "must be at most 4000 characters"));
+            return Err(FieldError::new(
+                "description",
+                "must be at most 4000 characters",
+            ));
         }
         Ok(Self(raw))
     }
@@ -122,7 +130,10 @@ impl TaskDescription {
 /// An RFC 3339 timestamp.
 pub fn parse_rfc3339(raw: &str, field: &str) -> Result<OffsetDateTime, FieldError> {
     OffsetDateTime::parse(raw.trim(), &Rfc3339).map_err(|_| {
-        FieldError::new(field, "must be an RFC 3339 date-time like 2026-01-31T17:00:00Z")
+        FieldError::new(
+            field,
+            "must be an RFC 3339 date-time like 2026-01-31T17:00:00Z",
+        )
     })
 }
 
@@ -146,7 +157,11 @@ impl Fields {
     }
 
     pub fn finish(self) -> Result<(), Vec<FieldError>> {
-        if self.0.is_empty() { Ok(()) } else { Err(self.0) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
     }
 }
 
@@ -156,8 +171,22 @@ mod tests {
 
     #[test]
     fn email_is_normalised_and_checked() {
-        assert_eq!(Email::parse("  Ada@Example.COM ").map(|e| e.0).ok().as_deref(), Some("ada@example.com"));
-        for bad in ["", "ada", "ada@", "@example.com", "ada@localhost", "Ada <ada@example.com>", "a b@example.com"] {
+        assert_eq!(
+            Email::parse("  Ada@Example.COM ")
+                .map(|e| e.0)
+                .ok()
+                .as_deref(),
+            Some("ada@example.com")
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@localhost",
+            "Ada <ada@example.com>",
+            "a b@example.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -168,12 +197,17 @@ mod tests {
         assert!(Password::parse("12345678".into(), "password").is_ok());
         assert!(Password::parse("é".repeat(256), "password").is_ok());
         assert!(Password::parse("x".repeat(257), "password").is_err());
-        assert!(!format!("{:?}", Password::parse("hunter22hunter".into(), "p").ok()).contains("hunter"));
+        assert!(
+            !format!("{:?}", Password::parse("hunter22hunter".into(), "p").ok()).contains("hunter")
+        );
     }
 
     #[test]
     fn titles_are_trimmed_and_bounded() {
-        assert_eq!(TaskTitle::parse("  Buy milk ").map(|t| t.0).ok().as_deref(), Some("Buy milk"));
+        assert_eq!(
+            TaskTitle::parse("  Buy milk ").map(|t| t.0).ok().as_deref(),
+            Some("Buy milk")
+        );
         assert!(TaskTitle::parse("   ").is_err());
         assert!(TaskTitle::parse(&"x".repeat(200)).is_ok());
         assert!(TaskTitle::parse(&"x".repeat(201)).is_err());

@@ -8,8 +8,8 @@ use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::db::DbError;
 use crate::auth::password::HashError;
+use crate::db::DbError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -137,11 +137,17 @@ impl ApiError {
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static(problem::CONTENT_TYPE));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(problem::CONTENT_TYPE),
+        );
         match &self {
             // RFC 6750 §3: challenge on 401, with error="invalid_token" when one was sent.
             Self::Unauthenticated => {
-                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gatehouse\""));
+                h.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"gatehouse\""),
+                );
             }
             Self::InvalidToken(_) => {
                 h.insert(
@@ -150,13 +156,20 @@ impl ApiError {
                 );
             }
             Self::MethodNotAllowed(methods) => {
-                let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+                let allow = methods
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 if let Ok(v) = HeaderValue::from_str(&allow) {
                     h.insert(ALLOW, v);
                 }
             }
             Self::RateLimited { retry_after_secs } => {
-                h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs.max(&1).to_owned()));
+                h.insert(
+                    RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(&1).to_owned()),
+                );
             }
             Self::DatabaseUnavailable(_) | Self::Overloaded => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("2"));

@@ -53,9 +53,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         match inner.classify() {
             serde_json::error::Category::Data => {
                 let msg = strip_position(&inner.to_string());
-                let field = if let Some(name) = backticked(&msg).filter(|_| msg.starts_with("unknown field")) {
+                let field = if let Some(name) =
+                    backticked(&msg).filter(|_| msg.starts_with("unknown field"))
+                {
                     join_path(&path, &name)
-                } else if let Some(name) = backticked(&msg).filter(|_| msg.starts_with("missing field")) {
+                } else if let Some(name) =
+                    backticked(&msg).filter(|_| msg.starts_with("missing field"))
+                {
                     join_path(&path, &name)
                 } else if path == "." || path.is_empty() {
                     "body".to_string()
@@ -89,13 +93,27 @@ fn backticked(msg: &str) -> Option<String> {
     Some(msg[start..start + len].to_string())
 }
 
-fn join_path(parent: &str, name: &str) -> String {
-    if parent.is_empty() || parent == "." { name.to_string() } else { format!("{parent}.{name}") }
+fn join_path(path: &str, name: &str) -> String {
+    if path.is_empty() || path == "." {
+        name.to_string()
+    } else if path == name || path.ends_with(&format!(".{name}")) {
+        // serde_path_to_error already descended into the unknown field.
+        path.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
 }
 
 fn is_json(v: Option<&HeaderValue>) -> bool {
-    let Some(v) = v.and_then(|v| v.to_str().ok()) else { return false };
-    let essence = v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let Some(v) = v.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = v
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     essence == JSON || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
@@ -120,7 +138,10 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body
     let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     Ok(resp)
 }
 
@@ -152,18 +173,34 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field() {
-        assert_eq!(field_of(parse_json(br#"{"title":"x","owner":1}"#)), Some(("owner".into(), "is not a known field".into())));
-        assert_eq!(field_of(parse_json(br#"{}"#)), Some(("title".into(), "is required".into())));
+        assert_eq!(
+            field_of(parse_json(br#"{"title":"x","owner":1}"#)),
+            Some(("owner".into(), "is not a known field".into()))
+        );
+        assert_eq!(
+            field_of(parse_json(br#"{}"#)),
+            Some(("title".into(), "is required".into()))
+        );
         let (f, m) = field_of(parse_json(br#"{"title":5}"#)).unwrap_or_default();
         assert_eq!(f, "title");
-        assert!(m.starts_with("invalid type: integer `5`, expected a string"), "{m}");
-        assert!(matches!(parse_json::<Body>(b"{nope"), Err(ApiError::Malformed(_))));
+        assert!(
+            m.starts_with("invalid type: integer `5`, expected a string"),
+            "{m}"
+        );
+        assert!(matches!(
+            parse_json::<Body>(b"{nope"),
+            Err(ApiError::Malformed(_))
+        ));
     }
 
     #[test]
     fn content_types() {
-        assert!(is_json(Some(&HeaderValue::from_static("application/json; charset=utf-8"))));
-        assert!(is_json(Some(&HeaderValue::from_static("application/merge-patch+json"))));
+        assert!(is_json(Some(&HeaderValue::from_static(
+            "application/json; charset=utf-8"
+        ))));
+        assert!(is_json(Some(&HeaderValue::from_static(
+            "application/merge-patch+json"
+        ))));
         assert!(!is_json(Some(&HeaderValue::from_static("text/plain"))));
         assert!(!is_json(None));
     }

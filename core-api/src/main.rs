@@ -19,7 +19,12 @@ use secrecy::ExposeSecret;
 #[command(name = "core-api", version, propagate_version = true)]
 struct Cli {
     /// Base configuration file.
-    #[arg(long, global = true, env = "CORE_API_CONFIG", default_value = "config/core-api.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_API_CONFIG",
+        default_value = "config/core-api.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -35,6 +40,13 @@ enum Command {
     Check,
     /// Print a new Ed25519 signing key (PKCS#8 PEM) for JWT_SIGNING_KEY.
     Keygen,
+    /// Exit 0 when GET /healthz on this machine answers 200 (container HEALTHCHECK; the
+    /// runtime image has no shell or curl).
+    Healthcheck {
+        /// Port to probe.
+        #[arg(long, env = "PORT", default_value_t = 8000)]
+        port: u16,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +60,9 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         };
     }
+    if let Command::Healthcheck { port } = cli.command {
+        return healthcheck(port);
+    }
     let env = match Environment::from_env() {
         Ok(e) => e,
         Err(e) => return fail(&e.to_string()),
@@ -58,31 +73,64 @@ fn main() -> ExitCode {
     };
     let s = &config.settings;
     gatehouse_common::telemetry::init(s.log.format, &s.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Check => {
-                core_api::auth::keys::load(&config.settings.auth, config.env).map_err(anyhow::Error::msg)?;
-                let files: Vec<String> = config.files.iter().map(|f| f.display().to_string()).collect();
+                core_api::auth::keys::load(&config.settings.auth, config.env)
+                    .map_err(anyhow::Error::msg)?;
+                let files: Vec<String> = config
+                    .files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect();
                 println!("ok: {} ({})", files.join(" + "), config.env);
                 Ok(())
             }
             Command::Migrate => {
                 let url = config.settings.database.url.expose_secret().to_string();
-                let n = core_api::migrate::run(&url, config.settings.database.connect_timeout()).await?;
+                let n = core_api::migrate::run(&url, config.settings.database.connect_timeout())
+                    .await?;
                 println!("migrations applied: {n}");
                 Ok(())
             }
-            Command::Serve => Application::build(config).await?.run(shutdown_signal()).await,
-            Command::Keygen => Ok(()),
+            Command::Serve => {
+                Application::build(config)
+                    .await?
+                    .run(shutdown_signal())
+                    .await
+            }
+            Command::Keygen | Command::Healthcheck { .. } => Ok(()),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+fn healthcheck(port: u16) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let probe = || -> std::io::Result<bool> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => fail("healthz did not answer 200"),
+        Err(e) => fail(&format!("healthz on {addr}: {e}")),
     }
 }
 
@@ -95,13 +143,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -18,7 +18,10 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("gatehouse_api".into()), None)?;
         let requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by route, method and status."),
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status.",
+            ),
             &["route", "method", "status"],
         )?;
         let latency = HistogramVec::new(
@@ -29,15 +32,24 @@ impl Metrics {
             &["route"],
         )?;
         let auth_failures = IntCounterVec::new(
-            Opts::new("auth_failures_total", "Rejected credentials and tokens, by reason."),
+            Opts::new(
+                "auth_failures_total",
+                "Rejected credentials and tokens, by reason.",
+            ),
             &["reason"],
         )?;
         let refresh_reuse = IntCounterVec::new(
-            Opts::new("refresh_token_events_total", "Refresh-token rotations and reuse detections."),
+            Opts::new(
+                "refresh_token_events_total",
+                "Refresh-token rotations and reuse detections.",
+            ),
             &["event"],
         )?;
         let pool = IntGaugeVec::new(
-            Opts::new("db_pool_connections", "Database pool: size, available and waiting."),
+            Opts::new(
+                "db_pool_connections",
+                "Database pool: size, available and waiting.",
+            ),
             &["state"],
         )?;
         registry.register(Box::new(requests.clone()))?;
@@ -45,7 +57,14 @@ impl Metrics {
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(refresh_reuse.clone()))?;
         registry.register(Box::new(pool.clone()))?;
-        Ok(Self { registry, requests, latency, auth_failures, refresh_reuse, pool })
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            auth_failures,
+            refresh_reuse,
+            pool,
+        })
     }
 
     pub fn auth_failure(&self, reason: &str) {
@@ -55,10 +74,18 @@ impl Metrics {
     /// Text exposition, with the pool gauges read at scrape time.
     pub fn render(&self, pool: &Pool) -> Vec<u8> {
         let status = pool.status();
-        self.pool.with_label_values(&["max"]).set(status.max_size as i64);
-        self.pool.with_label_values(&["size"]).set(status.size as i64);
-        self.pool.with_label_values(&["available"]).set(status.available as i64);
-        self.pool.with_label_values(&["waiting"]).set(status.waiting as i64);
+        self.pool
+            .with_label_values(&["max"])
+            .set(status.max_size as i64);
+        self.pool
+            .with_label_values(&["size"])
+            .set(status.size as i64);
+        self.pool
+            .with_label_values(&["available"])
+            .set(status.available as i64);
+        self.pool
+            .with_label_values(&["waiting"])
+            .set(status.waiting as i64);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

@@ -9,8 +9,12 @@ mod embedded {
 
 /// Applies pending migrations; returns how many were applied.
 pub async fn run(url: &str, connect_timeout: Duration) -> anyhow::Result<usize> {
-    let mut client = crate::db::connect_once(url, connect_timeout).await.map_err(anyhow::Error::msg)?;
-    let report = embedded::migrations::runner().run_async(&mut client).await?;
+    let mut client = crate::db::connect_once(url, connect_timeout)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let report = embedded::migrations::runner()
+        .run_async(&mut client)
+        .await?;
     for m in report.applied_migrations() {
         tracing::info!(version = m.version(), name = m.name(), "migration applied");
     }

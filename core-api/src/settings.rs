@@ -17,7 +17,7 @@ pub const MIN_BCRYPT_COST: u32 = 10;
 /// does that, to keep hundreds of registrations fast. Refused outside development.
 pub const TEST_BCRYPT_COST: u32 = 4;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -205,17 +205,9 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: LogFormat::Json, level: "info".into() }
-    }
-}
-
-impl Default for Settings {
-    fn default() -> Self {
         Self {
-            server: ServerSettings::default(),
-            database: DatabaseSettings::default(),
-            auth: AuthSettings::default(),
-            log: LogSettings::default(),
+            format: LogFormat::Json,
+            level: "info".into(),
         }
     }
 }
@@ -253,7 +245,11 @@ impl Config {
             return Err(ConfigError(errors));
         }
         let files = loaded.files().iter().map(|p| p.to_path_buf()).collect();
-        Ok(Self { env, settings: loaded.value, files })
+        Ok(Self {
+            env,
+            settings: loaded.value,
+            files,
+        })
     }
 }
 
@@ -265,18 +261,30 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
     let mut bad = |key: &str, msg: String| errs.push(format!("{}: {msg}", loaded.locate(key)));
 
     if s.server.listen.parse::<SocketAddr>().is_err() {
-        bad("server.listen", format!("{:?} is not an address like 127.0.0.1:8000", s.server.listen));
+        bad(
+            "server.listen",
+            format!(
+                "{:?} is not an address like 127.0.0.1:8000",
+                s.server.listen
+            ),
+        );
     }
     if s.server.body_limit_bytes < 1024 {
         bad("server.body_limit_bytes", "must be at least 1024".into());
     }
     if s.server.request_timeout_seconds == 0 {
-        bad("server.request_timeout_seconds", "must be at least 1".into());
+        bad(
+            "server.request_timeout_seconds",
+            "must be at least 1".into(),
+        );
     }
 
     let url = s.database.url.expose_secret();
     if url.is_empty() {
-        bad("database.url", "is empty: set DATABASE_URL (or DATABASE_URL_FILE)".into());
+        bad(
+            "database.url",
+            "is empty: set DATABASE_URL (or DATABASE_URL_FILE)".into(),
+        );
     } else if let Err(e) = crate::db::ConnectOptions::parse(url) {
         bad("database.url", e);
     }
@@ -284,7 +292,10 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
         bad("database.pool_size", "must be at least 1".into());
     }
     if s.database.acquire_timeout_ms == 0 || s.database.connect_timeout_ms == 0 {
-        bad("database.acquire_timeout_ms", "timeouts must be positive".into());
+        bad(
+            "database.acquire_timeout_ms",
+            "timeouts must be positive".into(),
+        );
     }
 
     let a = &s.auth;
@@ -295,40 +306,76 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
         bad("auth.audience", "must not be empty".into());
     }
     if a.access_ttl_seconds < 60 || a.access_ttl_seconds > 24 * 3600 {
-        bad("auth.access_ttl_seconds", "must be between 60 and 86400".into());
+        bad(
+            "auth.access_ttl_seconds",
+            "must be between 60 and 86400".into(),
+        );
     }
     if a.refresh_ttl_seconds < a.access_ttl_seconds {
-        bad("auth.refresh_ttl_seconds", "must not be shorter than access_ttl_seconds".into());
+        bad(
+            "auth.refresh_ttl_seconds",
+            "must not be shorter than access_ttl_seconds".into(),
+        );
     }
     if a.refresh_family_ttl_seconds < a.refresh_ttl_seconds {
-        bad("auth.refresh_family_ttl_seconds", "must not be shorter than refresh_ttl_seconds".into());
+        bad(
+            "auth.refresh_family_ttl_seconds",
+            "must not be shorter than refresh_ttl_seconds".into(),
+        );
     }
     if a.leeway_seconds > gatehouse_common::jwt::MAX_LEEWAY_SECS {
         bad("auth.leeway_seconds", "must be at most 30".into());
     }
     if a.algorithm == SigningAlgorithm::HS256 && !a.allow_hs256 {
-        bad("auth.algorithm", "HS256 needs allow_hs256 = true (shared secrets are discouraged)".into());
+        bad(
+            "auth.algorithm",
+            "HS256 needs allow_hs256 = true (shared secrets are discouraged)".into(),
+        );
     }
     let key = a.signing_key.expose_secret();
     if key.is_empty() && env != Environment::Development {
-        bad("auth.signing_key", format!("is empty: set JWT_SIGNING_KEY or JWT_SIGNING_KEY_FILE ({env} needs a persistent key)"));
+        bad(
+            "auth.signing_key",
+            format!(
+                "is empty: set JWT_SIGNING_KEY or JWT_SIGNING_KEY_FILE ({env} needs a persistent key)"
+            ),
+        );
     }
     if a.algorithm == SigningAlgorithm::HS256 && !key.is_empty() && key.len() < 32 {
-        bad("auth.signing_key", "an HS256 secret must be at least 32 bytes".into());
+        bad(
+            "auth.signing_key",
+            "an HS256 secret must be at least 32 bytes".into(),
+        );
     }
-    let min_cost = if a.insecure_test_bcrypt { TEST_BCRYPT_COST } else { MIN_BCRYPT_COST };
+    let min_cost = if a.insecure_test_bcrypt {
+        TEST_BCRYPT_COST
+    } else {
+        MIN_BCRYPT_COST
+    };
     if a.insecure_test_bcrypt && env != Environment::Development {
-        bad("auth.insecure_test_bcrypt", "is only allowed in development".into());
+        bad(
+            "auth.insecure_test_bcrypt",
+            "is only allowed in development".into(),
+        );
     }
     if a.bcrypt_cost < min_cost || a.bcrypt_cost > 16 {
-        bad("auth.bcrypt_cost", format!("must be between {min_cost} and 16"));
+        bad(
+            "auth.bcrypt_cost",
+            format!("must be between {min_cost} and 16"),
+        );
     }
     if a.login_attempts_per_minute == 0 {
-        bad("auth.login_attempts_per_minute", "must be at least 1".into());
+        bad(
+            "auth.login_attempts_per_minute",
+            "must be at least 1".into(),
+        );
     }
     for (i, k) in a.previous_keys.iter().enumerate() {
         if k.algorithm == SigningAlgorithm::HS256 {
-            bad(&format!("auth.previous_keys.{i}"), "HS256 keys cannot be published".into());
+            bad(
+                &format!("auth.previous_keys.{i}"),
+                "HS256 keys cannot be published".into(),
+            );
         }
     }
     if s.log.level.trim().is_empty() {
@@ -339,6 +386,9 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
 
 impl Settings {
     pub fn listen_addr(&self) -> SocketAddr {
-        self.server.listen.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
+        self.server
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
     }
 }

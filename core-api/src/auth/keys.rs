@@ -2,8 +2,8 @@
 //! rotation overlap, the JWK Set published at `/.well-known/jwks.json`, and the key set the API
 //! itself verifies with.
 
-use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes};
 use gatehouse_common::config::Environment;
 use gatehouse_common::jwt::{ACCESS_TOKEN_TYP, KeySet, VerificationKey, now_secs};
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
@@ -51,7 +51,10 @@ impl Signer {
             exp: now + self.ttl_secs,
             jti: Uuid::new_v4().to_string(),
         };
-        Ok((jsonwebtoken::encode(&header, &claims, &self.key)?, self.ttl_secs))
+        Ok((
+            jsonwebtoken::encode(&header, &claims, &self.key)?,
+            self.ttl_secs,
+        ))
     }
 
     pub fn kid(&self) -> &str {
@@ -72,9 +75,26 @@ pub struct Keys {
 pub fn generate_ed25519_pem() -> Result<SecretString, String> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| format!("no randomness: {e}"))?;
-    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| format!("encoding key: {e}"))?;
+    // PKCS#8 v1 (no embedded public key), the form `openssl genpkey -algorithm ed25519` writes.
+    let pair = KeypairBytes {
+        secret_key: seed,
+        public_key: None,
+    };
+    let pem = pair
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| format!("encoding key: {e}"))?;
     Ok(SecretString::from(pem.to_string()))
+}
+
+/// Ed25519 keys arrive as PKCS#8 v1 or v2 (with the public key); jsonwebtoken wants v1 DER.
+fn ed25519_encoding_key(pem: &str) -> Result<EncodingKey, String> {
+    let pair = KeypairBytes::from_pkcs8_pem(pem).map_err(|e| e.to_string())?;
+    let v1 = KeypairBytes {
+        secret_key: pair.secret_key,
+        public_key: None,
+    };
+    let der = v1.to_pkcs8_der().map_err(|e| e.to_string())?;
+    Ok(EncodingKey::from_ed_der(der.as_bytes()))
 }
 
 pub fn load(auth: &AuthSettings, env: Environment) -> Result<Keys, String> {
@@ -82,10 +102,14 @@ pub fn load(auth: &AuthSettings, env: Environment) -> Result<Keys, String> {
     let configured = auth.signing_key.expose_secret().trim();
     let (material, ephemeral) = if configured.is_empty() {
         if env != Environment::Development {
-            return Err("auth.signing_key is empty: set JWT_SIGNING_KEY or JWT_SIGNING_KEY_FILE".into());
+            return Err(
+                "auth.signing_key is empty: set JWT_SIGNING_KEY or JWT_SIGNING_KEY_FILE".into(),
+            );
         }
         if auth.algorithm != SigningAlgorithm::EdDSA {
-            return Err("auth.signing_key is empty: ephemeral development keys are EdDSA only".into());
+            return Err(
+                "auth.signing_key is empty: ephemeral development keys are EdDSA only".into(),
+            );
         }
         (generate_ed25519_pem()?, true)
     } else {
@@ -93,27 +117,42 @@ pub fn load(auth: &AuthSettings, env: Environment) -> Result<Keys, String> {
     };
     let pem = material.expose_secret().as_bytes();
     let key = match auth.algorithm {
-        SigningAlgorithm::EdDSA => EncodingKey::from_ed_pem(pem),
-        SigningAlgorithm::ES256 => EncodingKey::from_ec_pem(pem),
-        SigningAlgorithm::RS256 => EncodingKey::from_rsa_pem(pem),
+        SigningAlgorithm::EdDSA => ed25519_encoding_key(material.expose_secret()),
+        SigningAlgorithm::ES256 => EncodingKey::from_ec_pem(pem).map_err(|e| e.to_string()),
+        SigningAlgorithm::RS256 => EncodingKey::from_rsa_pem(pem).map_err(|e| e.to_string()),
         SigningAlgorithm::HS256 => Ok(EncodingKey::from_secret(pem)),
     }
     .map_err(|e| {
-        format!("auth.signing_key is not a {:?} private key in PKCS#8 PEM: {e}", auth.algorithm)
+        format!(
+            "auth.signing_key is not a {:?} private key in PKCS#8 PEM: {e}",
+            auth.algorithm
+        )
     })?;
 
     let mut jwks = JwkSet::default();
     let mut verify = Vec::new();
     let kid = if auth.algorithm == SigningAlgorithm::HS256 {
         // A shared secret is never published; its kid is an opaque label.
-        let kid = auth.signing_kid.clone().unwrap_or_else(|| "hs256".to_string());
-        verify.push(VerificationKey { kid: kid.clone(), alg, key: DecodingKey::from_secret(pem) });
+        let kid = auth
+            .signing_kid
+            .clone()
+            .unwrap_or_else(|| "hs256".to_string());
+        verify.push(VerificationKey {
+            kid: kid.clone(),
+            alg,
+            key: DecodingKey::from_secret(pem),
+        });
         kid
     } else {
-        let jwk = Jwk::from_encoding_key(&key, alg).map_err(|e| format!("auth.signing_key: {e}"))?;
+        let jwk =
+            Jwk::from_encoding_key(&key, alg).map_err(|e| format!("auth.signing_key: {e}"))?;
         let (jwk, kid) = publishable(jwk, auth.signing_kid.clone())?;
         let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("auth.signing_key: {e}"))?;
-        verify.push(VerificationKey { kid: kid.clone(), alg, key: decoding });
+        verify.push(VerificationKey {
+            kid: kid.clone(),
+            alg,
+            key: decoding,
+        });
         jwks.keys.push(jwk);
         kid
     };
@@ -121,7 +160,10 @@ pub fn load(auth: &AuthSettings, env: Environment) -> Result<Keys, String> {
     for (i, prev) in auth.previous_keys.iter().enumerate() {
         let (jwk, vk) = previous_key(prev).map_err(|e| format!("auth.previous_keys.{i}: {e}"))?;
         if vk.kid == kid || verify.iter().any(|k| k.kid == vk.kid) {
-            return Err(format!("auth.previous_keys.{i}: kid {:?} is already in use", vk.kid));
+            return Err(format!(
+                "auth.previous_keys.{i}: kid {:?} is already in use",
+                vk.kid
+            ));
         }
         jwks.keys.push(jwk);
         verify.push(vk);
@@ -135,7 +177,12 @@ pub fn load(auth: &AuthSettings, env: Environment) -> Result<Keys, String> {
         audience: auth.audience.clone(),
         ttl_secs: auth.access_ttl_seconds,
     };
-    Ok(Keys { signer, jwks, verify: KeySet::new(verify), ephemeral })
+    Ok(Keys {
+        signer,
+        jwks,
+        verify: KeySet::new(verify),
+        ephemeral,
+    })
 }
 
 fn previous_key(prev: &PreviousKey) -> Result<(Jwk, VerificationKey), String> {
@@ -158,7 +205,9 @@ fn previous_key(prev: &PreviousKey) -> Result<(Jwk, VerificationKey), String> {
 fn publishable(mut jwk: Jwk, kid: Option<String>) -> Result<(Jwk, String), String> {
     let kid = match kid.filter(|k| !k.is_empty()) {
         Some(k) => k,
-        None => jwk.thumbprint(ThumbprintHash::SHA256).map_err(|e| format!("thumbprint: {e}"))?,
+        None => jwk
+            .thumbprint(ThumbprintHash::SHA256)
+            .map_err(|e| format!("thumbprint: {e}"))?,
     };
     jwk.common.key_id = Some(kid.clone());
     jwk.common.public_key_use = Some(PublicKeyUse::Signature);

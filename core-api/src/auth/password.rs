@@ -49,7 +49,10 @@ impl Hasher {
 
     /// Default concurrency: leave one core for everything else.
     pub fn default_concurrency() -> usize {
-        std::thread::available_parallelism().map(|n| n.get().saturating_sub(1)).unwrap_or(1).max(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get().saturating_sub(1))
+            .unwrap_or(1)
+            .max(1)
     }
 
     pub fn cost(&self) -> u32 {
@@ -64,10 +67,16 @@ impl Hasher {
 
     /// Verifies `password` against `stored`, or against a dummy hash when there is no account,
     /// so that an unknown e-mail costs the same as a wrong password.
-    pub async fn verify(&self, password: &Password, stored: Option<&str>) -> Result<bool, HashError> {
+    pub async fn verify(
+        &self,
+        password: &Password,
+        stored: Option<&str>,
+    ) -> Result<bool, HashError> {
         let input = prehash(password.expose());
         let known = stored.is_some();
-        let hash: Arc<str> = stored.map(Arc::from).unwrap_or_else(|| self.dummy_hash.clone());
+        let hash: Arc<str> = stored
+            .map(Arc::from)
+            .unwrap_or_else(|| self.dummy_hash.clone());
         let ok = self.run(move || bcrypt::verify(input, &hash)).await?;
         Ok(ok && known)
     }
@@ -111,8 +120,20 @@ mod tests {
         let base = "a".repeat(72);
         let stored = h.hash(&pw(&format!("{base}ONE"))).await.unwrap_or_default();
         assert!(stored.starts_with("$2b$04$"), "{stored}");
-        assert!(h.verify(&pw(&format!("{base}ONE")), Some(&stored)).await.unwrap_or(false));
-        assert!(!h.verify(&pw(&format!("{base}TWO")), Some(&stored)).await.unwrap_or(true));
-        assert!(!h.verify(&pw(&format!("{base}ONE")), None).await.unwrap_or(true));
+        assert!(
+            h.verify(&pw(&format!("{base}ONE")), Some(&stored))
+                .await
+                .unwrap_or(false)
+        );
+        assert!(
+            !h.verify(&pw(&format!("{base}TWO")), Some(&stored))
+                .await
+                .unwrap_or(true)
+        );
+        assert!(
+            !h.verify(&pw(&format!("{base}ONE")), None)
+                .await
+                .unwrap_or(true)
+        );
     }
 }

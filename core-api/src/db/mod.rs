@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
@@ -62,7 +62,11 @@ impl ConnectOptions {
             }
         }
         let rest = serde_urlencoded::to_string(&rest).unwrap_or_default();
-        let rebuilt = if rest.is_empty() { base.to_string() } else { format!("{base}?{rest}") };
+        let rebuilt = if rest.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{rest}")
+        };
         let mut pg = tokio_postgres::Config::from_str(&rebuilt)
             .map_err(|e| format!("is not a valid PostgreSQL URL ({e})"))?;
         let tls = match sslmode.as_deref().unwrap_or("prefer") {
@@ -118,7 +122,11 @@ impl From<tokio_postgres::Error> for DbError {
                 None => true,
                 Some(code) => matches!(&code.code()[..2], "57" | "08" | "53"),
             };
-        if unavailable { Self::Unavailable(e.to_string()) } else { Self::Query(e) }
+        if unavailable {
+            Self::Unavailable(e.to_string())
+        } else {
+            Self::Query(e)
+        }
     }
 }
 
@@ -150,7 +158,9 @@ impl Db {
         let mgr = Manager::from_config(
             opts.pg,
             tls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
         );
         let pool = Pool::builder(mgr)
             .max_size(settings.pool_size)
@@ -160,7 +170,10 @@ impl Db {
             .recycle_timeout(Some(settings.connect_timeout()))
             .build()
             .map_err(|e| format!("database pool: {e}"))?;
-        Ok(Self { pool, mode: settings.statement_mode })
+        Ok(Self {
+            pool,
+            mode: settings.statement_mode,
+        })
     }
 
     pub fn pool(&self) -> &Pool {
@@ -191,7 +204,11 @@ impl Db {
     }
 
     /// Runs one statement in autocommit.
-    pub async fn query(&self, sql: &'static str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
+    pub async fn query(
+        &self,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, DbError> {
         let client = self.client().await?;
         Ok(self.run(&client, sql, params).await?)
     }
@@ -215,7 +232,9 @@ impl Db {
             StatementMode::Cached => {
                 // Prepare first (cached after the first use) so that nothing is awaited
                 // between the pipelined messages.
-                let set = client.prepare_typed_cached(SET_IDENTITY, &[Type::TEXT]).await?;
+                let set = client
+                    .prepare_typed_cached(SET_IDENTITY, &[Type::TEXT])
+                    .await?;
                 let types: Vec<Type> = params.iter().map(|p| p.1.clone()).collect();
                 let stmt = client.prepare_typed_cached(sql, &types).await?;
                 let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.0).collect();
@@ -286,7 +305,11 @@ pub async fn connect_once(url: &str, timeout: Duration) -> Result<tokio_postgres
     let mut opts = ConnectOptions::parse(url).map_err(|e| format!("database.url {e}"))?;
     opts.pg.connect_timeout(timeout);
     let tls = opts.tls_connector()?;
-    let (client, conn) = opts.pg.connect(tls).await.map_err(|e| format!("cannot connect: {e}"))?;
+    let (client, conn) = opts
+        .pg
+        .connect(tls)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %e, "migration connection closed");
@@ -306,13 +329,23 @@ mod tests {
     fn sslmode_forms() {
         let o = ConnectOptions::parse("postgres://u:p@h:5/d?sslmode=require").ok();
         assert_eq!(o.map(|o| o.tls), Some(TlsMode::Unverified));
-        let o = ConnectOptions::parse("postgres://u:p@h/d?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x");
-        assert_eq!(o.map(|o| o.tls).ok(), Some(TlsMode::VerifyFull(Some("/ca.pem".into()))));
+        let o = ConnectOptions::parse(
+            "postgres://u:p@h/d?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x",
+        );
+        assert_eq!(
+            o.map(|o| o.tls).ok(),
+            Some(TlsMode::VerifyFull(Some("/ca.pem".into())))
+        );
         let o = ConnectOptions::parse("postgres://u:p@h/d?sslmode=disable").ok();
         assert_eq!(o.map(|o| o.tls), Some(TlsMode::Disable));
         let err = ConnectOptions::parse("postgres://u:secretpw@h/d?sslmode=bogus").err();
-        assert!(err.as_deref().is_some_and(|e| e.contains("sslmode=bogus") && !e.contains("secretpw")));
-        let err = ConnectOptions::parse("mysql://u:secretpw@h/d").err().unwrap_or_default();
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("sslmode=bogus") && !e.contains("secretpw"))
+        );
+        let err = ConnectOptions::parse("mysql://u:secretpw@h/d")
+            .err()
+            .unwrap_or_default();
         assert!(!err.contains("secretpw"), "{err}");
     }
 }

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -23,9 +23,9 @@ pub(super) fn connector(mode: &TlsMode) -> Result<ClientConfig, String> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Unverified { algs }))
             .with_no_client_auth(),
-        TlsMode::VerifyFull(root) => {
-            builder.with_root_certificates(roots(root.as_deref())?).with_no_client_auth()
-        }
+        TlsMode::VerifyFull(root) => builder
+            .with_root_certificates(roots(root.as_deref())?)
+            .with_no_client_auth(),
         TlsMode::VerifyCa(root) => {
             let inner = WebPkiServerVerifier::builder_with_provider(
                 Arc::new(roots(root.as_deref())?),
@@ -51,7 +51,9 @@ fn roots(file: Option<&str>) -> Result<RootCertStore, String> {
             let mut reader = std::io::BufReader::new(pem.as_slice());
             for cert in rustls_pemfile::certs(&mut reader) {
                 let cert = cert.map_err(|e| format!("sslrootcert={path}: {e}"))?;
-                store.add(cert).map_err(|e| format!("sslrootcert={path}: {e}"))?;
+                store
+                    .add(cert)
+                    .map_err(|e| format!("sslrootcert={path}: {e}"))?;
             }
             if store.is_empty() {
                 return Err(format!("sslrootcert={path}: no certificate in file"));
@@ -117,7 +119,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
             | Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForNameContext { .. },

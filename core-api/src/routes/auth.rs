@@ -68,7 +68,11 @@ pub async fn register(
         )
         .await?;
     let row = rows.first().ok_or(ApiError::EmailTaken)?;
-    let user = UserOut { id: row.get(0), email: row.get(1), created_at: row.get(2) };
+    let user = UserOut {
+        id: row.get(0),
+        email: row.get(1),
+        created_at: row.get(2),
+    };
     tracing::info!(request_id = %_ctx.request_id, user_id = %user.id, "account registered");
     json(StatusCode::CREATED, &user)
 }
@@ -84,20 +88,30 @@ pub async fn login(
     // same path as an unknown account so the answer says nothing more.
     let email = Email::parse(&body.email).ok();
     let password = Password::parse(body.password, "password").ok();
-    let account_key = email.as_ref().map_or_else(|| body.email.trim().to_lowercase(), |e| e.to_string());
+    let account_key = email
+        .as_ref()
+        .map_or_else(|| body.email.trim().to_lowercase(), |e| e.to_string());
     state.check_login_rate(&account_key)?;
 
     let stored = match &email {
         Some(email) => state
             .db
-            .query("SELECT id, password_hash FROM users WHERE email = $1", &[(&email.as_str(), Type::TEXT)])
+            .query(
+                "SELECT id, password_hash FROM users WHERE email = $1",
+                &[(&email.as_str(), Type::TEXT)],
+            )
             .await?
             .first()
             .map(|r| (r.get::<_, Uuid>(0), r.get::<_, String>(1))),
         None => None,
     };
     let verified = match &password {
-        Some(p) => state.hasher.verify(p, stored.as_ref().map(|(_, h)| h.as_str())).await?,
+        Some(p) => {
+            state
+                .hasher
+                .verify(p, stored.as_ref().map(|(_, h)| h.as_str()))
+                .await?
+        }
         None => {
             // Still spend one bcrypt so timing matches.
             let filler = Password::parse("x".repeat(16), "password").ok();
@@ -157,14 +171,18 @@ fn pair(
     refresh_token: String,
     refresh_expires_at: OffsetDateTime,
 ) -> Result<TokenPair, ApiError> {
-    let (access_token, expires_in) =
-        state.signer().issue(user_id).map_err(|e| ApiError::Internal(format!("signing: {e}")))?;
+    let (access_token, expires_in) = state
+        .signer()
+        .issue(user_id)
+        .map_err(|e| ApiError::Internal(format!("signing: {e}")))?;
     Ok(TokenPair {
         access_token,
         token_type: "Bearer",
         expires_in,
         refresh_token,
-        refresh_expires_in: (refresh_expires_at - OffsetDateTime::now_utc()).whole_seconds().max(0),
+        refresh_expires_in: (refresh_expires_at - OffsetDateTime::now_utc())
+            .whole_seconds()
+            .max(0),
     })
 }
 
@@ -227,15 +245,26 @@ pub async fn refresh(
         let user_id: Uuid = row.get(0);
         let expires_at: OffsetDateTime = row.get(1);
         ctx.user_id = Some(user_id);
-        state.metrics.refresh_reuse.with_label_values(&["rotated"]).inc();
+        state
+            .metrics
+            .refresh_reuse
+            .with_label_values(&["rotated"])
+            .inc();
         return json(StatusCode::OK, &pair(state, user_id, token, expires_at)?);
     }
-    let revoked = state.db.query(REVOKE_REUSED, &[(&presented.as_slice(), Type::BYTEA)]).await?;
+    let revoked = state
+        .db
+        .query(REVOKE_REUSED, &[(&presented.as_slice(), Type::BYTEA)])
+        .await?;
     if let Some(row) = revoked.first() {
         let user_id: Uuid = row.get(0);
         let family: Uuid = row.get(1);
         ctx.user_id = Some(user_id);
-        state.metrics.refresh_reuse.with_label_values(&["reuse_detected"]).inc();
+        state
+            .metrics
+            .refresh_reuse
+            .with_label_values(&["reuse_detected"])
+            .inc();
         tracing::warn!(
             request_id = %ctx.request_id, user_id = %user_id, family = %family,
             revoked = revoked.len(),
@@ -256,7 +285,10 @@ pub async fn logout(
     // Always 204: logout must not tell whether a token existed.
     if refresh::looks_valid(&body.refresh_token) {
         let hash = refresh::hash(&body.refresh_token);
-        state.db.query(REVOKE_FAMILY, &[(&hash.as_slice(), Type::BYTEA)]).await?;
+        state
+            .db
+            .query(REVOKE_FAMILY, &[(&hash.as_slice(), Type::BYTEA)])
+            .await?;
         tracing::info!(request_id = %ctx.request_id, "logout: refresh family revoked");
     }
     Ok(empty(StatusCode::NO_CONTENT))

@@ -35,7 +35,11 @@ pub struct RouteDef {
 }
 
 const fn def(path: &'static str, methods: &'static [Method], route: Route) -> RouteDef {
-    RouteDef { path, methods, route }
+    RouteDef {
+        path,
+        methods,
+        route,
+    }
 }
 
 /// Every route the API serves. Paths use matchit's `{param}` syntax, as OpenAPI does.
@@ -46,7 +50,11 @@ pub const ROUTES: &[RouteDef] = &[
     def("/auth/logout", &[Method::POST], Route::Logout),
     def("/.well-known/jwks.json", &[Method::GET], Route::Jwks),
     def("/api/me", &[Method::GET], Route::Me),
-    def("/api/users/{user_id}/tasks", &[Method::GET, Method::POST], Route::Tasks),
+    def(
+        "/api/users/{user_id}/tasks",
+        &[Method::GET, Method::POST],
+        Route::Tasks,
+    ),
     def(
         "/api/users/{user_id}/tasks/{task_id}",
         &[Method::GET, Method::PATCH, Method::DELETE],
@@ -75,8 +83,17 @@ pub async fn dispatch(
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, ApiError> {
     let (index, user_id, task_id) = {
-        let matched = state.router.at(req.uri().path()).map_err(|_| ApiError::NotFound)?;
-        let p = |name| matched.params.get(name).map(str::to_owned).unwrap_or_default();
+        let matched = state
+            .router
+            .at(req.uri().path())
+            .map_err(|_| ApiError::NotFound)?;
+        let p = |name| {
+            matched
+                .params
+                .get(name)
+                .map(str::to_owned)
+                .unwrap_or_default()
+        };
         (*matched.value, p("user_id"), p("task_id"))
     };
     let route = &ROUTES[index];

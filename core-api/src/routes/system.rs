@@ -15,10 +15,16 @@ use crate::http::{Body, json};
 /// The committed OpenAPI 3.1 document (kept in sync with `ROUTES` by a test).
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
-fn bytes(content_type: &'static str, cache: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+fn bytes(
+    content_type: &'static str,
+    cache: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static(cache));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static(cache));
     resp
 }
 
@@ -34,23 +40,45 @@ pub async fn readyz(state: &AppState) -> Result<Response<Body>, ApiError> {
 
 pub fn jwks(state: &AppState) -> Response<Body> {
     // Short public caching: verifiers refetch on an unknown kid anyway.
-    bytes("application/jwk-set+json", "public, max-age=300", state.jwks_body.clone())
+    bytes(
+        "application/jwk-set+json",
+        "public, max-age=300",
+        state.jwks_body.clone(),
+    )
 }
 
 pub fn metrics(state: &AppState) -> Response<Body> {
-    bytes("text/plain; version=0.0.4", "no-store", state.metrics.render(state.db.pool()))
+    bytes(
+        "text/plain; version=0.0.4",
+        "no-store",
+        state.metrics.render(state.db.pool()),
+    )
 }
 
 pub fn openapi() -> Response<Body> {
     bytes("application/json", "public, max-age=300", OPENAPI)
 }
 
-pub async fn me(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx) -> Result<Response<Body>, ApiError> {
+pub async fn me(
+    state: &AppState,
+    req: Request<Incoming>,
+    ctx: &mut Ctx,
+) -> Result<Response<Body>, ApiError> {
     let sub = state.authenticate(req.headers(), ctx)?;
     let rows = state
         .db
-        .query("SELECT id, email, created_at FROM users WHERE id = $1", &[(&sub, Type::UUID)])
+        .query(
+            "SELECT id, email, created_at FROM users WHERE id = $1",
+            &[(&sub, Type::UUID)],
+        )
         .await?;
     let row = rows.first().ok_or(ApiError::NotFound)?;
-    json(StatusCode::OK, &UserOut { id: row.get(0), email: row.get(1), created_at: row.get(2) })
+    json(
+        StatusCode::OK,
+        &UserOut {
+            id: row.get(0),
+            email: row.get(1),
+            created_at: row.get(2),
+        },
+    )
 }

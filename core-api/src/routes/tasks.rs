@@ -89,12 +89,19 @@ struct PatchBody {
     due_at: Option<Option<String>>,
 }
 
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
 /// The caller's own scope: `{user_id}` must be the verified subject (403 otherwise).
-fn owner(state: &AppState, req: &Request<Incoming>, ctx: &mut Ctx, user_id: &str) -> Result<Uuid, ApiError> {
+fn owner(
+    state: &AppState,
+    req: &Request<Incoming>,
+    ctx: &mut Ctx,
+    user_id: &str,
+) -> Result<Uuid, ApiError> {
     let sub = state.authenticate(req.headers(), ctx)?;
     match Uuid::parse_str(user_id) {
         Ok(id) if id == sub => Ok(sub),
@@ -111,7 +118,12 @@ fn task_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound)
 }
 
-pub async fn list(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_id: &str) -> Result<Response<Body>, ApiError> {
+pub async fn list(
+    state: &AppState,
+    req: Request<Incoming>,
+    ctx: &mut Ctx,
+    user_id: &str,
+) -> Result<Response<Body>, ApiError> {
     let owner = owner(state, &req, ctx, user_id)?;
     let q: ListQuery = parse_query(req.uri().query())?;
     let mut fields = Fields::default();
@@ -137,12 +149,23 @@ pub async fn list(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_
     let (c_at, c_id) = cursor.as_ref().map(|c| (c.created_at, c.id)).unzip();
     let rows = match (completed, cursor) {
         (None, None) => {
-            state.db.scoped(owner, LIST, &[(&owner, Type::UUID), (&fetch, Type::INT8)]).await?
+            state
+                .db
+                .scoped(owner, LIST, &[(&owner, Type::UUID), (&fetch, Type::INT8)])
+                .await?
         }
         (Some(done), None) => {
             state
                 .db
-                .scoped(owner, LIST_DONE, &[(&owner, Type::UUID), (&fetch, Type::INT8), (&done, Type::BOOL)])
+                .scoped(
+                    owner,
+                    LIST_DONE,
+                    &[
+                        (&owner, Type::UUID),
+                        (&fetch, Type::INT8),
+                        (&done, Type::BOOL),
+                    ],
+                )
                 .await?
         }
         (None, Some(_)) => {
@@ -151,7 +174,12 @@ pub async fn list(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_
                 .scoped(
                     owner,
                     LIST_AFTER,
-                    &[(&owner, Type::UUID), (&fetch, Type::INT8), (&c_at, Type::TIMESTAMPTZ), (&c_id, Type::UUID)],
+                    &[
+                        (&owner, Type::UUID),
+                        (&fetch, Type::INT8),
+                        (&c_at, Type::TIMESTAMPTZ),
+                        (&c_id, Type::UUID),
+                    ],
                 )
                 .await?
         }
@@ -173,9 +201,19 @@ pub async fn list(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_
         }
     };
     let more = rows.len() as i64 > limit;
-    let items: Vec<TaskOut> = rows.iter().take(limit as usize).map(TaskOut::from).collect();
+    let items: Vec<TaskOut> = rows
+        .iter()
+        .take(limit as usize)
+        .map(TaskOut::from)
+        .collect();
     let next_cursor = if more {
-        items.last().map(|t| Cursor { created_at: t.created_at, id: t.id }.encode())
+        items.last().map(|t| {
+            Cursor {
+                created_at: t.created_at,
+                id: t.id,
+            }
+            .encode()
+        })
     } else {
         None
     };
@@ -210,20 +248,31 @@ impl Cursor {
         let text = String::from_utf8(bytes).map_err(|_| bad())?;
         let (micros, id) = text.split_once('.').ok_or_else(bad)?;
         let micros: i128 = micros.parse().map_err(|_| bad())?;
-        let created_at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).map_err(|_| bad())?;
+        let created_at =
+            OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).map_err(|_| bad())?;
         let id = Uuid::parse_str(id).map_err(|_| bad())?;
         Ok(Self { created_at, id })
     }
 }
 
-pub async fn create(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_id: &str) -> Result<Response<Body>, ApiError> {
+pub async fn create(
+    state: &AppState,
+    req: Request<Incoming>,
+    ctx: &mut Ctx,
+    user_id: &str,
+) -> Result<Response<Body>, ApiError> {
     let owner = owner(state, &req, ctx, user_id)?;
     let (parts, body) = req.into_parts();
     let body: CreateBody = read_json(&parts.headers, body, state.body_limit()).await?;
     let mut fields = Fields::default();
     let title = fields.take(TaskTitle::parse(&body.title));
     let description = fields.take(body.description.map(TaskDescription::parse).transpose());
-    let due_at = fields.take(body.due_at.as_deref().map(|d| parse_rfc3339(d, "due_at")).transpose());
+    let due_at = fields.take(
+        body.due_at
+            .as_deref()
+            .map(|d| parse_rfc3339(d, "due_at"))
+            .transpose(),
+    );
     fields.finish().map_err(ApiError::Validation)?;
     let (Some(title), Some(description), Some(due_at)) = (title, description, due_at) else {
         return Err(ApiError::Internal("parsed fields missing".into()));
@@ -242,7 +291,10 @@ pub async fn create(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, use
             ],
         )
         .await?;
-    let task = rows.first().map(TaskOut::from).ok_or_else(|| ApiError::Internal("insert returned nothing".into()))?;
+    let task = rows
+        .first()
+        .map(TaskOut::from)
+        .ok_or_else(|| ApiError::Internal("insert returned nothing".into()))?;
     let mut resp = json(StatusCode::CREATED, &task)?;
     if let Ok(loc) = HeaderValue::from_str(&format!("/api/users/{owner}/tasks/{}", task.id)) {
         resp.headers_mut().insert(LOCATION, loc);
@@ -253,10 +305,23 @@ pub async fn create(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, use
 const INSERT: &str = "INSERT INTO tasks (owner_id, title, description, due_at) VALUES ($1, $2, $3, $4) \
     RETURNING id, title, description, completed, due_at, created_at, updated_at";
 
-pub async fn get(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_id: &str, task: &str) -> Result<Response<Body>, ApiError> {
+pub async fn get(
+    state: &AppState,
+    req: Request<Incoming>,
+    ctx: &mut Ctx,
+    user_id: &str,
+    task: &str,
+) -> Result<Response<Body>, ApiError> {
     let owner = owner(state, &req, ctx, user_id)?;
     let id = task_id(task)?;
-    let rows = state.db.scoped(owner, SELECT_ONE, &[(&owner, Type::UUID), (&id, Type::UUID)]).await?;
+    let rows = state
+        .db
+        .scoped(
+            owner,
+            SELECT_ONE,
+            &[(&owner, Type::UUID), (&id, Type::UUID)],
+        )
+        .await?;
     let task = rows.first().map(TaskOut::from).ok_or(ApiError::NotFound)?;
     json(StatusCode::OK, &task)
 }
@@ -264,18 +329,41 @@ pub async fn get(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_i
 const SELECT_ONE: &str = "SELECT id, title, description, completed, due_at, created_at, updated_at FROM tasks \
     WHERE owner_id = $1 AND id = $2";
 
-pub async fn update(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_id: &str, task: &str) -> Result<Response<Body>, ApiError> {
+pub async fn update(
+    state: &AppState,
+    req: Request<Incoming>,
+    ctx: &mut Ctx,
+    user_id: &str,
+    task: &str,
+) -> Result<Response<Body>, ApiError> {
     let owner = owner(state, &req, ctx, user_id)?;
     let id = task_id(task)?;
     let (parts, body) = req.into_parts();
     let body: PatchBody = read_json(&parts.headers, body, state.body_limit()).await?;
     let mut fields = Fields::default();
-    if body.title.is_none() && body.description.is_none() && body.completed.is_none() && body.due_at.is_none() {
-        fields.push(FieldError::new("body", "must set at least one of title, description, completed, due_at"));
+    if body.title.is_none()
+        && body.description.is_none()
+        && body.completed.is_none()
+        && body.due_at.is_none()
+    {
+        fields.push(FieldError::new(
+            "body",
+            "must set at least one of title, description, completed, due_at",
+        ));
     }
     let title = fields.take(body.title.as_deref().map(TaskTitle::parse).transpose());
-    let description = fields.take(body.description.clone().map(|d| d.map(TaskDescription::parse).transpose()).transpose());
-    let due_at = fields.take(body.due_at.clone().map(|d| d.as_deref().map(|s| parse_rfc3339(s, "due_at")).transpose()).transpose());
+    let description = fields.take(
+        body.description
+            .clone()
+            .map(|d| d.map(TaskDescription::parse).transpose())
+            .transpose(),
+    );
+    let due_at = fields.take(
+        body.due_at
+            .clone()
+            .map(|d| d.as_deref().map(|s| parse_rfc3339(s, "due_at")).transpose())
+            .transpose(),
+    );
     fields.finish().map_err(ApiError::Validation)?;
     let (Some(title), Some(description), Some(due_at)) = (title, description, due_at) else {
         return Err(ApiError::Internal("parsed fields missing".into()));
@@ -316,12 +404,22 @@ const UPDATE: &str = "UPDATE tasks SET \
     WHERE owner_id = $1 AND id = $2 \
     RETURNING id, title, description, completed, due_at, created_at, updated_at";
 
-pub async fn delete(state: &AppState, req: Request<Incoming>, ctx: &mut Ctx, user_id: &str, task: &str) -> Result<Response<Body>, ApiError> {
+pub async fn delete(
+    state: &AppState,
+    req: Request<Incoming>,
+    ctx: &mut Ctx,
+    user_id: &str,
+    task: &str,
+) -> Result<Response<Body>, ApiError> {
     let owner = owner(state, &req, ctx, user_id)?;
     let id = task_id(task)?;
     let rows = state
         .db
-        .scoped(owner, "DELETE FROM tasks WHERE owner_id = $1 AND id = $2 RETURNING id", &[(&owner, Type::UUID), (&id, Type::UUID)])
+        .scoped(
+            owner,
+            "DELETE FROM tasks WHERE owner_id = $1 AND id = $2 RETURNING id",
+            &[(&owner, Type::UUID), (&id, Type::UUID)],
+        )
         .await?;
     if rows.is_empty() {
         return Err(ApiError::NotFound);
@@ -335,7 +433,11 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
-        let c = Cursor { created_at: OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000).unwrap_or(OffsetDateTime::UNIX_EPOCH), id: Uuid::nil() };
+        let c = Cursor {
+            created_at: OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            id: Uuid::nil(),
+        };
         let d = Cursor::decode(&c.encode()).ok();
         assert_eq!(d.map(|d| (d.created_at, d.id)), Some((c.created_at, c.id)));
         assert!(Cursor::decode("not-a-cursor").is_err());

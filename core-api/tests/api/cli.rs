@@ -1,0 +1,132 @@
+//! The `core-api` binary: `check` on every committed configuration, and the errors an operator
+//! sees for a bad file or a missing variable.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use secrecy::ExposeSecret;
+
+fn repo_config(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../config")).join(name)
+}
+
+fn core_api() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_core-api"));
+    for var in [
+        "DATABASE_URL",
+        "JWT_SIGNING_KEY",
+        "JWT_SIGNING_KEY_FILE",
+        "JWT_ISSUER",
+        "PORT",
+        "APP_ENV",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+fn run(c: &mut Command) -> (bool, String) {
+    let out = c.output().expect("run core-api");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn every_committed_config_checks() {
+    let key = core_api::auth::keys::generate_ed25519_pem().expect("key");
+    for env in ["development", "staging", "production"] {
+        let (ok, text) = run(core_api()
+            .args(["check", "--config"])
+            .arg(repo_config("core-api.toml"))
+            .env("APP_ENV", env)
+            .env(
+                "DATABASE_URL",
+                "postgres://app:secret@db.internal:5432/app?sslmode=require",
+            )
+            .env("JWT_SIGNING_KEY", key.expose_secret())
+            .env("JWT_ISSUER", "https://api.example.com"));
+        assert!(ok, "{env}: {text}");
+        assert!(
+            text.contains("ok: ") && text.contains(env),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn missing_variables_are_named() {
+    let (ok, text) = run(core_api()
+        .args(["check", "--config"])
+        .arg(repo_config("core-api.toml"))
+        .env("APP_ENV", "production"));
+    assert!(!ok);
+    assert!(
+        text.contains(
+            "database.url: environment variable DATABASE_URL is not set (nor DATABASE_URL_FILE)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("auth.signing_key: environment variable JWT_SIGNING_KEY is not set"),
+        "{text}"
+    );
+    assert!(
+        text.contains("core-api.production.toml:"),
+        "the overlay's issuer line is named: {text}"
+    );
+    assert!(!text.contains("secret"), "{text}");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_file_line_and_key() {
+    let dir = std::env::temp_dir().join(format!("core-api-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let base = dir.join("core-api.toml");
+    std::fs::write(&base, "[server]\nlisten = \"127.0.0.1:8000\"\n\n[database]\nurl = \"postgres://u:p@h/d\"\npool_sise = 3\n").expect("write");
+    let (ok, text) = run(core_api()
+        .args(["check", "--config"])
+        .arg(&base)
+        .env("APP_ENV", "development"));
+    assert!(!ok);
+    assert!(
+        text.contains("core-api.toml:6: database.pool_sise: unknown field `pool_sise`"),
+        "{text}"
+    );
+
+    std::fs::write(
+        &base,
+        "[server]\nlisten = \"nowhere\"\n[auth]\nbcrypt_cost = 8\n",
+    )
+    .expect("write");
+    let (ok, text) = run(core_api()
+        .args(["check", "--config"])
+        .arg(&base)
+        .env("APP_ENV", "development")
+        .env("DATABASE_URL", "postgres://u:p@h/d"));
+    assert!(!ok);
+    assert!(text.contains("core-api.toml:2: server.listen"), "{text}");
+    assert!(
+        text.contains("core-api.toml:4: auth.bcrypt_cost: must be between 10 and 16"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn keygen_prints_a_usable_key() {
+    let (ok, text) = run(core_api().arg("keygen"));
+    assert!(ok, "{text}");
+    assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{text}");
+    let (ok, out) = run(core_api()
+        .args(["check", "--config"])
+        .arg(repo_config("core-api.toml"))
+        .env("APP_ENV", "production")
+        .env("DATABASE_URL", "postgres://u:p@h/d")
+        .env("JWT_SIGNING_KEY", text.trim())
+        .env("JWT_ISSUER", "https://x"));
+    assert!(ok, "{out}");
+}

@@ -1,0 +1,12 @@
+//! Integration tests of the core API: the real application on port 0 against a real
+//! PostgreSQL, one fresh database per test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod cli;
+mod faults;
+mod helpers;
+mod system;
+mod tasks;
+mod tokens;
