@@ -291,3 +291,96 @@ pub fn now_secs() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    fn keypair(seed: u8) -> (EncodingKey, DecodingKey) {
+        let pem = KeypairBytes {
+            secret_key: [seed; 32],
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+        let enc = EncodingKey::from_ed_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let public = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
+        (enc, DecodingKey::from_ed_der(public.as_bytes()))
+    }
+
+    fn verifier(dec: DecodingKey) -> Verifier {
+        Verifier::new(
+            Policy {
+                issuer: "iss".into(),
+                audience: "aud".into(),
+                algorithms: vec![Algorithm::EdDSA],
+                leeway_secs: 120,
+                cache_capacity: 16,
+            },
+            KeySet::new([VerificationKey {
+                kid: "k1".into(),
+                alg: Algorithm::EdDSA,
+                key: dec,
+            }]),
+        )
+    }
+
+    fn token(enc: &EncodingKey, exp_in: i64) -> String {
+        let now = now_secs() as i64;
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.typ = Some("at+jwt".into());
+        h.kid = Some("k1".into());
+        let claims = json!({"iss": "iss", "aud": "aud", "sub": "u1", "iat": now, "nbf": now, "exp": now + exp_in});
+        jsonwebtoken::encode(&h, &claims, enc).unwrap_or_default()
+    }
+
+    #[test]
+    fn leeway_is_capped_at_30_seconds() {
+        let (_, dec) = keypair(1);
+        assert_eq!(verifier(dec).policy().leeway_secs, MAX_LEEWAY_SECS);
+    }
+
+    #[test]
+    fn verifies_caches_and_forgets_on_key_change() {
+        let (enc, dec) = keypair(1);
+        let v = verifier(dec);
+        let t = token(&enc, 300);
+        assert_eq!(v.verify(&t).map(|c| c.sub.clone()), Ok("u1".to_string()));
+        assert_eq!(v.cache.len(), 1);
+        assert!(v.verify(&t).is_ok(), "served from the cache");
+        // Rotating to another key drops cached verdicts at once.
+        let (_, other) = keypair(2);
+        v.replace_keys(KeySet::new([VerificationKey {
+            kid: "k1".into(),
+            alg: Algorithm::EdDSA,
+            key: other,
+        }]));
+        assert_eq!(v.verify(&t), Err(Rejection::BadSignature));
+    }
+
+    #[test]
+    fn expiry_respects_the_capped_leeway() {
+        let (enc, dec) = keypair(1);
+        let v = verifier(dec);
+        assert!(v.verify(&token(&enc, -10)).is_ok(), "within 30 s leeway");
+        assert_eq!(v.verify(&token(&enc, -60)), Err(Rejection::Expired));
+    }
+
+    #[test]
+    fn jwks_keys_are_filtered() {
+        let set: JwkSet = serde_json::from_value(json!({"keys": [
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "sym", "alg": "HS256"},
+            {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "alg": "EdDSA"},
+            {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "ok", "alg": "EdDSA"}
+        ]}))
+        .unwrap_or_default();
+        let (keys, skipped) = KeySet::from_jwks(&set, &[Algorithm::EdDSA, Algorithm::HS256]);
+        assert_eq!(keys.kids(), vec!["ok"]);
+        assert_eq!(skipped.len(), 2);
+    }
+}

@@ -47,7 +47,7 @@ struct TokenPair {
 pub async fn register(
     state: &AppState,
     req: Request<Incoming>,
-    _ctx: &mut Ctx,
+    ctx: &mut Ctx,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let body: Credentials = read_json(&parts.headers, body, state.body_limit()).await?;
@@ -73,7 +73,8 @@ pub async fn register(
         email: row.get(1),
         created_at: row.get(2),
     };
-    tracing::info!(request_id = %_ctx.request_id, user_id = %user.id, "account registered");
+    ctx.user_id = Some(user.id);
+    tracing::info!(request_id = %ctx.request_id, user_id = %user.id, "account registered");
     json(StatusCode::CREATED, &user)
 }
 

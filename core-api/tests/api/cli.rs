@@ -50,10 +50,7 @@ fn every_committed_config_checks() {
             .env("JWT_SIGNING_KEY", key.expose_secret())
             .env("JWT_ISSUER", "https://api.example.com"));
         assert!(ok, "{env}: {text}");
-        assert!(
-            text.contains("ok: ") && text.contains(env),
-            "{text}"
-        );
+        assert!(text.contains("ok: ") && text.contains(env), "{text}");
     }
 }
 

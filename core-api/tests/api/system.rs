@@ -151,3 +151,31 @@ async fn openapi_document_matches_the_routes() {
         .collect();
     assert_eq!(documented, served);
 }
+
+/// Shutdown stops accepting but lets an in-flight request finish.
+#[tokio::test]
+async fn graceful_shutdown_drains_in_flight_requests() {
+    // bcrypt cost 10 keeps the registration busy for a while.
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.auth.bcrypt_cost = 10;
+        s.auth.insecure_test_bcrypt = false;
+    })
+    .await;
+    let base = app.base.clone();
+    let http = app.http.clone();
+    let in_flight = tokio::spawn(async move {
+        http.post(format!("{base}/auth/register"))
+            .json(&json!({"email": "drain@example.com", "password": "correct horse battery"}))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let addr = app.addr;
+    app.stop().await;
+    assert_eq!(in_flight.await.ok().and_then(Result::ok), Some(201));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}

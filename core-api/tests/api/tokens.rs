@@ -205,3 +205,49 @@ async fn expired_token_is_token_expired() {
                "detail": "Refresh the access token."})
     );
 }
+
+/// Key rotation with overlap: tokens signed by the previous key keep working while its public
+/// key is configured, and the JWKS publishes both.
+#[tokio::test]
+async fn previous_keys_verify_during_rotation() {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    use secrecy::ExposeSecret;
+
+    let old = spawn_app().await;
+    let u = old.user().await;
+    let old_kid = old.state.signer().kid().to_string();
+    let old_public = ed25519_dalek::SigningKey::from_pkcs8_pem(old.signing_pem.expose_secret())
+        .unwrap()
+        .verifying_key()
+        .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .unwrap();
+
+    // The new deployment signs with a new key and keeps the old public key.
+    let new = crate::helpers::spawn_app_with(|s| {
+        s.auth.previous_keys = vec![core_api::settings::PreviousKey {
+            algorithm: core_api::settings::SigningAlgorithm::EdDSA,
+            public_key: old_public.clone(),
+            kid: None,
+        }];
+    })
+    .await;
+    let jwks = new.get("/.well-known/jwks.json", None).await.body;
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .map(|k| k.iter().filter_map(|k| k["kid"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(kids, [new.state.signer().kid(), old_kid.as_str()]);
+    let token = old.sign(&new.valid_claims(u.id), |_| {});
+    let me = new.get("/api/me", Some(&token)).await;
+    // The user lives in the old app's database; what matters is that the token verified.
+    assert_eq!(
+        me.status, 404,
+        "verified (then no such user here): {}",
+        me.text
+    );
+
+    // Without the old key configured the same token is refused.
+    let plain = spawn_app().await;
+    assert_eq!(plain.get("/api/me", Some(&token)).await.status, 401);
+}
