@@ -26,8 +26,8 @@ build: ## Debug build of the workspace
 release: ## Release build of the workspace
 	$(CARGO) build --release --workspace
 
-bench: ## Run bench/run.sh (when it exists)
-	@if [ -x bench/run.sh ]; then bench/run.sh; elif [ -f bench/run.sh ]; then bash bench/run.sh; else echo "bench/run.sh is not there yet"; fi
+bench: ## Core API vs pgbench (needs cargo build --release -p core-api)
+	bench/api.sh
 
 clean-dev: ## Stop the dev PostgreSQL and delete .dev/
 	@scripts/pg.sh stop .dev/pg

@@ -113,9 +113,23 @@ fn owner(
     }
 }
 
-/// A task id outside the caller's scope, or not a UUID at all, is simply not found.
-fn task_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound)
+/// The caller's scope and the task id. A task id outside the caller's scope, or not a UUID at
+/// all, is simply not found.
+fn task_scope(
+    state: &AppState,
+    req: &Request<Incoming>,
+    ctx: &mut Ctx,
+    user_id: &str,
+    task: &str,
+) -> Result<(Uuid, Uuid), ApiError> {
+    let owner = owner(state, req, ctx, user_id)?;
+    let id = Uuid::parse_str(task).map_err(|_| ApiError::NotFound)?;
+    Ok((owner, id))
+}
+
+/// The one task a statement returned, or 404.
+fn single(rows: &[Row]) -> Result<TaskOut, ApiError> {
+    rows.first().map(TaskOut::from).ok_or(ApiError::NotFound)
 }
 
 pub async fn list(
@@ -312,8 +326,7 @@ pub async fn get(
     user_id: &str,
     task: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let owner = owner(state, &req, ctx, user_id)?;
-    let id = task_id(task)?;
+    let (owner, id) = task_scope(state, &req, ctx, user_id, task)?;
     let rows = state
         .db
         .scoped(
@@ -322,8 +335,7 @@ pub async fn get(
             &[(&owner, Type::UUID), (&id, Type::UUID)],
         )
         .await?;
-    let task = rows.first().map(TaskOut::from).ok_or(ApiError::NotFound)?;
-    json(StatusCode::OK, &task)
+    json(StatusCode::OK, &single(&rows)?)
 }
 
 const SELECT_ONE: &str = "SELECT id, title, description, completed, due_at, created_at, updated_at FROM tasks \
@@ -336,8 +348,7 @@ pub async fn update(
     user_id: &str,
     task: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let owner = owner(state, &req, ctx, user_id)?;
-    let id = task_id(task)?;
+    let (owner, id) = task_scope(state, &req, ctx, user_id, task)?;
     let (parts, body) = req.into_parts();
     let body: PatchBody = read_json(&parts.headers, body, state.body_limit()).await?;
     let mut fields = Fields::default();
@@ -391,8 +402,7 @@ pub async fn update(
             ],
         )
         .await?;
-    let task = rows.first().map(TaskOut::from).ok_or(ApiError::NotFound)?;
-    json(StatusCode::OK, &task)
+    json(StatusCode::OK, &single(&rows)?)
 }
 
 const UPDATE: &str = "UPDATE tasks SET \
@@ -411,8 +421,7 @@ pub async fn delete(
     user_id: &str,
     task: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let owner = owner(state, &req, ctx, user_id)?;
-    let id = task_id(task)?;
+    let (owner, id) = task_scope(state, &req, ctx, user_id, task)?;
     let rows = state
         .db
         .scoped(

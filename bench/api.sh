@@ -1,0 +1,669 @@
+#!/usr/bin/env bash
+# core-api benchmark: owner-scoped task listing against the database path's own limit, and GET
+# latency while a login flood burns bcrypt. Everything runs on this machine, on loopback, against
+# a throwaway PostgreSQL cluster; nothing is built here.
+#
+#   cargo build --release -p core-api && bench/api.sh
+#
+# Steps:
+#   1. a throwaway PostgreSQL (scripts/pg.sh), `core-api migrate`, a fresh Ed25519 signing key;
+#   2. seeding: core-api with a bench config (development overlay; bcrypt cost 4 for this phase
+#      only) registers and logs in BENCH_USERS users through the API; TASKS_PER_USER tasks each
+#      are inserted with SQL as the superuser (superusers bypass the tasks RLS policy);
+#   3. core-api restarted with the configured bcrypt cost (12) for every measurement;
+#   4. throughput: wrk -c CONNECTIONS on GET /api/users/{id}/tasks?limit=20, round-robin users;
+#   5. reference: pgbench, same concurrency, the same SQL the API sends (bench/list.sql), as the
+#      same database role, prepared statements;
+#   6. latency: wrk -c LAT_CONNECTIONS at a fixed paced rate below the knee, without and then
+#      with a POST /auth/login flood (wrk -c FLOOD_CONNECTIONS, bench/login.lua);
+#   7. a markdown table on stdout, also saved as bench/results/api-<UTC time>.md.
+#
+# Environment (defaults in brackets):
+#   CORE_API_BIN [target/release/core-api]   binary under test (copied, so a rebuild mid-run
+#                                            cannot swap it)
+#   DURATION [15]          seconds per measured run     WARMUP [3]  seconds of warm-up before
+#   BENCH_USERS [200]      seeded users                 TASKS_PER_USER [20]
+#   CONNECTIONS [64]       throughput concurrency, for wrk and pgbench alike
+#   THREADS [2]            wrk threads and pgbench -j
+#   LAT_CONNECTIONS [16]   latency-run connections      FLOOD_CONNECTIONS [32]  login flood
+#   LAT_RPS [peak/4]       offered GET rate of the latency runs; 0 = closed loop (as fast as
+#                          the API answers, which measures queueing rather than latency)
+#   BENCH_PG_SSLMODE [require]  sslmode of both the API's and pgbench's connections
+#   BENCH_POOL_SIZE [development overlay's]      core-api database.pool_size
+#   BENCH_STRICT [0]       1: exit 2 when a target is missed
+#   BENCH_KEEP [0]         1: keep the temp dir (logs, config, cluster) for inspection
+#   BENCH_RESULTS_DIR [bench/results]
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+DURATION=${DURATION:-15}
+WARMUP=${WARMUP:-3}
+BENCH_USERS=${BENCH_USERS:-200}
+TASKS_PER_USER=${TASKS_PER_USER:-20}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+LAT_CONNECTIONS=${LAT_CONNECTIONS:-16}
+FLOOD_CONNECTIONS=${FLOOD_CONNECTIONS:-32}
+LAT_RPS=${LAT_RPS:-}
+BENCH_PG_SSLMODE=${BENCH_PG_SSLMODE:-require}
+BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-}
+BENCH_STRICT=${BENCH_STRICT:-0}
+BENCH_KEEP=${BENCH_KEEP:-0}
+BENCH_RESULTS_DIR=${BENCH_RESULTS_DIR:-$repo/bench/results}
+CORE_API_BIN=${CORE_API_BIN:-target/release/core-api}
+
+# Targets (the issue): list throughput >= 0.6x pgbench; GET p99 under a login flood <= 2x idle.
+TARGET_THROUGHPUT_RATIO=0.6
+TARGET_FLOOD_P99_RATIO=2.0
+
+SEED_PASSWORD="bench-password-$(date +%s)"
+FLOOD_PASSWORD="flood-password-$(date +%s)"
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+die() {
+  say "$*"
+  exit 1
+}
+
+for v in DURATION WARMUP BENCH_USERS TASKS_PER_USER CONNECTIONS THREADS LAT_CONNECTIONS FLOOD_CONNECTIONS; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
+done
+((DURATION >= 1 && BENCH_USERS >= 1 && CONNECTIONS >= THREADS && LAT_CONNECTIONS >= THREADS)) ||
+  die "need DURATION >= 1, BENCH_USERS >= 1 and CONNECTIONS, LAT_CONNECTIONS >= THREADS"
+[[ -z $LAT_RPS || $LAT_RPS =~ ^[0-9]+$ ]] || die "LAT_RPS must be a whole number (got '$LAT_RPS')"
+
+# ---------------------------------------------------------------------------------------------
+# Tools: wrk, pgbench (postgresql-contrib), the PostgreSQL server, python3, curl. Idempotent.
+
+have() { command -v "$1" >/dev/null 2>&1; }
+have_pg_tool() {
+  local d
+  have "$1" && return 0
+  for d in /usr/lib/postgresql/*/bin; do
+    [[ -x $d/$1 ]] && return 0
+  done
+  return 1
+}
+
+ensure_tools() {
+  local pkgs=()
+  have wrk || pkgs+=(wrk)
+  have_pg_tool pgbench || pkgs+=(postgresql-contrib)
+  { have_pg_tool initdb && have_pg_tool pg_ctl && have_pg_tool psql; } || pkgs+=(postgresql)
+  have python3 || pkgs+=(python3)
+  have curl || pkgs+=(curl)
+  have openssl || pkgs+=(openssl)
+  ((${#pkgs[@]} == 0)) && return 0
+  if [[ $(id -u) -ne 0 ]]; then
+    die "missing tools; install them with: sudo apt-get install -y --no-install-recommends ${pkgs[*]}"
+  fi
+  say "installing ${pkgs[*]} (apt-get)"
+  local log
+  log=$(mktemp)
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    die "apt-get install ${pkgs[*]} failed"
+  fi
+  rm -f "$log"
+}
+
+ensure_tools
+
+if [[ ! -f $CORE_API_BIN ]]; then
+  say "no core-api binary at $CORE_API_BIN"
+  say "build it first:  cargo build --release -p core-api   (or set CORE_API_BIN)"
+  exit 1
+fi
+bin_label=$CORE_API_BIN
+case $CORE_API_BIN in
+  */debug/*) build_kind="debug build: the numbers below mean nothing" ;;
+  */release/*) build_kind="release build" ;;
+  *) build_kind="build profile unknown" ;;
+esac
+
+# ---------------------------------------------------------------------------------------------
+# Workspace, cleanup.
+
+work=$(mktemp -d /tmp/gh-bench.XXXXXX)
+api_pid=
+flood_pid=
+child_pid=
+api_port=
+api_log=$work/core-api.log
+
+# shellcheck source=scripts/pg.sh
+source "$repo/scripts/pg.sh"
+
+stop_pid() {
+  local pid=$1 i
+  [[ -n $pid ]] || return 0
+  if kill -TERM "$pid" 2>/dev/null; then
+    for ((i = 0; i < 100; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# shellcheck disable=SC2317 # reached through the traps
+cleanup() {
+  local rc=$?
+  trap '' INT TERM
+  stop_pid "$child_pid"
+  stop_pid "$flood_pid"
+  stop_pid "$api_pid"
+  pg_stop "$work/pg"
+  if [[ $BENCH_KEEP == 1 || $rc -ne 0 ]]; then
+    say "kept $work (logs: $api_log, $work/pg/postgres.log)"
+    [[ $BENCH_KEEP == 1 ]] || say "remove it with: rm -rf $work"
+  else
+    rm -rf "$work"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'say interrupted; exit 130' INT
+trap 'exit 143' TERM
+
+# The binary may be rebuilt by someone else while we run: take a private copy, retrying a few
+# times in case it is being replaced right now.
+for attempt in 1 2 3 4 5 6 7 8 9 10; do
+  if cp "$CORE_API_BIN" "$work/core-api" 2>/dev/null && "$work/core-api" --version >/dev/null 2>&1; then
+    break
+  fi
+  ((attempt < 10)) || die "cannot copy a working $CORE_API_BIN"
+  sleep 2
+done
+api=$work/core-api
+say "binary: $bin_label ($("$api" --version), $build_kind)"
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL.
+
+pg_start "$work/pg" || {
+  [[ -f $work/pg/postgres.log ]] && tail -n 30 "$work/pg/postgres.log" >&2
+  die "PostgreSQL did not start"
+}
+pg_bin=$(pg_bin_dir)
+psql_bin=$pg_bin/psql
+pgbench_bin=$pg_bin/pgbench
+[[ -x $pgbench_bin ]] || pgbench_bin=$(command -v pgbench)
+
+app_url="$DATABASE_URL?sslmode=$BENCH_PG_SSLMODE"
+# The superuser, but in the application database (TEST_PG_ADMIN_URL names `postgres`).
+admin_url="${TEST_PG_ADMIN_URL%/*}/gatehouse?sslmode=$BENCH_PG_SSLMODE"
+
+psql_admin() { "$psql_bin" -X -q -v ON_ERROR_STOP=1 -d "$admin_url"; }
+psql_app() { "$psql_bin" -X -q -v ON_ERROR_STOP=1 -d "$app_url" "$@"; }
+
+# ---------------------------------------------------------------------------------------------
+# Configuration: the committed base file and development overlay, copied and adjusted.
+
+cfg_dir=$work/config
+mkdir -p "$cfg_dir"
+cp config/core-api.toml config/core-api.development.toml "$cfg_dir/"
+cp config/core-api.development.toml "$cfg_dir/development.orig.toml"
+cfg=$cfg_dir/core-api.toml
+
+# set_overlay KEY=VALUE...: rewrite the temp development overlay from the committed one plus
+# these TOML values (dotted keys, values as TOML literals). Existing keys are replaced in place,
+# missing tables are appended; the result is parsed back to check it.
+set_overlay() {
+  python3 - "$cfg_dir/development.orig.toml" "$cfg_dir/core-api.development.toml" "$@" <<'PY'
+import re, sys, tomllib
+src, dst, *pairs = sys.argv[1:]
+lines = open(src, encoding="utf-8").read().splitlines()
+wanted = {}
+for p in pairs:
+    key, value = p.split("=", 1)
+    table, name = key.rsplit(".", 1)
+    wanted.setdefault(table, {})[name] = value
+
+def table_span(table):
+    start = None
+    for i, line in enumerate(lines):
+        m = re.match(r"^\s*\[([^\[\]]+)\]\s*(#.*)?$", line)
+        if m:
+            if start is not None:
+                return start, i
+            if m.group(1).strip() == table:
+                start = i
+    return (start, len(lines)) if start is not None else None
+
+for table, values in wanted.items():
+    span = table_span(table)
+    if span is None:
+        lines += ["", f"[{table}]"] + [f"{k} = {v}" for k, v in values.items()]
+        continue
+    start, end = span
+    for k, v in values.items():
+        for i in range(start + 1, end):
+            if re.match(rf"^\s*{re.escape(k)}\s*=", lines[i]):
+                lines[i] = f"{k} = {v}"
+                break
+        else:
+            lines.insert(start + 1, f"{k} = {v}")
+            end += 1
+text = "\n".join(lines) + "\n"
+parsed = tomllib.loads(text)
+for table, values in wanted.items():
+    for k, v in values.items():
+        assert parsed[table][k] == tomllib.loads(f"x = {v}")["x"], (table, k)
+open(dst, "w", encoding="utf-8").write(text)
+PY
+}
+
+overlay_common=(
+  "log.level=\"warn\""
+  # The per-account login limit (10/min) would turn the flood into cheap 429s; the flood is
+  # there to load the API with bcrypt work, so the limit is lifted for the benchmark.
+  "auth.login_attempts_per_minute=1000000"
+  # Tokens minted while seeding must outlive every run, whatever DURATION is.
+  "auth.access_ttl_seconds=3600"
+)
+[[ -z $BENCH_POOL_SIZE ]] || overlay_common+=("database.pool_size=$BENCH_POOL_SIZE")
+
+api_base() { printf 'http://127.0.0.1:%s' "$api_port"; }
+
+# run_child OUT CMD...: run a load generator in the background and wait for it, so that a
+# TERM/INT reaches our trap at once (bash defers traps while a foreground child runs) and the
+# cleanup can stop the child too.
+run_child() {
+  local out=$1 rc=0
+  "${@:2}" >"$out" 2>&1 &
+  child_pid=$!
+  wait "$child_pid" || rc=$?
+  child_pid=
+  return "$rc"
+}
+
+start_api() {
+  local phase=$1 i
+  api_port=$(free_port)
+  set_overlay "${overlay_common[@]}" "server.listen=\"127.0.0.1:$api_port\"" "${@:2}" ||
+    die "could not write the bench overlay"
+  printf '\n===== core-api serve (%s) on 127.0.0.1:%s =====\n' "$phase" "$api_port" >>"$api_log"
+  # PORT would override server.listen with 0.0.0.0:PORT.
+  env -u PORT APP_ENV=development DATABASE_URL="$app_url" JWT_SIGNING_KEY="$jwt_key" \
+    "$api" serve --config "$cfg" >>"$api_log" 2>&1 &
+  api_pid=$!
+  # A debug build spends a while on the start-up bcrypt (the dummy hash) at cost 12.
+  for ((i = 0; i < 1200; i++)); do
+    if ! kill -0 "$api_pid" 2>/dev/null; then
+      tail -n 30 "$api_log" >&2
+      api_pid=
+      die "core-api exited during start-up"
+    fi
+    if curl -fsS -o /dev/null --max-time 2 "$(api_base)/healthz" 2>/dev/null; then
+      say "core-api ($phase) listening on $(api_base)"
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -n 30 "$api_log" >&2
+  die "core-api did not answer /healthz within 120 s"
+}
+
+stop_api() {
+  stop_pid "$api_pid"
+  api_pid=
+}
+
+jwt_key=$("$api" keygen) || die "core-api keygen failed"
+
+say "migrating"
+env -u PORT APP_ENV=development DATABASE_URL="$app_url" JWT_SIGNING_KEY="$jwt_key" \
+  "$api" migrate --config "$cfg" >>"$api_log" 2>&1 || {
+  tail -n 20 "$api_log" >&2
+  die "core-api migrate failed"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Seeding. bcrypt cost 4 for this phase only, so that BENCH_USERS registrations and logins take
+# seconds, not minutes; every measurement below runs with the configured cost.
+
+users_file=$work/users.txt
+start_api seed "auth.bcrypt_cost=4" "auth.insecure_test_bcrypt=true"
+
+say "registering and logging in $BENCH_USERS users"
+python3 - "$(api_base)" "$BENCH_USERS" "$SEED_PASSWORD" "$users_file" <<'PY'
+import concurrent.futures, json, sys, time, urllib.error, urllib.request
+
+base, count, password, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+def post(path, body):
+    data = json.dumps(body).encode()
+    for attempt in range(20):
+        req = urllib.request.Request(base + path, data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            if e.code in (429, 503):  # hashing saturated or rate-limited: back off, retry
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise SystemExit(f"POST {path} -> {e.code}: {e.read()[:300]!r}")
+    raise SystemExit(f"POST {path}: still 429/503 after retries")
+
+def seed(i):
+    email = f"bench-{i:06d}@bench.example.com"
+    status, user = post("/auth/register", {"email": email, "password": password})
+    if status != 201:
+        raise SystemExit(f"register {email} -> {status}")
+    status, pair = post("/auth/login", {"email": email, "password": password})
+    if status != 200:
+        raise SystemExit(f"login {email} -> {status}")
+    return user["id"], pair["access_token"]
+
+with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+    pairs = list(pool.map(seed, range(1, count + 1)))
+with open(out, "w") as f:
+    for uid, token in pairs:
+        f.write(f"{uid} {token}\n")
+PY
+[[ $(wc -l <"$users_file") -eq $BENCH_USERS ]] || die "seeding wrote $(wc -l <"$users_file") of $BENCH_USERS users"
+
+say "inserting $TASKS_PER_USER tasks per user (SQL, as the superuser)"
+psql_admin <<SQL
+INSERT INTO tasks (owner_id, title, description, completed, due_at, created_at, updated_at)
+SELECT u.id,
+       'Benchmark task ' || g,
+       'Seeded by bench/api.sh: task ' || g || ' of ' || u.email,
+       g % 3 = 0,
+       CASE WHEN g % 2 = 0 THEN now() + g * interval '1 day' END,
+       now() - g * interval '1 minute',
+       now() - g * interval '1 minute'
+FROM users u CROSS JOIN generate_series(1, $TASKS_PER_USER) AS g
+WHERE u.email LIKE 'bench-%@bench.example.com';
+VACUUM ANALYZE users;
+VACUUM ANALYZE tasks;
+SQL
+
+# pgbench's map from a row number to a seeded user, owned by the application role.
+psql_app <<'SQL'
+SET client_min_messages = warning;
+DROP TABLE IF EXISTS bench_users;
+CREATE TABLE bench_users (n int PRIMARY KEY, id uuid NOT NULL);
+INSERT INTO bench_users (n, id)
+SELECT row_number() OVER (ORDER BY id), id FROM users WHERE email LIKE 'bench-%@bench.example.com';
+ANALYZE bench_users;
+SQL
+nusers=$(psql_app -At -c 'SELECT count(*) FROM bench_users')
+[[ $nusers -eq $BENCH_USERS ]] || die "bench_users has $nusers rows, expected $BENCH_USERS"
+
+# ---------------------------------------------------------------------------------------------
+# Measurement phase: the configured bcrypt cost (12 in the base config).
+
+stop_api
+start_api measure
+
+say "registering the login-flood account (one bcrypt at the configured cost)"
+flood_email="flood-$(date +%s)@bench.example.com"
+code=$(curl -sS -o "$work/flood-register.json" -w '%{http_code}' --max-time 120 \
+  -H 'Content-Type: application/json' \
+  -d "{\"email\":\"$flood_email\",\"password\":\"$FLOOD_PASSWORD\"}" "$(api_base)/auth/register")
+[[ $code == 201 ]] || die "registering $flood_email -> $code: $(cat "$work/flood-register.json")"
+code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 120 \
+  -H 'Content-Type: application/json' \
+  -d "{\"email\":\"$flood_email\",\"password\":\"$FLOOD_PASSWORD\"}" "$(api_base)/auth/login")
+[[ $code == 200 ]] || die "logging in $flood_email -> $code"
+
+# One request by hand: the seeded tokens work across the restart and a page has the tasks.
+read -r first_id first_token <"$users_file"
+curl -fsS --max-time 30 -H "Authorization: Bearer $first_token" \
+  "$(api_base)/api/users/$first_id/tasks?limit=20" >"$work/sample.json" ||
+  die "GET /api/users/$first_id/tasks failed"
+items=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["items"]))' "$work/sample.json")
+expect=$((TASKS_PER_USER < 20 ? TASKS_PER_USER : 20))
+[[ $items -eq $expect ]] || die "sample page has $items items, expected $expect"
+
+# ---------------------------------------------------------------------------------------------
+# wrk helpers.
+
+export BENCH_USERS_FILE=$users_file
+
+# wrk_value FILE rps|p50|p99|non2xx|errors|requests: a number from wrk's --latency report
+# (latencies in milliseconds).
+wrk_value() {
+  awk -v want="$2" '
+    function ms(v) {
+      if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+      if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+      if (v ~ /m$/)  return substr(v, 1, length(v) - 1) * 60000
+      if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
+      return v + 0
+    }
+    /^Requests\/sec:/                      { rps = $2 }
+    /^ +50%/ && dist                       { p50 = ms($2) }
+    /^ +99%/ && dist                       { p99 = ms($2) }
+    /Latency Distribution/                 { dist = 1 }
+    /Non-2xx or 3xx responses:/            { non2xx = $NF }
+    /requests in/                          { requests = $1 }
+    /Socket errors:/ {
+      gsub(",", ""); errors = $4 + $6 + $8 + $10
+    }
+    END {
+      if (want == "rps") v = rps
+      else if (want == "p50") v = p50
+      else if (want == "p99") v = p99
+      else if (want == "non2xx") v = non2xx + 0
+      else if (want == "errors") v = errors + 0
+      else if (want == "requests") v = requests + 0
+      if (v == "") exit 1
+      print v
+    }' "$1"
+}
+
+# run_wrk OUT CONNECTIONS SECONDS SCRIPT [extra wrk args...]
+run_wrk() {
+  local out=$1 conns=$2 secs=$3 script=$4
+  run_child "$out" wrk -t"$THREADS" -c"$conns" -d"${secs}s" --latency "${@:5}" -s "$script" "$(api_base)" || {
+    cat "$out" >&2
+    die "wrk failed"
+  }
+}
+
+check_wrk() {
+  local out=$1 what=$2 bad
+  bad=$(($(wrk_value "$out" non2xx) + $(wrk_value "$out" errors)))
+  if ((bad > 0)); then
+    cat "$out" >&2
+    say "WARNING: $what: $bad non-2xx responses or socket errors"
+    warnings+=("$what: $bad non-2xx responses or socket errors")
+  fi
+}
+warnings=()
+
+# ---------------------------------------------------------------------------------------------
+# 1. Throughput: core-api.
+
+if ((WARMUP > 0)); then
+  say "warm-up ${WARMUP}s"
+  run_wrk "$work/wrk-warmup.txt" "$CONNECTIONS" "$WARMUP" bench/list.lua
+fi
+say "core-api list throughput: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s"
+run_wrk "$work/wrk-throughput.txt" "$CONNECTIONS" "$DURATION" bench/list.lua
+check_wrk "$work/wrk-throughput.txt" "throughput run"
+api_rps=$(wrk_value "$work/wrk-throughput.txt" rps)
+api_p50=$(wrk_value "$work/wrk-throughput.txt" p50)
+api_p99=$(wrk_value "$work/wrk-throughput.txt" p99)
+
+# ---------------------------------------------------------------------------------------------
+# 2. Reference: pgbench, the same SQL at the same concurrency, as the same role.
+
+run_pgbench() {
+  local out=$1 secs=$2
+  run_child "$out" "$pgbench_bin" -n -M prepared -c "$CONNECTIONS" -j "$THREADS" -T "$secs" \
+    -D nusers="$BENCH_USERS" -f bench/list.sql "$app_url" || {
+    cat "$out" >&2
+    die "pgbench failed"
+  }
+}
+
+# First prove that the reference does the API's work: with the identity set in the pipelined
+# transaction, row-level security lets each user's page through (a wrong identity would make
+# pgbench fast at reading nothing). A wrong count divides by zero and fails the run.
+cat >"$work/verify.sql" <<SQL
+\\set n random(1, :nusers)
+SELECT id AS uid FROM bench_users WHERE n = :n \\gset
+\\startpipeline
+BEGIN;
+SELECT set_config('app.user_id', :uid, true);
+SELECT 1 / (count(*) = $expect)::int FROM (SELECT id FROM tasks WHERE owner_id = :uid::uuid ORDER BY created_at DESC, id DESC LIMIT 21) s;
+COMMIT;
+\\endpipeline
+SQL
+"$pgbench_bin" -n -M prepared -c 2 -j 1 -t 20 -D nusers="$BENCH_USERS" -f "$work/verify.sql" \
+  "$app_url" >"$work/pgbench-verify.txt" 2>&1 || {
+  cat "$work/pgbench-verify.txt" >&2
+  die "pgbench sanity check failed: the reference transaction does not see each user's $expect tasks"
+}
+grep -q '^number of transactions actually processed: 40/40' "$work/pgbench-verify.txt" || {
+  cat "$work/pgbench-verify.txt" >&2
+  die "pgbench sanity check failed"
+}
+
+if ((WARMUP > 0)); then
+  run_pgbench "$work/pgbench-warmup.txt" "$WARMUP"
+fi
+say "pgbench reference: -M prepared -c $CONNECTIONS -j $THREADS -T $DURATION"
+run_pgbench "$work/pgbench.txt" "$DURATION"
+pg_tps=$(awk '/^tps = .*without initial connection time/ { print $3 }' "$work/pgbench.txt")
+pg_lat=$(awk '/^latency average = / { print $4 }' "$work/pgbench.txt")
+pg_failed=$(awk '/^number of failed transactions:/ { print $5 }' "$work/pgbench.txt")
+[[ -n $pg_tps ]] || {
+  cat "$work/pgbench.txt" >&2
+  die "could not read tps from pgbench"
+}
+if [[ -n $pg_failed && $pg_failed != 0 ]]; then
+  warnings+=("pgbench: $pg_failed failed transactions")
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 3. GET latency without and with a login flood, at a paced rate below the knee.
+
+if [[ -z $LAT_RPS ]]; then
+  LAT_RPS=$(awk -v r="$api_rps" 'BEGIN { x = int(r / 4); if (x < 1) x = 1; print x }')
+fi
+if ((LAT_RPS > 0)); then
+  # Each connection waits about LAT_CONNECTIONS / LAT_RPS seconds between its requests.
+  export BENCH_DELAY_MS=$(((LAT_CONNECTIONS * 1000 + LAT_RPS / 2) / LAT_RPS))
+  ((BENCH_DELAY_MS >= 1)) || BENCH_DELAY_MS=1
+  lat_mode="paced, ~$LAT_RPS req/s offered"
+else
+  export BENCH_DELAY_MS=0
+  lat_mode="closed loop"
+fi
+
+say "GET latency, no flood: wrk -c$LAT_CONNECTIONS -d${DURATION}s ($lat_mode)"
+run_wrk "$work/wrk-idle.txt" "$LAT_CONNECTIONS" "$DURATION" bench/list.lua
+check_wrk "$work/wrk-idle.txt" "latency run without flood"
+idle_p50=$(wrk_value "$work/wrk-idle.txt" p50)
+idle_p99=$(wrk_value "$work/wrk-idle.txt" p99)
+idle_rps=$(wrk_value "$work/wrk-idle.txt" rps)
+
+say "GET latency during a login flood: wrk -c$FLOOD_CONNECTIONS POST /auth/login alongside"
+flood_secs=$((DURATION + 2))
+BENCH_LOGIN_EMAIL=$flood_email BENCH_LOGIN_PASSWORD=$FLOOD_PASSWORD BENCH_DELAY_MS=0 \
+  wrk -t1 -c"$FLOOD_CONNECTIONS" -d"${flood_secs}s" --latency --timeout 60s \
+  -s bench/login.lua "$(api_base)" >"$work/wrk-flood.txt" 2>&1 &
+flood_pid=$!
+sleep 1 # let the flood fill the hashing queue first
+run_wrk "$work/wrk-loaded.txt" "$LAT_CONNECTIONS" "$DURATION" bench/list.lua
+check_wrk "$work/wrk-loaded.txt" "latency run during the flood"
+wait "$flood_pid" || {
+  cat "$work/wrk-flood.txt" >&2
+  die "the login flood (wrk) failed"
+}
+flood_pid=
+loaded_p50=$(wrk_value "$work/wrk-loaded.txt" p50)
+loaded_p99=$(wrk_value "$work/wrk-loaded.txt" p99)
+loaded_rps=$(wrk_value "$work/wrk-loaded.txt" rps)
+flood_rps=$(wrk_value "$work/wrk-flood.txt" rps)
+flood_p50=$(wrk_value "$work/wrk-flood.txt" p50 || echo "")
+flood_statuses=$(sed -n 's/^login-statuses: //p' "$work/wrk-flood.txt")
+[[ -n $flood_statuses ]] || flood_statuses="none completed"
+
+stop_api
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+# cfg_value TABLE.KEY: the effective value (overlay over base) of the last measured config.
+cfg_value() {
+  python3 - "$cfg" "$cfg_dir/core-api.development.toml" "$1" <<'PY'
+import sys, tomllib
+base, overlay, key = sys.argv[1:]
+table, name = key.split(".")
+value = "default"
+for path in (base, overlay):
+    with open(path, "rb") as f:
+        value = tomllib.load(f).get(table, {}).get(name, value)
+print(value)
+PY
+}
+calc() { awk "BEGIN { printf \"%s\", $1 }"; }
+fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN { printf "%.*f", d, v }'; }
+pass() { if awk "BEGIN { exit !($1) }"; then echo "✅ yes"; else echo "❌ no"; fi; }
+
+tp_ratio=$(calc "$api_rps / $pg_tps")
+p99_ratio=$(calc "($idle_p99 > 0) ? $loaded_p99 / $idle_p99 : 0")
+tp_pass=$(pass "$tp_ratio >= $TARGET_THROUGHPUT_RATIO")
+p99_pass=$(pass "$idle_p99 > 0 && $p99_ratio <= $TARGET_FLOOD_P99_RATIO")
+
+cpu_model=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
+[[ -n $cpu_model ]] || cpu_model=unknown
+pg_version=$("$psql_bin" -X -At -d "$app_url" -c 'SHOW server_version' 2>/dev/null || echo unknown)
+wrk_version=$(wrk -v 2>&1 | head -n 1 | awk '{ print $2 }' || true)
+revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+  revision+=" (+ uncommitted changes)"
+fi
+stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
+
+report=$work/report.md
+{
+  echo "# core-api benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "| metric | core-api | pgbench / reference | ratio | target | pass? |"
+  echo "|---|---|---|---|---|---|"
+  echo "| owner-scoped list throughput, $CONNECTIONS connections | $(fmt "$api_rps" 0) req/s | $(fmt "$pg_tps" 0) tps | $(fmt "$tp_ratio" 2)× | ≥ ${TARGET_THROUGHPUT_RATIO}× | $tp_pass |"
+  echo "| list latency p50 / p99 at $CONNECTIONS connections (peak load) | $(fmt "$api_p50" 2) / $(fmt "$api_p99" 2) ms | ${pg_lat:-?} ms average | – | – | – |"
+  echo "| GET p50 / p99, no flood ($LAT_CONNECTIONS conns, $lat_mode) | $(fmt "$idle_p50" 2) / $(fmt "$idle_p99" 2) ms | – | – | reference | – |"
+  echo "| GET p50 / p99 during login flood ($FLOOD_CONNECTIONS conns) | $(fmt "$loaded_p50" 2) / $(fmt "$loaded_p99" 2) ms | $(fmt "$idle_p99" 2) ms (p99, no flood) | $(fmt "$p99_ratio" 2)× | ≤ ${TARGET_FLOOD_P99_RATIO}× | $p99_pass |"
+  echo "| login flood: POST /auth/login | $(fmt "$flood_rps" 1) req/s${flood_p50:+, p50 $(fmt "$flood_p50" 0) ms}; status $flood_statuses | – | – | – | – |"
+  echo
+  echo "- Machine: $(nproc) CPUs, $cpu_model; $(uname -sr). core-api, PostgreSQL $pg_version, wrk and"
+  echo "  pgbench all ran on this same machine over loopback, one after another (nothing pinned)."
+  echo "- core-api: $bin_label, $("$api" --version) ($build_kind); revision $revision."
+  echo "  APP_ENV=development with bench overrides: log level warn, login limit lifted, database"
+  echo "  pool $(cfg_value database.pool_size), bcrypt cost $(cfg_value auth.bcrypt_cost), hashing concurrency $(cfg_value auth.hash_concurrency) (0 = CPUs - 1);"
+  echo "  database connections sslmode=$BENCH_PG_SSLMODE (pgbench too)."
+  echo "- Data: $BENCH_USERS users × $TASKS_PER_USER tasks; each request is the next user's"
+  echo "  \`GET /api/users/{id}/tasks?limit=20\` with its own bearer token (bench/list.lua);"
+  echo "  pgbench runs the same transaction (bench/list.sql) as the same role, -M prepared, -j $THREADS."
+  echo "- Runs: ${DURATION}s each after ${WARMUP}s warm-up; wrk ${wrk_version:-?} -t$THREADS. Throughput is closed loop"
+  echo "  (as fast as answered); latency runs offer a fixed paced rate (LAT_RPS=$LAT_RPS, 0 = closed loop)."
+  echo "  During the flood the GET run achieved $(fmt "$loaded_rps" 0) req/s (no flood: $(fmt "$idle_rps" 0) req/s)."
+  for w in "${warnings[@]}"; do
+    echo "- WARNING: $w"
+  done
+} >"$report"
+
+echo
+cat "$report"
+mkdir -p "$BENCH_RESULTS_DIR"
+cp "$report" "$BENCH_RESULTS_DIR/api-$stamp.md"
+say "saved $BENCH_RESULTS_DIR/api-$stamp.md"
+
+if [[ $BENCH_STRICT == 1 && ($tp_pass != "✅ yes" || $p99_pass != "✅ yes") ]]; then
+  say "a target was missed (BENCH_STRICT=1)"
+  exit 2
+fi
