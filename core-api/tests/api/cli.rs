@@ -127,3 +127,45 @@ fn keygen_prints_a_usable_key() {
         .env("JWT_ISSUER", "https://x"));
     assert!(ok, "{out}");
 }
+
+/// ES256 and RS256 signing keys (from openssl, as an operator would make them) load, and their
+/// public halves are published.
+#[test]
+fn es256_and_rs256_keys_load() {
+    let dir = std::env::temp_dir().join(format!("core-api-alg-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for (alg, genpkey) in [
+        (
+            "ES256",
+            vec!["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
+        (
+            "RS256",
+            vec!["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        ),
+    ] {
+        let key = dir.join(format!("{alg}.pem"));
+        let status = Command::new("openssl")
+            .arg("genpkey")
+            .args(&genpkey)
+            .arg("-out")
+            .arg(&key)
+            .status()
+            .expect("openssl");
+        assert!(status.success());
+        let base = dir.join("core-api.toml");
+        std::fs::write(
+            &base,
+            format!("[database]\nurl = \"${{DATABASE_URL}}\"\n[auth]\nalgorithm = \"{alg}\"\nsigning_key = \"${{JWT_SIGNING_KEY}}\"\n"),
+        )
+        .expect("write");
+        let (ok, text) = run(core_api()
+            .args(["check", "--config"])
+            .arg(&base)
+            .env("APP_ENV", "production")
+            .env("DATABASE_URL", "postgres://u:p@h/d")
+            .env("JWT_SIGNING_KEY_FILE", &key));
+        assert!(ok, "{alg}: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -425,3 +425,39 @@ async fn row_level_security_is_a_second_wall() {
     assert_eq!(n, 1, "an unscoped UPDATE touches only the identity's rows");
     db.batch_execute("ROLLBACK").await.unwrap();
 }
+
+/// The transaction-pooler mode (unnamed statements) serves the same API.
+#[tokio::test]
+async fn unnamed_statement_mode_serves_the_same_api() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.database.statement_mode = core_api::settings::StatementMode::Unnamed;
+    })
+    .await;
+    let u = app.user().await;
+    let r = app
+        .create_task(
+            &u,
+            json!({"title": "pooled", "due_at": "2030-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap_or_default().to_string();
+    let p = app
+        .patch(&task_path(&u, &id), json!({"completed": true}), &u.access)
+        .await;
+    assert_eq!(p.body["completed"], true);
+    let l = app
+        .get(
+            &format!("{}?completed=true", app.tasks_path(u.id)),
+            Some(&u.access),
+        )
+        .await;
+    assert_eq!(l.body["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        app.post("/auth/refresh", json!({"refresh_token": u.refresh}), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(app.delete(&task_path(&u, &id), &u.access).await.status, 204);
+}
