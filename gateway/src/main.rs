@@ -1,30 +1,110 @@
-//! `gateway`: the Pingora edge of Gatehouse. Not built yet (tracked as its own issue); this
-//! binary exists so the workspace, images and scripts have their final shape.
+//! `gateway`: the Pingora edge of Gatehouse.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use gatehouse_common::config::Environment;
+use gateway::settings::Config;
 
-/// Gatehouse edge gateway (Pingora): TLS with ACME, routing, JWT, CORS and rate limits.
+/// Gatehouse edge gateway (Pingora): TLS, routing, JWT, CORS and rate limits in front of the
+/// core API.
+///
+/// Configuration: the base TOML file plus its overlay for APP_ENV (development, staging,
+/// production; default production), e.g. config/gateway.toml + config/gateway.development.toml.
+/// Values may use ${VAR} and ${VAR:-default}; every VAR may also come from VAR_FILE.
 #[derive(Parser)]
-#[command(name = "gateway", version)]
+#[command(name = "gateway", version, propagate_version = true)]
 struct Cli {
+    /// Base configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAY_CONFIG",
+        default_value = "config/gateway.toml"
+    )]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve (not implemented yet).
-    Run,
-    /// Validate a configuration file (not implemented yet).
+    /// Serve until SIGTERM (graceful drain) or SIGQUIT (graceful upgrade hand-over).
+    Run {
+        /// Take the listening sockets over from a running gateway (binary upgrade), which is
+        /// then sent SIGQUIT.
+        #[arg(short = 'u', long)]
+        upgrade: bool,
+    },
+    /// Validate the configuration (and load its certificates) without serving.
     Check,
+    /// Exit 0 when the admin listener's /healthz answers 200 (container HEALTHCHECK).
+    Healthcheck {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+    },
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
+    // One process-wide rustls provider, installed before anything builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let what = match cli.command {
-        Command::Run => "run",
-        Command::Check => "check",
+    if let Command::Healthcheck { admin } = &cli.command {
+        return healthcheck(admin);
+    }
+    let env = match Environment::from_env() {
+        Ok(e) => e,
+        Err(e) => return fail(&e.to_string()),
     };
-    eprintln!("gateway {what}: the gateway is not implemented yet; see the project's open issues");
-    std::process::ExitCode::FAILURE
+    let config = match Config::load(&cli.config, env) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("invalid configuration:\n{e}")),
+    };
+    gatehouse_common::telemetry::init(config.settings.log.format, &config.settings.log.level);
+    match cli.command {
+        Command::Check => match gateway::tls::load(&config.settings.tls) {
+            Ok(_) => {
+                let files: Vec<String> = config
+                    .files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect();
+                println!("ok: {} ({})", files.join(" + "), config.env);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!("invalid configuration:\n{e}")),
+        },
+        Command::Run { upgrade } => match gateway::server::run(config, upgrade) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("{e:#}")),
+        },
+        Command::Healthcheck { .. } => ExitCode::SUCCESS,
+    }
+}
+
+fn healthcheck(admin: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let probe = || -> std::io::Result<bool> {
+        let addr: std::net::SocketAddr = admin
+            .parse()
+            .map_err(|_| std::io::Error::other("--admin is not host:port"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => fail("healthz did not answer 200"),
+        Err(e) => fail(&format!("healthz on {admin}: {e}")),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("gateway: {msg}");
+    ExitCode::FAILURE
 }

@@ -1,0 +1,116 @@
+//! The client's address: the socket peer, unless that peer is a configured trusted proxy, in
+//! which case the right-most `X-Forwarded-For` entry that is not itself trusted (RFC 7239 §5.2
+//! reasoning: entries left of an untrusted hop can be forged).
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+
+/// An IP network (address + prefix length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+pub fn parse_net(s: &str) -> Option<Net> {
+    let (ip, prefix) = match s.trim().split_once('/') {
+        Some((ip, p)) => (ip.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+        None => {
+            let ip = s.trim().parse::<IpAddr>().ok()?;
+            (ip, if ip.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (prefix <= max).then_some(Net { addr: ip, prefix })
+}
+
+impl Net {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<Net>);
+
+impl TrustedProxies {
+    pub fn new(list: &[String]) -> Self {
+        Self(list.iter().filter_map(|s| parse_net(s)).collect())
+    }
+
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(ip))
+    }
+
+    /// The client IP for a request that arrived from `peer`.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let hops: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|h| h.trim().parse::<IpAddr>().ok())
+            .collect();
+        hops.into_iter()
+            .rev()
+            .find(|ip| !self.trusts(*ip))
+            .unwrap_or(peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    #[test]
+    fn untrusted_peers_are_the_client() {
+        let t = TrustedProxies::new(&["10.0.0.0/8".into()]);
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        assert_eq!(t.client_ip(ip("203.0.113.9"), &h), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn trusted_peer_yields_rightmost_untrusted_hop() {
+        let t = TrustedProxies::new(&["10.0.0.0/8".into(), "::1".into()]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 198.51.100.7, 10.1.2.3"),
+        );
+        assert_eq!(t.client_ip(ip("10.0.0.1"), &h), ip("198.51.100.7"));
+        assert_eq!(
+            t.client_ip(ip("10.0.0.1"), &HeaderMap::new()),
+            ip("10.0.0.1")
+        );
+        assert!(parse_net("10.0.0.0/33").is_none());
+        assert!(parse_net("nonsense").is_none());
+    }
+}

@@ -1,0 +1,312 @@
+//! CORS (WHATWG Fetch, "CORS protocol"): one pure decision per request. Preflights are answered
+//! here, before authentication and before per-subject rate limits, so a browser's preflight on
+//! a JWT route (which never carries the token) always gets its answer.
+
+use http::{HeaderMap, Method};
+
+use crate::settings::Cors;
+
+/// An allowed origin: exact, or `scheme://*.domain[:port]` matching exactly one more label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    Exact(String),
+    Subdomain { scheme: String, suffix: String },
+}
+
+impl OriginPattern {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let lower = raw.trim().to_ascii_lowercase();
+        let Some((scheme, rest)) = lower.split_once("://") else {
+            return Err(format!(
+                "{raw:?} is not an origin like https://app.example.com"
+            ));
+        };
+        if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains('/') {
+            return Err(format!(
+                "{raw:?} is not an origin like https://app.example.com (no path)"
+            ));
+        }
+        if lower == "null" || rest == "*" {
+            return Err(format!("{raw:?} can never be allowed"));
+        }
+        match rest.strip_prefix("*.") {
+            Some(suffix) if !suffix.contains('*') && suffix.contains('.') => Ok(Self::Subdomain {
+                scheme: scheme.into(),
+                suffix: format!(".{suffix}"),
+            }),
+            Some(_) => Err(format!(
+                "{raw:?}: a wildcard must be followed by a domain with a dot"
+            )),
+            None if rest.contains('*') => {
+                Err(format!("{raw:?}: only a leading *. label is allowed"))
+            }
+            None => Ok(Self::Exact(lower)),
+        }
+    }
+
+    fn matches(&self, origin: &str) -> bool {
+        match self {
+            Self::Exact(o) => o == origin,
+            Self::Subdomain { scheme, suffix } => origin
+                .strip_prefix(scheme.as_str())
+                .and_then(|r| r.strip_prefix("://"))
+                .and_then(|host| host.strip_suffix(suffix.as_str()))
+                .is_some_and(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                }),
+        }
+    }
+}
+
+/// A route's compiled CORS policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    origins: Vec<OriginPattern>,
+    methods: Vec<String>,
+    headers: Vec<String>,
+    expose: String,
+    credentials: bool,
+    max_age: u64,
+}
+
+impl Policy {
+    pub fn compile(c: &Cors) -> Result<Self, String> {
+        Ok(Self {
+            origins: c
+                .origins
+                .iter()
+                .map(|o| OriginPattern::parse(o))
+                .collect::<Result<_, _>>()?,
+            methods: c.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            headers: c.headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            expose: c.expose_headers.join(", "),
+            credentials: c.credentials,
+            max_age: c.max_age_seconds,
+        })
+    }
+
+    fn allows_origin(&self, origin: &str) -> bool {
+        // The literal "null" origin (sandboxed iframes, file://) is never allowed.
+        origin != "null"
+            && self
+                .origins
+                .iter()
+                .any(|p| p.matches(&origin.to_ascii_lowercase()))
+    }
+}
+
+pub type Headers = Vec<(&'static str, String)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// No `Origin`: not a CORS request.
+    NotCors,
+    /// Answer the preflight with 204 and these headers; never forward it.
+    Preflight(Headers),
+    /// Answer the preflight with 403: the reason, plus `Vary`.
+    PreflightRejected(&'static str),
+    /// Forward; add these headers to the response, whatever its status.
+    Allowed(Headers),
+    /// Forward; the browser will not let the page read the answer. Only `Vary` is added.
+    Disallowed,
+}
+
+/// The response headers every CORS-aware answer carries so caches keep origins apart.
+pub const VARY: (&str, &str) = ("vary", "Origin");
+
+pub fn decide(policy: Option<&Policy>, method: &Method, headers: &HeaderMap) -> Outcome {
+    let Some(origin) = headers
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Outcome::NotCors;
+    };
+    let requested_method = headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD);
+    let preflight = method == Method::OPTIONS && requested_method.is_some();
+    let Some(policy) = policy.filter(|p| p.allows_origin(origin)) else {
+        return if preflight {
+            Outcome::PreflightRejected("origin is not allowed")
+        } else {
+            Outcome::Disallowed
+        };
+    };
+    let mut out: Headers = vec![
+        ("access-control-allow-origin", origin.to_string()),
+        (VARY.0, VARY.1.into()),
+    ];
+    if policy.credentials {
+        out.push(("access-control-allow-credentials", "true".into()));
+    }
+    if !preflight {
+        if !policy.expose.is_empty() {
+            out.push(("access-control-expose-headers", policy.expose.clone()));
+        }
+        return Outcome::Allowed(out);
+    }
+    let wanted = requested_method
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_uppercase();
+    if !policy.methods.contains(&wanted) {
+        return Outcome::PreflightRejected("method is not allowed");
+    }
+    let asked = headers
+        .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    for h in asked
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+    {
+        if !policy.headers.contains(&h) {
+            return Outcome::PreflightRejected("request header is not allowed");
+        }
+    }
+    out[1].1 = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers".into();
+    out.push(("access-control-allow-methods", policy.methods.join(", ")));
+    if !policy.headers.is_empty() {
+        out.push(("access-control-allow-headers", policy.headers.join(", ")));
+    }
+    out.push(("access-control-max-age", policy.max_age.to_string()));
+    Outcome::Preflight(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn policy(origins: &[&str], credentials: bool) -> Policy {
+        let c = Cors {
+            origins: origins.iter().map(|s| s.to_string()).collect(),
+            credentials,
+            ..Cors::default()
+        };
+        Policy::compile(&c).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn req(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn header<'a>(o: &'a Outcome, name: &str) -> Option<&'a str> {
+        match o {
+            Outcome::Preflight(h) | Outcome::Allowed(h) => {
+                h.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(OriginPattern::parse("null").is_err());
+        assert!(OriginPattern::parse("https://*").is_err());
+        assert!(OriginPattern::parse("https://a.com/path").is_err());
+        assert!(OriginPattern::parse("https://*.*.com").is_err());
+        let p = OriginPattern::parse("https://*.example.com")
+            .unwrap_or(OriginPattern::Exact(String::new()));
+        assert!(p.matches("https://app.example.com"));
+        assert!(!p.matches("https://example.com"));
+        assert!(!p.matches("https://a.b.example.com"));
+        assert!(!p.matches("http://app.example.com"));
+        assert!(!p.matches("https://app.example.com.evil.com"));
+    }
+
+    #[test]
+    fn simple_requests() {
+        let p = policy(&["https://app.example.com"], true);
+        assert_eq!(decide(Some(&p), &Method::GET, &req(&[])), Outcome::NotCors);
+        let o = decide(
+            Some(&p),
+            &Method::GET,
+            &req(&[("origin", "https://app.example.com")]),
+        );
+        assert_eq!(
+            header(&o, "access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
+        assert_eq!(header(&o, "access-control-allow-credentials"), Some("true"));
+        assert_eq!(header(&o, "vary"), Some("Origin"));
+        assert_eq!(
+            decide(
+                Some(&p),
+                &Method::GET,
+                &req(&[("origin", "https://evil.com")])
+            ),
+            Outcome::Disallowed
+        );
+        assert_eq!(
+            decide(Some(&p), &Method::GET, &req(&[("origin", "null")])),
+            Outcome::Disallowed
+        );
+        assert_eq!(
+            decide(
+                None,
+                &Method::GET,
+                &req(&[("origin", "https://app.example.com")])
+            ),
+            Outcome::Disallowed
+        );
+    }
+
+    #[test]
+    fn preflights() {
+        let p = policy(&["https://*.example.com"], false);
+        let ok = decide(
+            Some(&p),
+            &Method::OPTIONS,
+            &req(&[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "PATCH"),
+                (
+                    "access-control-request-headers",
+                    "Authorization, Content-Type",
+                ),
+            ]),
+        );
+        assert!(matches!(ok, Outcome::Preflight(_)), "{ok:?}");
+        assert_eq!(header(&ok, "access-control-allow-credentials"), None);
+        assert_eq!(header(&ok, "access-control-max-age"), Some("600"));
+        let bad_method = decide(
+            Some(&p),
+            &Method::OPTIONS,
+            &req(&[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "PUT"),
+            ]),
+        );
+        assert_eq!(
+            bad_method,
+            Outcome::PreflightRejected("method is not allowed")
+        );
+        let bad_header = decide(
+            Some(&p),
+            &Method::OPTIONS,
+            &req(&[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "GET"),
+                ("access-control-request-headers", "x-evil"),
+            ]),
+        );
+        assert_eq!(
+            bad_header,
+            Outcome::PreflightRejected("request header is not allowed")
+        );
+        let null = decide(
+            Some(&p),
+            &Method::OPTIONS,
+            &req(&[("origin", "null"), ("access-control-request-method", "GET")]),
+        );
+        assert_eq!(null, Outcome::PreflightRejected("origin is not allowed"));
+    }
+}

@@ -1,0 +1,132 @@
+//! The verification keys, fetched from the core API's JWKS URL: refreshed on an interval,
+//! refetched when a token names an unknown `kid` (at most once per `min_refetch`), and the last
+//! good set kept whenever the URL fails.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_common::jwt::{KeySet, Verifier};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::Algorithm;
+use jsonwebtoken::jwk::JwkSet;
+use tokio::sync::Mutex;
+
+use crate::metrics::Metrics;
+
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_BYTES: usize = 256 * 1024;
+
+pub struct Jwks {
+    url: http::Uri,
+    allowed: Vec<Algorithm>,
+    verifier: Arc<Verifier>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    last_fetch: Mutex<Option<Instant>>,
+    min_refetch: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Jwks {
+    pub fn new(
+        url: &str,
+        allowed: Vec<Algorithm>,
+        verifier: Arc<Verifier>,
+        min_refetch: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let url: http::Uri = url.parse().map_err(|e| format!("jwt.jwks_url: {e}"))?;
+        if url.scheme_str() != Some("http") {
+            // The gateway reaches the API on a private network; TLS to it comes with the
+            // deployment issue.
+            return Err("jwt.jwks_url: only http:// URLs are supported for now".into());
+        }
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Ok(Self {
+            url,
+            allowed,
+            verifier,
+            client,
+            last_fetch: Mutex::new(None),
+            min_refetch,
+            metrics,
+        })
+    }
+
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    /// Fetches and installs the key set; on any failure the current keys stay.
+    pub async fn refresh(&self) -> Result<usize, String> {
+        *self.last_fetch.lock().await = Some(Instant::now());
+        let result = self.fetch().await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .jwks_refreshes
+            .with_label_values(&[outcome])
+            .inc();
+        let set = result?;
+        let (keys, skipped) = KeySet::from_jwks(&set, &self.allowed);
+        for s in skipped {
+            tracing::warn!(reason = %s, "JWKS key skipped");
+        }
+        if keys.is_empty() {
+            return Err("JWKS has no usable key; keeping the previous set".into());
+        }
+        let n = keys.len();
+        let mut old: Vec<&str> = Vec::new();
+        let current = self.verifier.keys();
+        old.extend(current.kids());
+        old.sort_unstable();
+        let mut new = keys.kids();
+        new.sort_unstable();
+        if old != new {
+            tracing::info!(kids = ?new, "JWKS keys installed");
+            self.verifier.replace_keys(keys);
+        }
+        Ok(n)
+    }
+
+    /// Refetches for an unknown `kid`, unless a fetch happened within `min_refetch`.
+    pub async fn refresh_for_unknown_kid(&self) -> bool {
+        let recent = self
+            .last_fetch
+            .lock()
+            .await
+            .is_some_and(|t| t.elapsed() < self.min_refetch);
+        if recent {
+            return false;
+        }
+        match self.refresh().await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "JWKS refetch for unknown kid failed");
+                false
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<JwkSet, String> {
+        let req = http::Request::get(self.url.clone())
+            .header("accept", "application/jwk-set+json, application/json")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(req))
+            .await
+            .map_err(|_| format!("{}: timed out", self.url))?
+            .map_err(|e| format!("{}: {e}", self.url))?;
+        if !resp.status().is_success() {
+            return Err(format!("{}: HTTP {}", self.url, resp.status()));
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("{}: {e}", self.url))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| format!("{}: not a JWK Set: {e}", self.url))
+    }
+}

@@ -1,0 +1,15 @@
+//! Gatehouse gateway: the Pingora edge. `proxy` is the thin `ProxyHttp` implementation; every
+//! decision it makes is a pure function in its own module (`routing`, `cors`, `limits`,
+//! `client_ip`, `headers`) or the shared verifier (`gatehouse_common::jwt`).
+
+pub mod client_ip;
+pub mod cors;
+pub mod headers;
+pub mod jwks;
+pub mod limits;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod settings;
+pub mod tls;

@@ -1,0 +1,94 @@
+//! Prometheus metrics of the gateway, served on the admin listener at `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+    pub rejections: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub upstream_healthy: IntGaugeVec,
+    pub jwks_refreshes: IntCounterVec,
+    pub reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("gatehouse_gateway".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "Requests by route and status."),
+            &["route", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time from request to response end.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "rejections_total",
+                "Requests answered at the edge, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "upstream_errors_total",
+                "Failures talking to upstreams, by upstream and kind.",
+            ),
+            &["upstream", "kind"],
+        )?;
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new("upstream_healthy_targets", "Healthy targets per upstream."),
+            &["upstream"],
+        )?;
+        let jwks_refreshes = IntCounterVec::new(
+            Opts::new("jwks_refreshes_total", "JWKS fetches by outcome."),
+            &["outcome"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new("reloads_total", "Configuration reloads by outcome."),
+            &["outcome"],
+        )?;
+        for c in [
+            &requests,
+            &rejections,
+            &upstream_errors,
+            &jwks_refreshes,
+            &reloads,
+        ] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(upstream_healthy.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            rejections,
+            upstream_errors,
+            upstream_healthy,
+            jwks_refreshes,
+            reloads,
+        })
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.rejections.with_label_values(&[reason]).inc();
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

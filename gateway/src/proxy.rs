@@ -1,0 +1,668 @@
+//! The `ProxyHttp` implementation: one short method per phase, each calling the pure
+//! decisions of the other modules. Order per request (DESIGN.md): request id → header hygiene
+//! → limits (URI, body) → route → CORS (preflight answered here) → per-IP rate limits → JWT →
+//! path claim → per-subject rate limits → forward.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use gatehouse_common::jwt::Rejection;
+use gatehouse_common::problem::{self, Problem};
+use gatehouse_common::request_id;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::LoadBalancer;
+use pingora::lb::selection::RoundRobin;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::client_ip::TrustedProxies;
+use crate::cors::{self, Outcome};
+use crate::jwks::Jwks;
+use crate::limits::{self, Limits, Named, Verdict};
+use crate::metrics::Metrics;
+use crate::settings::{Auth, DEFAULT_BODY_LIMIT, LimitKey, Route, Settings};
+use crate::{headers, routing};
+
+/// One upstream: its balancer (health-checked in the background) and peer timeouts.
+pub struct UpstreamRt {
+    pub name: String,
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    pub targets: usize,
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    pub idle: Duration,
+}
+
+/// A route with everything it references resolved.
+pub struct RouteRt {
+    pub cfg: Route,
+    pub cors: Option<cors::Policy>,
+    pub limits: Vec<Arc<Named>>,
+    pub body_limit: usize,
+    pub upstream: Arc<UpstreamRt>,
+}
+
+/// The compiled configuration; swapped whole on reload.
+pub struct Runtime {
+    pub route_cfgs: Vec<Route>,
+    pub routes: Vec<RouteRt>,
+    pub limits: Limits,
+    pub trusted: TrustedProxies,
+    pub hsts: String,
+    pub max_uri: usize,
+    pub keepalive_secs: u64,
+}
+
+impl Runtime {
+    pub fn compile(
+        s: &Settings,
+        upstreams: &HashMap<String, Arc<UpstreamRt>>,
+    ) -> Result<Self, String> {
+        let limits = Limits::new(&s.limits);
+        let mut routes = Vec::new();
+        for (i, r) in s.routes.iter().enumerate() {
+            let cors = match &r.cors {
+                Some(name) => {
+                    let c = s
+                        .cors
+                        .get(name)
+                        .ok_or_else(|| format!("routes.{i}.cors: no [cors.{name}]"))?;
+                    Some(cors::Policy::compile(c)?)
+                }
+                None => None,
+            };
+            let route_limits = r
+                .limits
+                .iter()
+                .map(|l| {
+                    limits
+                        .get(l)
+                        .cloned()
+                        .ok_or_else(|| format!("routes.{i}.limits: no [limits.{l}]"))
+                })
+                .collect::<Result<_, _>>()?;
+            let upstream = upstreams
+                .get(&r.upstream)
+                .cloned()
+                .ok_or_else(|| format!("routes.{i}.upstream: no [upstreams.{}]", r.upstream))?;
+            routes.push(RouteRt {
+                cfg: r.clone(),
+                cors,
+                limits: route_limits,
+                body_limit: r.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT),
+                upstream,
+            });
+        }
+        Ok(Self {
+            route_cfgs: s.routes.clone(),
+            routes,
+            limits,
+            trusted: TrustedProxies::new(&s.server.trusted_proxies),
+            hsts: headers::hsts_value(s.tls.hsts_max_age_seconds),
+            max_uri: s.server.max_uri_bytes,
+            keepalive_secs: s.server.keepalive_timeout_seconds,
+        })
+    }
+}
+
+pub struct Gateway {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub jwks: Arc<Jwks>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    started: Instant,
+    rt: Option<Arc<Runtime>>,
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    route: Option<usize>,
+    cors_headers: cors::Headers,
+    user_id: Option<String>,
+    decision: &'static str,
+    body_bytes: usize,
+    connect_failures: usize,
+    failure: Option<(u16, &'static str, &'static str)>,
+}
+
+fn problem_for(
+    status: u16,
+    kind: &'static str,
+    title: &'static str,
+    detail: impl Into<String>,
+) -> Problem {
+    Problem::new(status, kind, title).detail(detail)
+}
+
+impl Gateway {
+    fn route<'a>(&self, ctx: &'a Ctx) -> Option<&'a RouteRt> {
+        ctx.rt
+            .as_ref()
+            .zip(ctx.route)
+            .and_then(|(rt, i)| rt.routes.get(i))
+    }
+
+    fn route_label(&self, ctx: &Ctx) -> String {
+        self.route(ctx)
+            .map_or_else(|| "unmatched".to_string(), |r| r.cfg.prefix.clone())
+    }
+
+    /// Request id, security, CORS headers: on every response, local or proxied.
+    fn finish_headers(&self, resp: &mut ResponseHeader, ctx: &Ctx) {
+        let hsts = ctx
+            .rt
+            .as_ref()
+            .map(|r| r.hsts.as_str())
+            .unwrap_or("max-age=31536000");
+        let authenticated = self.route(ctx).is_some_and(|r| r.cfg.auth == Auth::Jwt);
+        headers::secure(resp, hsts, authenticated);
+        let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
+        for (k, v) in &ctx.cors_headers {
+            let _ = resp.insert_header(*k, v.as_str());
+        }
+    }
+
+    /// Writes a local answer (problem+json or empty) and ends the request here.
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        body: Option<Problem>,
+        extra: &[(&'static str, String)],
+    ) -> Result<bool> {
+        let bytes = body
+            .map(|p| p.request_id(ctx.request_id.clone()).to_bytes())
+            .unwrap_or_default();
+        let mut resp = ResponseHeader::build(status, Some(8))?;
+        if !bytes.is_empty() {
+            resp.insert_header("content-type", problem::CONTENT_TYPE)?;
+        }
+        // A local answer must carry its length or an HTTP/1.1 client waits for more.
+        resp.insert_header("content-length", bytes.len().to_string())?;
+        self.finish_headers(&mut resp, ctx);
+        for (k, v) in extra {
+            resp.insert_header(*k, v.as_str())?;
+        }
+        session
+            .write_response_header(Box::new(resp), bytes.is_empty())
+            .await?;
+        if !bytes.is_empty() {
+            session
+                .write_response_body(Some(Bytes::from(bytes)), true)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        reason: &'static str,
+        p: Problem,
+        extra: &[(&'static str, String)],
+    ) -> Result<bool> {
+        self.metrics.reject(reason);
+        ctx.decision = reason;
+        let status = p.status;
+        self.respond(session, ctx, status, Some(p), extra).await
+    }
+
+    fn check_limits(&self, route: &RouteRt, key: LimitKey, value: &str) -> Option<(u32, u64)> {
+        route.limits.iter().filter(|l| l.key == key).find_map(|l| {
+            match l.check(if key == LimitKey::Global { "" } else { value }) {
+                Verdict::Allowed => None,
+                Verdict::Limited {
+                    limit,
+                    retry_after_secs,
+                } => Some((limit, retry_after_secs)),
+            }
+        })
+    }
+
+    async fn verify(&self, token: &str) -> std::result::Result<String, Rejection> {
+        let verifier = self.jwks.verifier();
+        let claims = match verifier.verify(token) {
+            Err(Rejection::UnknownKey) if self.jwks.refresh_for_unknown_kid().await => {
+                verifier.verify(token)?
+            }
+            other => other?,
+        };
+        Ok(claims.sub.clone())
+    }
+}
+
+fn rate_limited(limit: u32, retry_after: u64) -> (Problem, Vec<(&'static str, String)>) {
+    (
+        problem_for(
+            429,
+            "rate_limited",
+            "Too many requests",
+            "Too many requests; retry after the time in Retry-After.",
+        ),
+        limits::headers(limit, retry_after),
+    )
+}
+
+/// `..` and `.` segments could be normalised differently upstream than here; refuse them.
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|s| {
+        s == ".." || s == "." || s.eq_ignore_ascii_case("%2e%2e") || s.eq_ignore_ascii_case("%2e")
+    })
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            rt: None,
+            request_id: String::new(),
+            client_ip: None,
+            route: None,
+            cors_headers: Vec::new(),
+            user_id: None,
+            decision: "forwarded",
+            body_bytes: 0,
+            connect_failures: 0,
+            failure: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let rt = self.runtime.load_full();
+        session.set_keepalive(Some(rt.keepalive_secs));
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted_peer = peer.is_some_and(|p| rt.trusted.trusts(p));
+        let req = session.req_header();
+        ctx.client_ip = peer.map(|p| rt.trusted.client_ip(p, &req.headers));
+        ctx.request_id = if trusted_peer {
+            request_id::accept_or_generate(
+                req.headers.get(request_id::HEADER).map(|v| v.as_bytes()),
+            )
+        } else {
+            request_id::generate()
+        };
+        ctx.rt = Some(rt.clone());
+        // Nothing below may read a client-sent identity header.
+        headers::strip_spoofable(session.req_header_mut(), false);
+
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        let method = req.method.clone();
+        if req.uri.to_string().len() > rt.max_uri {
+            let p = problem_for(
+                414,
+                "uri_too_long",
+                "URI too long",
+                format!("The request target must be at most {} bytes.", rt.max_uri),
+            );
+            return self.reject(session, ctx, "uri_too_long", p, &[]).await;
+        }
+        if has_dot_segments(&path) {
+            let p = problem_for(
+                400,
+                "malformed_request",
+                "Malformed request",
+                "Dot segments are not allowed in paths.",
+            );
+            return self.reject(session, ctx, "dot_segments", p, &[]).await;
+        }
+        if method == http::Method::TRACE || method == http::Method::CONNECT {
+            let p = problem_for(
+                405,
+                "method_not_allowed",
+                "Method not allowed",
+                "TRACE and CONNECT are not served.",
+            );
+            return self.reject(session, ctx, "method", p, &[]).await;
+        }
+        let host = req
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri.host());
+        let Some(index) = routing::select(&rt.route_cfgs, host, &method, &path) else {
+            let p = problem_for(404, "not_found", "Not found", "No route for this path.");
+            return self.reject(session, ctx, "no_route", p, &[]).await;
+        };
+        ctx.route = Some(index);
+        let route = &rt.routes[index];
+
+        // CORS first: a preflight never carries credentials and must not meet auth or
+        // per-subject limits.
+        match cors::decide(route.cors.as_ref(), &method, &session.req_header().headers) {
+            Outcome::Preflight(h) => {
+                ctx.cors_headers = h;
+                ctx.decision = "preflight";
+                return self.respond(session, ctx, 204, None, &[]).await;
+            }
+            Outcome::PreflightRejected(why) => {
+                ctx.cors_headers = vec![(cors::VARY.0, cors::VARY.1.to_string())];
+                let p = problem_for(
+                    403,
+                    "cors_rejected",
+                    "CORS preflight rejected",
+                    format!("The preflight was refused: {why}."),
+                );
+                return self.reject(session, ctx, "cors", p, &[]).await;
+            }
+            Outcome::Allowed(h) => ctx.cors_headers = h,
+            Outcome::Disallowed => {
+                ctx.cors_headers = vec![(cors::VARY.0, cors::VARY.1.to_string())]
+            }
+            Outcome::NotCors => {}
+        }
+
+        let declared = session
+            .req_header()
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > route.body_limit as u64) {
+            let p = problem_for(
+                413,
+                "payload_too_large",
+                "Payload too large",
+                format!(
+                    "The request body must be at most {} bytes.",
+                    route.body_limit
+                ),
+            );
+            return self.reject(session, ctx, "body_too_large", p, &[]).await;
+        }
+
+        let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
+        for key in [LimitKey::Ip, LimitKey::Global] {
+            if let Some((limit, retry)) = self.check_limits(route, key, &ip) {
+                let (p, h) = rate_limited(limit, retry);
+                return self.reject(session, ctx, "rate_limited", p, &h).await;
+            }
+        }
+
+        if route.cfg.auth == Auth::Jwt {
+            let token = session
+                .req_header()
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty())
+                .map(|(_, t)| t.trim().to_string());
+            let Some(token) = token else {
+                let p = problem_for(
+                    401,
+                    "unauthorized",
+                    "Authentication required",
+                    "Send an access token as 'Authorization: Bearer <token>'.",
+                );
+                return self
+                    .reject(
+                        session,
+                        ctx,
+                        "missing_token",
+                        p,
+                        &[("www-authenticate", "Bearer realm=\"gatehouse\"".into())],
+                    )
+                    .await;
+            };
+            let sub = match self.verify(&token).await {
+                Ok(sub) => sub,
+                Err(r) => {
+                    let p = match &r {
+                        Rejection::Expired => problem_for(
+                            401,
+                            "token_expired",
+                            "Access token expired",
+                            "Refresh the access token.",
+                        ),
+                        other => problem_for(
+                            401,
+                            "invalid_token",
+                            "Invalid access token",
+                            other.to_string(),
+                        ),
+                    };
+                    tracing::info!(request_id = %ctx.request_id, reason = r.reason(), "access token rejected");
+                    let challenge = (
+                        "www-authenticate",
+                        "Bearer realm=\"gatehouse\", error=\"invalid_token\"".to_string(),
+                    );
+                    return self
+                        .reject(session, ctx, "invalid_token", p, &[challenge])
+                        .await;
+                }
+            };
+            if let Some(rule) = &route.cfg.path_claim
+                && !routing::path_claim_holds(rule, &path, &sub)
+            {
+                tracing::warn!(request_id = %ctx.request_id, user_id = %sub, "authorization denied at the edge: path is not the token subject");
+                ctx.user_id = Some(sub);
+                let p = problem_for(
+                    403,
+                    "forbidden",
+                    "Forbidden",
+                    "You may only access your own resources.",
+                );
+                return self.reject(session, ctx, "path_claim", p, &[]).await;
+            }
+            if let Some((limit, retry)) = self.check_limits(route, LimitKey::Subject, &sub) {
+                ctx.user_id = Some(sub);
+                let (p, h) = rate_limited(limit, retry);
+                return self.reject(session, ctx, "rate_limited", p, &h).await;
+            }
+            ctx.user_id = Some(sub);
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Bodies without Content-Length (chunked, h2) are counted as they stream.
+        ctx.body_bytes += body.as_ref().map_or(0, Bytes::len);
+        let limit = self.route(ctx).map_or(DEFAULT_BODY_LIMIT, |r| r.body_limit);
+        if ctx.body_bytes > limit {
+            ctx.failure = Some((413, "payload_too_large", "Payload too large"));
+            return Err(Error::explain(
+                HTTPStatus(413),
+                "request body over the route limit",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(route) = self.route(ctx) else {
+            return Err(Error::explain(HTTPStatus(404), "no route"));
+        };
+        let up = &route.upstream;
+        let Some(backend) = up.lb.select(b"", 256) else {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[up.name.as_str(), "no_healthy_target"])
+                .inc();
+            ctx.failure = Some((503, "upstream_unavailable", "Upstream unavailable"));
+            return Err(Error::explain(
+                HTTPStatus(503),
+                "no healthy upstream target",
+            ));
+        };
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        peer.options.connection_timeout = Some(up.connect);
+        peer.options.read_timeout = Some(up.read);
+        peer.options.write_timeout = Some(up.write);
+        peer.options.idle_timeout = Some(up.idle);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the upstream: retrying on another target is safe for any method.
+        ctx.connect_failures += 1;
+        let targets = self.route(ctx).map_or(1, |r| r.upstream.targets);
+        if let Some(r) = self.route(ctx) {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[r.upstream.name.as_str(), "connect"])
+                .inc();
+        }
+        if ctx.connect_failures < targets.max(2) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let proto = if session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some()
+        {
+            "https"
+        } else {
+            "http"
+        };
+        if let Some(ip) = ctx.client_ip {
+            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        upstream.insert_header("x-forwarded-proto", proto)?;
+        if let Some(host) = session.req_header().headers.get("host").cloned() {
+            upstream.insert_header("x-forwarded-host", host)?;
+        }
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(sub) = &ctx.user_id {
+            upstream.insert_header("x-user-id", sub.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.finish_headers(resp, ctx);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (status, kind, title) = match (ctx.failure, e.etype(), e.esource()) {
+            (Some(f), _, _) => f,
+            (None, HTTPStatus(code), _) => (*code, "error", "Error"),
+            (None, ConnectTimedout | ConnectRefused | ConnectError | ConnectNoRoute, _) => {
+                (502, "upstream_unavailable", "Upstream unavailable")
+            }
+            (None, ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
+                (504, "upstream_timeout", "Upstream timed out")
+            }
+            (None, _, ErrorSource::Upstream) => {
+                (502, "upstream_unavailable", "Upstream unavailable")
+            }
+            (None, ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => {
+                (0, "", "")
+            }
+            (None, _, ErrorSource::Downstream) => (400, "malformed_request", "Malformed request"),
+            (None, _, _) => (500, "internal_error", "Internal server error"),
+        };
+        if status > 0 {
+            ctx.decision = if status == 413 {
+                "body_too_large"
+            } else {
+                "upstream_error"
+            };
+            let detail = match status {
+                413 => format!(
+                    "The request body must be at most {} bytes.",
+                    self.route(ctx).map_or(DEFAULT_BODY_LIMIT, |r| r.body_limit)
+                ),
+                503 | 502 => {
+                    "The service behind the gateway is not reachable right now; retry shortly."
+                        .to_string()
+                }
+                504 => "The service behind the gateway did not answer in time.".to_string(),
+                _ => title.to_string(),
+            };
+            let retry: Vec<(&'static str, String)> = if matches!(status, 502 | 503) {
+                vec![("retry-after", "2".into())]
+            } else {
+                vec![]
+            };
+            let _ = self
+                .respond(
+                    session,
+                    ctx,
+                    status,
+                    Some(problem_for(status, kind, title, detail)),
+                    &retry,
+                )
+                .await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = self.route_label(ctx);
+        let elapsed = ctx.started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[route.as_str(), &status.to_string()])
+            .inc();
+        self.metrics
+            .latency
+            .with_label_values(&[route.as_str()])
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+            method = %session.req_header().method,
+            route = %route,
+            upstream = %self.route(ctx).map(|r| r.upstream.name.as_str()).unwrap_or(""),
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            user_id = %ctx.user_id.as_deref().unwrap_or(""),
+            decision = ctx.decision,
+            error = %e.map(|e| e.to_string()).unwrap_or_default(),
+            "request"
+        );
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        // Clients closing idle keep-alive connections is normal, not an error.
+        matches!(error.etype(), ConnectionClosed) && error.esource() == &ErrorSource::Downstream
+    }
+}

@@ -1,0 +1,118 @@
+//! Route selection: longest matching path prefix, optionally restricted to a host and methods;
+//! and the path-claim rule (`/api/users/{sub}/…` must carry the verified subject).
+
+use http::Method;
+
+use crate::settings::Route;
+
+/// Index of the route for this request, or `None` (404 at the edge).
+pub fn select(routes: &[Route], host: Option<&str>, method: &Method, path: &str) -> Option<usize> {
+    let host = host.map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase());
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| path.starts_with(r.prefix.as_str()))
+        .filter(|(_, r)| match (&r.host, &host) {
+            (None, _) => true,
+            (Some(want), Some(h)) => want.eq_ignore_ascii_case(h),
+            (Some(_), None) => false,
+        })
+        .filter(|(_, r)| {
+            r.methods.is_empty()
+                || method == Method::OPTIONS
+                || r.methods
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(method.as_str()))
+        })
+        .max_by_key(|(_, r)| (r.prefix.len(), r.host.is_some()))
+        .map(|(i, _)| i)
+}
+
+/// Whether `path` honours `rule` (e.g. `/api/users/{sub}/`) for subject `sub`. A path that does
+/// not reach the claimed segment is not restricted by the rule.
+pub fn path_claim_holds(rule: &str, path: &str, sub: &str) -> bool {
+    let Some((before, after)) = rule.split_once("{sub}") else {
+        return true;
+    };
+    let Some(rest) = path.strip_prefix(before) else {
+        return true;
+    };
+    let segment_end = rest.find('/').unwrap_or(rest.len());
+    let segment = &rest[..segment_end];
+    let tail_ok = after.is_empty()
+        || rest[segment_end..].starts_with(after)
+        || rest[segment_end..].is_empty();
+    // Percent-encoded or differently-cased segments never equal a canonical UUID `sub`.
+    segment == sub && tail_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Route;
+
+    fn route(prefix: &str, methods: &[&str], host: Option<&str>) -> Route {
+        Route {
+            prefix: prefix.into(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            host: host.map(String::from),
+            upstream: "u".into(),
+            ..Route::default()
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_methods_filter() {
+        let routes = vec![
+            route("/api/", &[], None),
+            route("/api/users/", &["GET"], None),
+            route("/auth/", &["POST"], None),
+        ];
+        assert_eq!(
+            select(&routes, None, &Method::GET, "/api/users/1/tasks"),
+            Some(1)
+        );
+        assert_eq!(
+            select(&routes, None, &Method::POST, "/api/users/1/tasks"),
+            Some(0)
+        );
+        assert_eq!(select(&routes, None, &Method::GET, "/auth/login"), None);
+        assert_eq!(
+            select(&routes, None, &Method::OPTIONS, "/auth/login"),
+            Some(2),
+            "preflights reach their route"
+        );
+        assert_eq!(select(&routes, None, &Method::GET, "/other"), None);
+    }
+
+    #[test]
+    fn host_restriction() {
+        let routes = vec![
+            route("/", &[], Some("api.example.com")),
+            route("/", &[], None),
+        ];
+        assert_eq!(
+            select(&routes, Some("API.example.com:443"), &Method::GET, "/x"),
+            Some(0)
+        );
+        assert_eq!(
+            select(&routes, Some("other.example.com"), &Method::GET, "/x"),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn path_claims() {
+        let rule = "/api/users/{sub}/";
+        assert!(path_claim_holds(rule, "/api/users/abc/tasks", "abc"));
+        assert!(path_claim_holds(rule, "/api/users/abc", "abc"));
+        assert!(!path_claim_holds(rule, "/api/users/abd/tasks", "abc"));
+        assert!(!path_claim_holds(rule, "/api/users/ABC/tasks", "abc"));
+        assert!(!path_claim_holds(rule, "/api/users//tasks", "abc"));
+        assert!(!path_claim_holds(rule, "/api/users/%61bc/tasks", "abc"));
+        assert!(
+            path_claim_holds(rule, "/api/me", "abc"),
+            "other paths are not restricted"
+        );
+    }
+}

@@ -1,0 +1,457 @@
+//! Typed gateway settings (`config/gateway.toml` + `gateway.<env>.toml`) and the one
+//! `validate()` pass that reports every problem with file, key and line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use gatehouse_common::config::{self, ConfigError, Environment, Loaded};
+use gatehouse_common::telemetry::LogFormat;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub listen: Listen,
+    pub server: Server,
+    pub tls: Tls,
+    pub jwt: Jwt,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub cors: BTreeMap<String, Cors>,
+    pub limits: BTreeMap<String, Limit>,
+    pub routes: Vec<Route>,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    pub https: String,
+    pub http: String,
+    pub admin: String,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            https: "0.0.0.0:443".into(),
+            http: "0.0.0.0:80".into(),
+            admin: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+    pub keepalive_timeout_seconds: u64,
+    pub max_uri_bytes: usize,
+    /// Peers (IPs or CIDRs) whose `X-Forwarded-For` and `X-Request-Id` are believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            grace_period_seconds: 10,
+            keepalive_timeout_seconds: 60,
+            max_uri_bytes: 8192,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsSource {
+    #[default]
+    Files,
+    SelfSigned,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    pub source: TlsSource,
+    pub certificates: Vec<CertFiles>,
+    /// Names for the `self-signed` source (development only).
+    pub self_signed_names: Vec<String>,
+    /// Where the `self-signed` source writes its certificate.
+    pub self_signed_dir: String,
+    pub hsts_max_age_seconds: u64,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            source: TlsSource::Files,
+            certificates: Vec::new(),
+            self_signed_names: vec!["localhost".into(), "127.0.0.1".into()],
+            self_signed_dir: "certs/dev".into(),
+            hsts_max_age_seconds: 31_536_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Jwt {
+    pub jwks_url: String,
+    pub issuer: String,
+    pub audience: String,
+    pub algorithms: Vec<String>,
+    pub leeway_seconds: u64,
+    pub refresh_seconds: u64,
+    /// Least time between two fetches triggered by unknown `kid`s.
+    pub min_refetch_seconds: u64,
+    pub cache_capacity: usize,
+}
+
+impl Default for Jwt {
+    fn default() -> Self {
+        Self {
+            jwks_url: "http://127.0.0.1:8000/.well-known/jwks.json".into(),
+            issuer: String::new(),
+            audience: "gatehouse-api".into(),
+            algorithms: vec!["EdDSA".into()],
+            leeway_seconds: 5,
+            refresh_seconds: 300,
+            min_refetch_seconds: 10,
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Upstream {
+    pub targets: Vec<String>,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    /// Idle pooled connections are closed after this; keep it below the upstream's own idle
+    /// timeout so a reused connection is never one the upstream just closed.
+    pub idle_timeout_ms: u64,
+    pub health_path: String,
+    pub health_interval_ms: u64,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self {
+            targets: Vec::new(),
+            connect_timeout_ms: 1_000,
+            read_timeout_ms: 30_000,
+            write_timeout_ms: 30_000,
+            idle_timeout_ms: 50_000,
+            health_path: "/healthz".into(),
+            health_interval_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cors {
+    /// Exact origins (`https://app.example.com`) or one-label wildcards
+    /// (`https://*.example.com`).
+    pub origins: Vec<String>,
+    pub methods: Vec<String>,
+    pub headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub credentials: bool,
+    pub max_age_seconds: u64,
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        Self {
+            origins: Vec::new(),
+            methods: ["GET", "POST", "PATCH", "DELETE"]
+                .map(String::from)
+                .to_vec(),
+            headers: ["authorization", "content-type", "x-request-id"]
+                .map(String::from)
+                .to_vec(),
+            expose_headers: [
+                "x-request-id",
+                "retry-after",
+                "ratelimit-limit",
+                "ratelimit-remaining",
+                "ratelimit-reset",
+            ]
+            .map(String::from)
+            .to_vec(),
+            credentials: false,
+            max_age_seconds: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitKey {
+    /// The client IP (after trusted-proxy resolution).
+    #[default]
+    Ip,
+    /// The verified token subject (routes with `auth = "jwt"` only).
+    Subject,
+    /// One bucket for everyone using the route.
+    Global,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limit {
+    pub key: LimitKey,
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for Limit {
+    fn default() -> Self {
+        Self {
+            key: LimitKey::Ip,
+            per_second: 10,
+            burst: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    #[default]
+    None,
+    Jwt,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Route {
+    pub prefix: String,
+    pub host: Option<String>,
+    pub methods: Vec<String>,
+    pub upstream: String,
+    pub auth: Auth,
+    /// e.g. `/api/users/{sub}/`: that path segment must equal the verified `sub`.
+    pub path_claim: Option<String>,
+    pub cors: Option<String>,
+    pub limits: Vec<String>,
+    pub body_limit_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Settings plus where they came from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub env: Environment,
+    pub settings: Settings,
+    pub files: Vec<PathBuf>,
+}
+
+impl Config {
+    pub fn load(base: &Path, env: Environment) -> Result<Self, ConfigError> {
+        let loaded: Loaded<Settings> = config::load(base, env)?;
+        let errors = validate(&loaded, env);
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        let files = loaded.files().iter().map(|p| p.to_path_buf()).collect();
+        Ok(Self {
+            env,
+            settings: loaded.value,
+            files,
+        })
+    }
+}
+
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
+    let s = &loaded.value;
+    let mut errs = Vec::new();
+    let mut bad = |key: &str, msg: String| errs.push(format!("{}: {msg}", loaded.locate(key)));
+    for (key, addr) in [
+        ("listen.https", &s.listen.https),
+        ("listen.http", &s.listen.http),
+        ("listen.admin", &s.listen.admin),
+    ] {
+        if addr.parse::<SocketAddr>().is_err() {
+            bad(key, format!("{addr:?} is not an address like 0.0.0.0:443"));
+        }
+    }
+    if s.listen
+        .admin
+        .parse::<SocketAddr>()
+        .is_ok_and(|a| !a.ip().is_loopback())
+    {
+        bad(
+            "listen.admin",
+            "the admin listener must be on a loopback address".into(),
+        );
+    }
+    if s.server.threads == 0 {
+        bad("server.threads", "must be at least 1".into());
+    }
+    for (i, p) in s.server.trusted_proxies.iter().enumerate() {
+        if crate::client_ip::parse_net(p).is_none() {
+            bad(
+                &format!("server.trusted_proxies.{i}"),
+                format!("{p:?} is not an IP address or CIDR"),
+            );
+        }
+    }
+    match s.tls.source {
+        TlsSource::Files if s.tls.certificates.is_empty() => {
+            bad(
+                "tls.certificates",
+                "the files source needs at least one [[tls.certificates]]".into(),
+            );
+        }
+        TlsSource::SelfSigned if env != Environment::Development => {
+            bad(
+                "tls.source",
+                format!("self-signed certificates are for development only, not {env}"),
+            );
+        }
+        _ => {}
+    }
+    if s.jwt.issuer.is_empty() {
+        bad("jwt.issuer", "must name the issuer of access tokens".into());
+    }
+    if s.jwt.audience.is_empty() {
+        bad("jwt.audience", "must not be empty".into());
+    }
+    if s.jwt.leeway_seconds > gatehouse_common::jwt::MAX_LEEWAY_SECS {
+        bad("jwt.leeway_seconds", "must be at most 30".into());
+    }
+    for (i, a) in s.jwt.algorithms.iter().enumerate() {
+        match a.parse::<jsonwebtoken::Algorithm>() {
+            Ok(
+                jsonwebtoken::Algorithm::HS256
+                | jsonwebtoken::Algorithm::HS384
+                | jsonwebtoken::Algorithm::HS512,
+            ) => bad(
+                &format!("jwt.algorithms.{i}"),
+                "symmetric algorithms cannot come from a JWKS".into(),
+            ),
+            Ok(_) => {}
+            Err(_) => bad(
+                &format!("jwt.algorithms.{i}"),
+                format!("{a:?} is not a JWS algorithm"),
+            ),
+        }
+    }
+    if !(s.jwt.jwks_url.starts_with("http://") || s.jwt.jwks_url.starts_with("https://")) {
+        bad("jwt.jwks_url", "must be an http:// or https:// URL".into());
+    }
+    for (name, u) in &s.upstreams {
+        if u.targets.is_empty() {
+            bad(
+                &format!("upstreams.{name}.targets"),
+                "needs at least one host:port".into(),
+            );
+        }
+        for (i, t) in u.targets.iter().enumerate() {
+            if t.parse::<SocketAddr>().is_err() {
+                bad(
+                    &format!("upstreams.{name}.targets.{i}"),
+                    format!("{t:?} is not an IP:port"),
+                );
+            }
+        }
+    }
+    for (name, c) in &s.cors {
+        for (i, o) in c.origins.iter().enumerate() {
+            if let Err(e) = crate::cors::OriginPattern::parse(o) {
+                bad(&format!("cors.{name}.origins.{i}"), e);
+            } else if c.credentials && o.contains('*') {
+                bad(
+                    &format!("cors.{name}.origins.{i}"),
+                    "credentials are only allowed with exact origins".into(),
+                );
+            }
+        }
+    }
+    for (name, l) in &s.limits {
+        if l.per_second == 0 || l.burst == 0 {
+            bad(
+                &format!("limits.{name}"),
+                "per_second and burst must be at least 1".into(),
+            );
+        }
+    }
+    if s.routes.is_empty() {
+        bad("routes", "at least one [[routes]] is needed".into());
+    }
+    for (i, r) in s.routes.iter().enumerate() {
+        let key = |k: &str| format!("routes.{i}.{k}");
+        if !r.prefix.starts_with('/') {
+            bad(&key("prefix"), "must start with /".into());
+        }
+        if !s.upstreams.contains_key(&r.upstream) {
+            bad(&key("upstream"), format!("no [upstreams.{}]", r.upstream));
+        }
+        if let Some(c) = &r.cors
+            && !s.cors.contains_key(c)
+        {
+            bad(&key("cors"), format!("no [cors.{c}]"));
+        }
+        for l in &r.limits {
+            match s.limits.get(l) {
+                None => bad(&key("limits"), format!("no [limits.{l}]")),
+                Some(limit) if limit.key == LimitKey::Subject && r.auth != Auth::Jwt => bad(
+                    &key("limits"),
+                    format!("limit {l:?} is keyed by subject but the route has no auth"),
+                ),
+                Some(_) => {}
+            }
+        }
+        if let Some(pc) = &r.path_claim {
+            if r.auth != Auth::Jwt {
+                bad(&key("path_claim"), "needs auth = \"jwt\"".into());
+            }
+            if !pc.contains("{sub}") || !pc.starts_with('/') {
+                bad(
+                    &key("path_claim"),
+                    "must be a path like /api/users/{sub}/".into(),
+                );
+            }
+        }
+        for (j, m) in r.methods.iter().enumerate() {
+            if m.parse::<http::Method>().is_err() {
+                bad(
+                    &format!("routes.{i}.methods.{j}"),
+                    format!("{m:?} is not an HTTP method"),
+                );
+            }
+        }
+    }
+    errs
+}
