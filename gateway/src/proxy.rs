@@ -56,6 +56,7 @@ pub struct Runtime {
     pub trusted: TrustedProxies,
     pub hsts: String,
     pub max_uri: usize,
+    pub max_header_bytes: usize,
     pub keepalive_secs: u64,
 }
 
@@ -106,6 +107,7 @@ impl Runtime {
             trusted: TrustedProxies::new(&s.server.trusted_proxies),
             hsts: headers::hsts_value(s.tls.hsts_max_age_seconds),
             max_uri: s.server.max_uri_bytes,
+            max_header_bytes: s.server.max_header_bytes,
             keepalive_secs: s.server.keepalive_timeout_seconds,
         })
     }
@@ -252,6 +254,31 @@ fn rate_limited(limit: u32, retry_after: u64) -> (Problem, Vec<(&'static str, St
     )
 }
 
+/// Conflicting or unsupported message framing, if any.
+fn framing_problem(h: &http::HeaderMap) -> Option<&'static str> {
+    let te: Vec<&str> = h
+        .get_all("transfer-encoding")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if te.is_empty() {
+        return None;
+    }
+    if h.contains_key("content-length") {
+        return Some("Content-Length and Transfer-Encoding together are not accepted.");
+    }
+    let codings = te.join(",").to_ascii_lowercase();
+    if codings
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .ne(["chunked"])
+    {
+        return Some("Only Transfer-Encoding: chunked is accepted.");
+    }
+    None
+}
+
 /// `..` and `.` segments could be normalised differently upstream than here; refuse them.
 fn has_dot_segments(path: &str) -> bool {
     path.split('/').any(|s| {
@@ -311,6 +338,30 @@ impl ProxyHttp for Gateway {
                 format!("The request target must be at most {} bytes.", rt.max_uri),
             );
             return self.reject(session, ctx, "uri_too_long", p, &[]).await;
+        }
+        if let Some(why) = framing_problem(&req.headers) {
+            // RFC 9112 §6.1/§6.3: ambiguous framing is how requests get smuggled; refuse it and
+            // close the connection rather than guess where the body ends.
+            session.set_keepalive(None);
+            let p = problem_for(400, "malformed_request", "Malformed request", why);
+            return self.reject(session, ctx, "framing", p, &[]).await;
+        }
+        let header_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes > rt.max_header_bytes {
+            let p = problem_for(
+                431,
+                "headers_too_large",
+                "Request header fields too large",
+                format!(
+                    "The request headers must be at most {} bytes.",
+                    rt.max_header_bytes
+                ),
+            );
+            return self.reject(session, ctx, "headers_too_large", p, &[]).await;
         }
         if has_dot_segments(&path) {
             let p = problem_for(

@@ -48,6 +48,8 @@ pub struct Server {
     pub grace_period_seconds: u64,
     pub keepalive_timeout_seconds: u64,
     pub max_uri_bytes: usize,
+    /// Largest header block (names + values) forwarded; larger gets 431.
+    pub max_header_bytes: usize,
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` and `X-Request-Id` are believed.
     pub trusted_proxies: Vec<String>,
 }
@@ -59,6 +61,7 @@ impl Default for Server {
             grace_period_seconds: 10,
             keepalive_timeout_seconds: 60,
             max_uri_bytes: 8192,
+            max_header_bytes: 16 * 1024,
             trusted_proxies: Vec::new(),
         }
     }

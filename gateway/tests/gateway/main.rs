@@ -1,1 +1,7 @@
+//! Integration tests of the gateway: the real binary on loopback, real TLS, a real upstream.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod edge;
+mod helpers;
+mod upstreams;

@@ -1,0 +1,505 @@
+//! What the edge decides on its own: routing, JWT, path claims, header hygiene, CORS, rate
+//! limits, size limits, framing, redirects, protocols.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Echo, Gateway, Options, TestKey, raw_tls};
+
+async fn setup() -> (Echo, Gateway, TestKey) {
+    let key = TestKey::new(7);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let gw = Gateway::start(Options::echo(&echo)).await;
+    (echo, gw, key)
+}
+
+fn assert_problem(r: &crate::helpers::Resp, status: u16, kind: &str) {
+    assert_eq!(r.status, status, "{}", r.text);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["type"], kind, "{}", r.text);
+    assert_eq!(r.body["status"], status);
+    assert_eq!(r.body["request_id"].as_str(), r.header("x-request-id"));
+}
+
+fn assert_secure(r: &crate::helpers::Resp) {
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    assert!(
+        r.header("server").is_none(),
+        "no version-revealing Server header"
+    );
+}
+
+#[tokio::test]
+async fn routes_and_auth_matrix() {
+    let (echo, gw, key) = setup().await;
+    let open = gw.get("/open/thing?x=1", None).await;
+    assert_eq!(open.status, 200, "{}", open.text);
+    assert_eq!(open.body["path"], "/open/thing");
+    assert_secure(&open);
+    assert!(
+        open.header("cache-control").is_none(),
+        "no-store only on authenticated routes"
+    );
+
+    let none = gw.get("/nowhere", None).await;
+    assert_problem(&none, 404, "not_found");
+    assert_secure(&none);
+
+    let missing = gw.get("/api/me", None).await;
+    assert_problem(&missing, 401, "unauthorized");
+    assert_eq!(
+        missing.header("www-authenticate"),
+        Some("Bearer realm=\"gatehouse\"")
+    );
+    assert_secure(&missing);
+
+    let ok = gw.get("/api/me", Some(&key.token("alice"))).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(ok.header("cache-control"), Some("no-store"));
+    assert_eq!(ok.body["headers"]["x-user-id"], "alice");
+    assert_eq!(
+        echo.count("/api/me"),
+        1,
+        "only the authenticated request reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn every_token_attack_is_401_at_the_edge() {
+    let (echo, gw, key) = setup().await;
+    let b64 = |v: &Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let claims = key.claims("alice");
+    let now = gatehouse_common::jwt::now_secs();
+    let with = |k: &str, v: Value| {
+        let mut c = key.claims("alice");
+        c[k] = v;
+        c
+    };
+    let without = |k: &str| {
+        let mut c = key.claims("alice");
+        c.as_object_mut().map(|o| o.remove(k));
+        c
+    };
+    let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs.typ = Some("at+jwt".into());
+    hs.kid = Some(crate::helpers::KID.into());
+    let public_x = key.jwks["keys"][0]["x"].as_str().unwrap().to_string();
+    let good = key.token("alice");
+    let parts: Vec<&str> = good.split('.').collect();
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "at+jwt", "kid": "test-key"})),
+                b64(&claims)
+            ),
+        ),
+        (
+            "HS256 with the public key",
+            jsonwebtoken::encode(
+                &hs,
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(public_x.as_bytes()),
+            )
+            .unwrap(),
+        ),
+        (
+            "tampered payload",
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                b64(&with("sub", json!("mallory"))),
+                parts[2]
+            ),
+        ),
+        ("other key", TestKey::new(9).token("alice")),
+        ("expired", key.sign(&with("exp", json!(now - 120)), |_| {})),
+        (
+            "future nbf",
+            key.sign(&with("nbf", json!(now + 300)), |_| {}),
+        ),
+        (
+            "wrong iss",
+            key.sign(&with("iss", json!("https://evil.test")), |_| {}),
+        ),
+        ("missing iss", key.sign(&without("iss"), |_| {})),
+        ("wrong aud", key.sign(&with("aud", json!("other")), |_| {})),
+        ("missing aud", key.sign(&without("aud"), |_| {})),
+        ("missing sub", key.sign(&without("sub"), |_| {})),
+        ("missing exp", key.sign(&without("exp"), |_| {})),
+        ("typ JWT", key.sign(&claims, |h| h.typ = Some("JWT".into()))),
+        ("no typ", key.sign(&claims, |h| h.typ = None)),
+        (
+            "unknown kid",
+            key.sign(&claims, |h| h.kid = Some("nope".into())),
+        ),
+        (
+            "crit",
+            key.sign(&claims, |h| h.crit = Some(vec!["exp".into()])),
+        ),
+        ("garbage", "a.b.c".into()),
+        (
+            "opaque refresh token",
+            "Qk9H4f6mZbq2b2o9yS8kq3N0P1gWc6aVt7v8xZ0y1w2".into(),
+        ),
+    ];
+    for (case, token) in cases {
+        let r = gw.get("/api/me", Some(&token)).await;
+        assert_eq!(r.status, 401, "{case}: {}", r.text);
+        let kind = r.body["type"].as_str().unwrap_or_default();
+        assert!(
+            kind == "invalid_token" || (case == "expired" && kind == "token_expired"),
+            "{case}: {kind}"
+        );
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"gatehouse\", error=\"invalid_token\""),
+            "{case}"
+        );
+    }
+    assert_eq!(
+        echo.count("/api/me"),
+        0,
+        "no forged token reached the upstream"
+    );
+    let metrics = gw.admin("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"gatehouse_gateway_rejections_total{reason="invalid_token"} 18"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn path_claim_is_enforced_at_the_edge() {
+    let (echo, gw, key) = setup().await;
+    let t = key.token("alice");
+    assert_eq!(gw.get("/api/users/alice/tasks", Some(&t)).await.status, 200);
+    let r = gw.get("/api/users/bob/tasks", Some(&t)).await;
+    assert_problem(&r, 403, "forbidden");
+    // Dot segments (which clients normally resolve themselves) are refused outright.
+    let raw = format!(
+        "GET /api/users/alice/../bob/tasks HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = raw_tls(&gw, raw.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(echo.count("/api/users/bob/tasks"), 0);
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_the_upstream() {
+    let (_echo, gw, key) = setup().await;
+    let r = gw
+        .send(
+            gw.client
+                .get(gw.url("/api/me"))
+                .bearer_auth(key.token("alice"))
+                .header("x-user-id", "admin")
+                .header("x-forwarded-for", "6.6.6.6")
+                .header("x-forwarded-host", "evil.test")
+                .header("x-forwarded-proto", "http")
+                .header("x-real-ip", "6.6.6.6")
+                .header("forwarded", "for=6.6.6.6")
+                .header("x-request-id", "client-chosen"),
+        )
+        .await;
+    let h = &r.body["headers"];
+    assert_eq!(h["x-user-id"], "alice");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(
+        h["x-forwarded-host"]
+            .as_str()
+            .map(|s| s.starts_with("localhost:")),
+        Some(true)
+    );
+    assert!(h.get("x-real-ip").is_none() && h.get("forwarded").is_none());
+    assert_ne!(
+        h["x-request-id"], "client-chosen",
+        "untrusted peers do not choose request ids"
+    );
+    assert_eq!(h["x-request-id"].as_str(), r.header("x-request-id"));
+    // Without a token the header is still removed.
+    let r = gw
+        .send(
+            gw.client
+                .get(gw.url("/open/x"))
+                .header("x-user-id", "admin"),
+        )
+        .await;
+    assert!(r.body["headers"].get("x-user-id").is_none());
+}
+
+#[tokio::test]
+async fn cors_allowed_disallowed_null_credentials_and_preflight() {
+    let (echo, gw, _key) = setup().await;
+    let cors = |origin: &'static str| gw.client.get(gw.url("/open/x")).header("origin", origin);
+    let allowed = gw.send(cors("https://app.example.com")).await;
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(allowed.header("vary"), Some("Origin"));
+    assert!(
+        allowed.header("access-control-allow-credentials").is_none(),
+        "credentials are off for this policy"
+    );
+    let wildcard = gw.send(cors("https://tenant.example.org")).await;
+    assert_eq!(
+        wildcard.header("access-control-allow-origin"),
+        Some("https://tenant.example.org")
+    );
+    for origin in ["https://evil.test", "null", "https://a.b.example.org"] {
+        let r = gw
+            .send(gw.client.get(gw.url("/open/x")).header("origin", origin))
+            .await;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.header("access-control-allow-origin").is_none(),
+            "{origin}"
+        );
+        assert_eq!(r.header("vary"), Some("Origin"));
+    }
+    // Preflight on a JWT route, without a token: answered here with 204, never forwarded.
+    let pre = gw
+        .send(
+            gw.client
+                .request(reqwest::Method::OPTIONS, gw.url("/api/users/alice/tasks"))
+                .header("origin", "https://app.example.com")
+                .header("access-control-request-method", "PATCH")
+                .header(
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                ),
+        )
+        .await;
+    assert_eq!(pre.status, 204, "{}", pre.text);
+    assert_eq!(pre.header("content-length"), Some("0"));
+    assert_eq!(
+        pre.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        pre.header("access-control-allow-methods"),
+        Some("GET, POST, PATCH, DELETE")
+    );
+    assert_eq!(
+        pre.header("access-control-allow-headers"),
+        Some("authorization, content-type, x-request-id")
+    );
+    assert_eq!(pre.header("access-control-max-age"), Some("600"));
+    assert_eq!(echo.count("/api/users/alice/tasks"), 0);
+    let bad = gw
+        .send(
+            gw.client
+                .request(reqwest::Method::OPTIONS, gw.url("/api/me"))
+                .header("origin", "null")
+                .header("access-control-request-method", "GET"),
+        )
+        .await;
+    assert_problem(&bad, 403, "cors_rejected");
+    assert!(bad.header("access-control-allow-origin").is_none());
+    // Errors from allowed origins carry CORS headers so the page can read them.
+    let err = gw
+        .send(
+            gw.client
+                .get(gw.url("/api/me"))
+                .header("origin", "https://app.example.com"),
+        )
+        .await;
+    assert_eq!(err.status, 401);
+    assert_eq!(
+        err.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_headers() {
+    let (_echo, gw, key) = setup().await;
+    for _ in 0..3 {
+        assert_eq!(gw.get("/tight/x", None).await.status, 200);
+    }
+    let r = gw
+        .send(
+            gw.client
+                .get(gw.url("/tight/x"))
+                .header("origin", "https://app.example.com"),
+        )
+        .await;
+    assert_problem(&r, 429, "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("ratelimit-limit"), Some("3"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(r.header("ratelimit-reset"), Some("1"));
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    // Per subject: alice is limited, bob is not.
+    let (alice, bob) = (key.token("alice"), key.token("bob"));
+    for _ in 0..2 {
+        assert_eq!(gw.get("/limited/x", Some(&alice)).await.status, 200);
+    }
+    assert_eq!(gw.get("/limited/x", Some(&alice)).await.status, 429);
+    assert_eq!(gw.get("/limited/x", Some(&bob)).await.status, 200);
+}
+
+#[tokio::test]
+async fn size_limits() {
+    let (echo, gw, _key) = setup().await;
+    let r = gw
+        .send(
+            gw.client
+                .post(gw.url("/open/upload"))
+                .body(vec![b'x'; 2048]),
+        )
+        .await;
+    assert_problem(&r, 413, "payload_too_large");
+    // Streamed (chunked, no Content-Length): stopped while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..8).map(|_| Ok(vec![b'y'; 512])).collect();
+    let r = gw
+        .send(
+            gw.client
+                .post(gw.url("/open/stream"))
+                .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                    chunks,
+                ))),
+        )
+        .await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    let small = gw
+        .send(gw.client.post(gw.url("/open/upload")).body(vec![b'x'; 100]))
+        .await;
+    assert_eq!(small.body["body_len"], 100);
+    let long = gw.get(&format!("/open/{}", "a".repeat(9000)), None).await;
+    assert_problem(&long, 414, "uri_too_long");
+    let huge_header = gw
+        .send(
+            gw.client
+                .get(gw.url("/open/h"))
+                .header("x-big", "b".repeat(70_000)),
+        )
+        .await;
+    assert_problem(&huge_header, 431, "headers_too_large");
+    assert_eq!(echo.count("/open/h"), 0);
+    assert_eq!(echo.count(&format!("/open/{}", "a".repeat(9000))), 0);
+}
+
+#[tokio::test]
+async fn request_smuggling_vectors_never_reach_the_upstream() {
+    let (echo, gw, _key) = setup().await;
+    let smuggled = "GET /open/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let vectors = [
+        format!(
+            "POST /open/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}",
+            5
+        ),
+        format!(
+            "POST /open/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nContent-Length: 50\r\n\r\nabcd{smuggled}"
+        ),
+        format!(
+            "POST /open/a HTTP/1.0\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        format!(
+            "POST /open/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{smuggled}"
+        ),
+        format!(
+            "POST /open/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+    ];
+    for (i, v) in vectors.iter().enumerate() {
+        let answer = raw_tls(&gw, v.as_bytes()).await;
+        let first = answer.lines().next().unwrap_or_default().to_string();
+        eprintln!("vector {i}: {first:?}");
+        assert!(
+            !first.contains(" 200 ") || !answer.contains("/open/smuggled"),
+            "vector {i}: {answer}"
+        );
+    }
+    assert_eq!(
+        echo.count("/open/smuggled"),
+        0,
+        "a smuggled request reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn http_redirects_to_https_except_acme() {
+    let (_echo, gw, _key) = setup().await;
+    let plain = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = plain
+        .get(format!("http://localhost:{}/api/me?x=1", gw.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers().get("location").and_then(|v| v.to_str().ok()),
+        Some(format!("https://localhost:{}/api/me?x=1", gw.https).as_str())
+    );
+    let acme = plain
+        .get(format!(
+            "http://localhost:{}/.well-known/acme-challenge/abc",
+            gw.http
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acme.status(), 404);
+}
+
+#[tokio::test]
+async fn h2_over_tls() {
+    let (_echo, gw, key) = setup().await;
+    let h2 = gw.https_client(true);
+    let r = crate::helpers::Resp::from(
+        h2.get(gw.url("/api/me"))
+            .bearer_auth(key.token("alice"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.version, reqwest::Version::HTTP_2);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["headers"]["x-user-id"], "alice");
+}
+
+#[tokio::test]
+async fn admin_listener_reports_health_and_metrics() {
+    let (_echo, gw, _key) = setup().await;
+    gw.get("/open/x", None).await;
+    assert_eq!(gw.admin("/healthz").await.status, 200);
+    assert_eq!(gw.admin("/readyz").await.body, json!({"status": "ready"}));
+    let m = gw.admin("/metrics").await.text;
+    assert!(
+        m.contains(r#"gatehouse_gateway_http_requests_total{route="/open/",status="200"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"gatehouse_gateway_jwks_refreshes_total{outcome="ok"}"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"gatehouse_gateway_upstream_healthy_targets{upstream="echo"} 1"#),
+        "{m}"
+    );
+}

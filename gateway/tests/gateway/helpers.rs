@@ -1,0 +1,503 @@
+//! Harness: the real `gateway` binary on free loopback ports with a generated configuration,
+//! in front of a small echo upstream (which also serves the JWKS of a key the tests sign
+//! with), plus an HTTPS client that trusts the gateway's development CA.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub const ISSUER: &str = "https://issuer.test";
+pub const KID: &str = "test-key";
+
+/// The signing key the tests use and the JWKS the echo upstream publishes for it.
+pub struct TestKey {
+    pub encoding: EncodingKey,
+    pub jwks: Value,
+}
+
+impl TestKey {
+    pub fn new(seed: u8) -> Self {
+        let pem = KeypairBytes {
+            secret_key: [seed; 32],
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .unwrap();
+        let public = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
+        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": KID,
+            "x": URL_SAFE_NO_PAD.encode(public.as_bytes())}]});
+        Self {
+            encoding: EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
+            jwks,
+        }
+    }
+
+    pub fn claims(&self, sub: &str) -> Value {
+        let now = gatehouse_common::jwt::now_secs();
+        json!({"iss": ISSUER, "aud": "gatehouse-api", "sub": sub, "iat": now, "nbf": now, "exp": now + 600})
+    }
+
+    pub fn sign(&self, claims: &Value, tweak: impl FnOnce(&mut Header)) -> String {
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.typ = Some("at+jwt".into());
+        h.kid = Some(KID.into());
+        tweak(&mut h);
+        jsonwebtoken::encode(&h, claims, &self.encoding).unwrap()
+    }
+
+    pub fn token(&self, sub: &str) -> String {
+        self.sign(&self.claims(sub), |_| {})
+    }
+}
+
+/// What the echo upstream saw.
+#[derive(Default)]
+pub struct Seen {
+    pub paths: Vec<String>,
+}
+
+/// An upstream that answers every request with a JSON description of it.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Seen>>,
+    jwks: Arc<Value>,
+    tasks: Arc<Mutex<JoinSet<()>>>,
+}
+
+impl Echo {
+    pub async fn start(jwks: Value) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut echo = Self {
+            addr,
+            seen: Arc::default(),
+            jwks: Arc::new(jwks),
+            tasks: Arc::default(),
+        };
+        echo.serve(listener);
+        echo
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let seen = self.seen.clone();
+        let jwks = self.jwks.clone();
+        let port = self.addr.port();
+        let tasks = self.tasks.clone();
+        self.tasks.lock().unwrap().spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                let jwks = jwks.clone();
+                tasks.lock().unwrap().spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                        let seen = seen.clone();
+                        let jwks = jwks.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = match path.as_str() {
+                                "/.well-known/jwks.json" => jwks.to_string(),
+                                "/healthz" => r#"{"status":"ok"}"#.to_string(),
+                                _ => {
+                                    seen.lock().unwrap().paths.push(path.clone());
+                                    let method = req.method().to_string();
+                                    let headers: serde_json::Map<String, Value> = req
+                                        .headers()
+                                        .iter()
+                                        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+                                        .collect();
+                                    let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                                    json!({"port": port, "method": method, "path": path, "headers": headers, "body_len": body}).to_string()
+                                }
+                            };
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                            resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                            resp.headers_mut().insert("server", "echo/1.2.3".parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    }
+
+    /// Closes the listener and every open connection: the target is gone.
+    pub fn stop(&mut self) {
+        self.tasks.lock().unwrap().abort_all();
+    }
+
+    pub async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    pub fn count(&self, path: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .paths
+            .iter()
+            .filter(|p| *p == path)
+            .count()
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    pub https: u16,
+    pub http: u16,
+    pub admin: u16,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub client: reqwest::Client,
+    child: Option<Child>,
+}
+
+pub struct Options {
+    pub targets: Vec<SocketAddr>,
+    pub jwks: SocketAddr,
+    /// Appended to the generated configuration.
+    pub extra: String,
+}
+
+impl Options {
+    pub fn echo(echo: &Echo) -> Self {
+        Self {
+            targets: vec![echo.addr],
+            jwks: echo.addr,
+            extra: String::new(),
+        }
+    }
+}
+
+pub fn config_text(
+    o: &Options,
+    https: u16,
+    http: u16,
+    admin: u16,
+    dir: &std::path::Path,
+) -> String {
+    let targets = o
+        .targets
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[listen]
+https = "127.0.0.1:{https}"
+http = "127.0.0.1:{http}"
+admin = "127.0.0.1:{admin}"
+
+[server]
+threads = 1
+grace_period_seconds = 1
+keepalive_timeout_seconds = 30
+
+[tls]
+source = "self-signed"
+self_signed_names = ["localhost", "127.0.0.1"]
+self_signed_dir = "{certs}"
+
+[jwt]
+jwks_url = "http://{jwks}/.well-known/jwks.json"
+issuer = "{ISSUER}"
+audience = "gatehouse-api"
+min_refetch_seconds = 1
+
+[upstreams.echo]
+targets = [{targets}]
+connect_timeout_ms = 500
+read_timeout_ms = 5000
+health_interval_ms = 200
+
+[cors.web]
+origins = ["https://app.example.com", "https://*.example.org"]
+credentials = false
+
+[limits.roomy]
+per_second = 1000
+burst = 1000
+
+[limits.tight]
+per_second = 1
+burst = 3
+
+[limits.per_subject]
+key = "subject"
+per_second = 1
+burst = 2
+
+[log]
+format = "json"
+level = "warn"
+
+[[routes]]
+prefix = "/open/"
+upstream = "echo"
+cors = "web"
+limits = ["roomy"]
+body_limit_bytes = 1024
+
+[[routes]]
+prefix = "/tight/"
+upstream = "echo"
+cors = "web"
+limits = ["tight"]
+
+[[routes]]
+prefix = "/limited/"
+upstream = "echo"
+auth = "jwt"
+limits = ["per_subject"]
+
+[[routes]]
+prefix = "/api/users/"
+upstream = "echo"
+auth = "jwt"
+cors = "web"
+path_claim = "/api/users/{{sub}}/"
+
+[[routes]]
+prefix = "/api/"
+upstream = "echo"
+auth = "jwt"
+cors = "web"
+{extra}
+"#,
+        certs = dir.join("certs").display(),
+        jwks = o.jwks,
+        extra = o.extra,
+    )
+}
+
+impl Gateway {
+    pub async fn start(o: Options) -> Self {
+        let dir = std::env::temp_dir().join(format!("gw-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (https, http, admin) = (free_port(), free_port(), free_port());
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, config_text(&o, https, http, admin, &dir)).unwrap();
+        let mut gw = Self {
+            https,
+            http,
+            admin,
+            client: reqwest::Client::new(),
+            config,
+            dir,
+            child: None,
+        };
+        gw.spawn(false);
+        gw.wait_ready().await;
+        gw.client = gw.https_client(false);
+        gw
+    }
+
+    pub fn spawn(&mut self, upgrade: bool) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.arg("run").arg("--config").arg(&self.config);
+        if upgrade {
+            cmd.arg("--upgrade");
+        }
+        let log = std::fs::File::create(self.dir.join(if upgrade {
+            "gateway-2.log"
+        } else {
+            "gateway.log"
+        }))
+        .unwrap();
+        cmd.env("APP_ENV", "development")
+            .env("GATEWAY_UPGRADE_SOCK", self.dir.join("upgrade.sock"))
+            .env("GATEWAY_PID_FILE", self.dir.join("gateway.pid"))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("start gateway"));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+
+    /// Waits for /readyz (keys loaded, upstream healthy); fails with the log otherwise.
+    pub async fn wait_ready(&mut self) {
+        let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+        for _ in 0..150 {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("gateway exited with {status}:\n{}", self.log());
+            }
+            if let Ok(r) = plain
+                .get(format!("http://127.0.0.1:{}/readyz", self.admin))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("gateway not ready:\n{}", self.log());
+    }
+
+    pub fn https_client(&self, http2_only: bool) -> reqwest::Client {
+        let ca = std::fs::read(self.dir.join("certs/ca.pem")).unwrap();
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .tls_built_in_root_certs(false)
+            .redirect(reqwest::redirect::Policy::none());
+        if http2_only {
+            b = b.http2_prior_knowledge();
+        } else {
+            b = b.http1_only();
+        }
+        b.build().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.https)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        let mut r = self.client.get(self.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        Resp::from(r.send().await.expect("request")).await
+    }
+
+    pub async fn send(&self, r: reqwest::RequestBuilder) -> Resp {
+        Resp::from(r.send().await.expect("request")).await
+    }
+
+    pub async fn admin(&self, path: &str) -> Resp {
+        let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+        Resp::from(
+            plain
+                .get(format!("http://127.0.0.1:{}{path}", self.admin))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub version: reqwest::Version,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Resp {
+    pub async fn from(r: reqwest::Response) -> Self {
+        let status = r.status().as_u16();
+        let version = r.version();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap_or_default();
+        Self {
+            status,
+            version,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends raw bytes over TLS (for framing attacks no HTTP client will produce) and returns what
+/// came back until the server closed or went quiet.
+pub async fn raw_tls(gw: &Gateway, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = std::fs::read(gw.dir.join("certs/ca.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.https))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1500), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

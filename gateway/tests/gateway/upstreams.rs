@@ -1,0 +1,67 @@
+//! Upstream failure handling: all targets down → 503 then recovery; one of two targets killed
+//! during a request loop → no failed GET.
+
+use crate::helpers::{Echo, Gateway, Options, TestKey};
+
+#[tokio::test]
+async fn upstream_down_gives_503_then_recovers() {
+    let key = TestKey::new(3);
+    let jwks = Echo::start(key.jwks.clone()).await;
+    let mut echo = Echo::start(key.jwks.clone()).await;
+    let gw = Gateway::start(Options {
+        targets: vec![echo.addr],
+        jwks: jwks.addr,
+        extra: String::new(),
+    })
+    .await;
+    assert_eq!(gw.get("/open/x", None).await.status, 200);
+    echo.stop();
+    let mut saw_503 = false;
+    for _ in 0..40 {
+        let r = gw.get("/open/x", None).await;
+        assert!(matches!(r.status, 502 | 503), "{}", r.text);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert_eq!(r.body["type"], "upstream_unavailable");
+        if r.status == 503 {
+            saw_503 = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(saw_503, "health checks mark the target down");
+    assert_eq!(gw.admin("/readyz").await.status, 503);
+    echo.restart().await;
+    let mut back = false;
+    for _ in 0..50 {
+        if gw.get("/open/x", None).await.status == 200 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(back, "traffic resumes when the target returns");
+}
+
+#[tokio::test]
+async fn one_of_two_targets_killed_during_a_loop_fails_no_get() {
+    let key = TestKey::new(4);
+    let jwks = Echo::start(key.jwks.clone()).await;
+    let mut a = Echo::start(key.jwks.clone()).await;
+    let b = Echo::start(key.jwks.clone()).await;
+    let gw = Gateway::start(Options {
+        targets: vec![a.addr, b.addr],
+        jwks: jwks.addr,
+        extra: String::new(),
+    })
+    .await;
+    let mut ports = std::collections::BTreeSet::new();
+    for i in 0..200 {
+        if i == 50 {
+            a.stop();
+        }
+        let r = gw.get("/open/loop", None).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text);
+        ports.insert(r.body["port"].as_u64().unwrap_or_default());
+    }
+    assert_eq!(ports.len(), 2, "both targets served before one was killed");
+}
