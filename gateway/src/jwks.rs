@@ -56,6 +56,29 @@ impl Jwks {
         })
     }
 
+    /// A fetcher and its verifier for the `[jwt]` settings (keys empty until the first fetch).
+    pub fn from_settings(s: &crate::settings::Jwt, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let algorithms: Vec<Algorithm> =
+            s.algorithms.iter().filter_map(|a| a.parse().ok()).collect();
+        let verifier = Arc::new(Verifier::new(
+            gatehouse_common::jwt::Policy {
+                issuer: s.issuer.clone(),
+                audience: s.audience.clone(),
+                algorithms: algorithms.clone(),
+                leeway_secs: s.leeway_seconds,
+                cache_capacity: s.cache_capacity,
+            },
+            KeySet::default(),
+        ));
+        Self::new(
+            &s.jwks_url,
+            algorithms,
+            verifier,
+            Duration::from_secs(s.min_refetch_seconds),
+            metrics,
+        )
+    }
+
     pub fn verifier(&self) -> &Arc<Verifier> {
         &self.verifier
     }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -16,6 +17,7 @@ use gatehouse_common::problem::{self, Problem};
 use gatehouse_common::request_id;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::LoadBalancer;
+use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -25,18 +27,81 @@ use crate::cors::{self, Outcome};
 use crate::jwks::Jwks;
 use crate::limits::{self, Limits, Named, Verdict};
 use crate::metrics::Metrics;
-use crate::settings::{Auth, DEFAULT_BODY_LIMIT, LimitKey, Route, Settings};
+use crate::settings::{Auth, DEFAULT_BODY_LIMIT, LimitKey, Route, Settings, Upstream};
 use crate::{headers, routing};
 
-/// One upstream: its balancer (health-checked in the background) and peer timeouts.
+/// One upstream: its balancer, health-checked by a task that lives as long as the upstream
+/// is part of the running configuration, and its peer timeouts.
 pub struct UpstreamRt {
     pub name: String,
+    pub settings: Upstream,
     pub lb: Arc<LoadBalancer<RoundRobin>>,
     pub targets: usize,
     pub connect: Duration,
     pub read: Duration,
     pub write: Duration,
     pub idle: Duration,
+    health_loop: AtomicBool,
+}
+
+impl UpstreamRt {
+    pub fn new(name: &str, u: &Upstream) -> Result<Self, String> {
+        let err = |e: &dyn std::fmt::Display| format!("upstreams.{name}: {e}");
+        let mut lb =
+            LoadBalancer::<RoundRobin>::try_from_iter(u.targets.iter().map(String::as_str))
+                .map_err(|e| err(&e))?;
+        let mut hc = HttpHealthCheck::new("localhost", false);
+        let mut req =
+            RequestHeader::build("GET", u.health_path.as_bytes(), None).map_err(|e| err(&e))?;
+        req.insert_header("host", "localhost")
+            .map_err(|e| err(&e))?;
+        hc.req = req;
+        hc.consecutive_success = 1;
+        hc.consecutive_failure = 2;
+        hc.peer_template.options.connection_timeout =
+            Some(Duration::from_millis(u.connect_timeout_ms));
+        hc.peer_template.options.read_timeout =
+            Some(Duration::from_millis(u.connect_timeout_ms.max(1000)));
+        lb.set_health_check(Box::new(hc));
+        Ok(Self {
+            name: name.to_string(),
+            settings: u.clone(),
+            lb: Arc::new(lb),
+            targets: u.targets.len(),
+            connect: Duration::from_millis(u.connect_timeout_ms),
+            read: Duration::from_millis(u.read_timeout_ms),
+            write: Duration::from_millis(u.write_timeout_ms),
+            idle: Duration::from_millis(u.idle_timeout_ms),
+            health_loop: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts the active health checks once (needs a Tokio runtime). The task ends when the
+    /// upstream is dropped, i.e. when a reload removed or replaced it.
+    pub fn ensure_health_loop(self: &Arc<Self>) {
+        if self.health_loop.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(up) = weak.upgrade() else { return };
+                up.lb.backends().run_health_check(true).await;
+                let pause = Duration::from_millis(up.settings.health_interval_ms.max(50));
+                drop(up);
+                tokio::time::sleep(pause).await;
+            }
+        });
+    }
+
+    pub fn healthy_targets(&self) -> usize {
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter(|b| backends.ready(b))
+            .count()
+    }
 }
 
 /// A route with everything it references resolved.
@@ -50,6 +115,9 @@ pub struct RouteRt {
 
 /// The compiled configuration; swapped whole on reload.
 pub struct Runtime {
+    pub settings: Settings,
+    pub jwks: Arc<Jwks>,
+    pub upstreams: HashMap<String, Arc<UpstreamRt>>,
     pub route_cfgs: Vec<Route>,
     pub routes: Vec<RouteRt>,
     pub limits: Limits,
@@ -61,10 +129,29 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Compiles `s`, reusing the upstreams and key fetcher of `previous` where their settings
+    /// did not change (so health state and verified-token caches survive a reload).
     pub fn compile(
         s: &Settings,
-        upstreams: &HashMap<String, Arc<UpstreamRt>>,
+        previous: Option<&Runtime>,
+        metrics: &Arc<Metrics>,
     ) -> Result<Self, String> {
+        let mut upstreams = HashMap::new();
+        for (name, u) in &s.upstreams {
+            let reused = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|old| old.settings == *u)
+                .cloned();
+            let up = match reused {
+                Some(up) => up,
+                None => Arc::new(UpstreamRt::new(name, u)?),
+            };
+            upstreams.insert(name.clone(), up);
+        }
+        let jwks = match previous.filter(|p| p.settings.jwt == s.jwt) {
+            Some(p) => p.jwks.clone(),
+            None => Arc::new(Jwks::from_settings(&s.jwt, metrics.clone())?),
+        };
         let limits = Limits::new(&s.limits);
         let mut routes = Vec::new();
         for (i, r) in s.routes.iter().enumerate() {
@@ -101,6 +188,9 @@ impl Runtime {
             });
         }
         Ok(Self {
+            settings: s.clone(),
+            jwks,
+            upstreams,
             route_cfgs: s.routes.clone(),
             routes,
             limits,
@@ -115,7 +205,6 @@ impl Runtime {
 
 pub struct Gateway {
     pub runtime: Arc<ArcSwap<Runtime>>,
-    pub jwks: Arc<Jwks>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -214,6 +303,16 @@ impl Gateway {
     ) -> Result<bool> {
         self.metrics.reject(reason);
         ctx.decision = reason;
+        // Pingora would otherwise read and discard a rejected upload before reusing the
+        // connection; close it instead.
+        let h = &session.req_header().headers;
+        let has_body = h.contains_key("transfer-encoding")
+            || h.get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim() != "0");
+        if has_body {
+            session.set_keepalive(None);
+        }
         let status = p.status;
         self.respond(session, ctx, status, Some(p), extra).await
     }
@@ -230,10 +329,10 @@ impl Gateway {
         })
     }
 
-    async fn verify(&self, token: &str) -> std::result::Result<String, Rejection> {
-        let verifier = self.jwks.verifier();
+    async fn verify(&self, jwks: &Jwks, token: &str) -> std::result::Result<String, Rejection> {
+        let verifier = jwks.verifier();
         let claims = match verifier.verify(token) {
-            Err(Rejection::UnknownKey) if self.jwks.refresh_for_unknown_kid().await => {
+            Err(Rejection::UnknownKey) if jwks.refresh_for_unknown_kid().await => {
                 verifier.verify(token)?
             }
             other => other?,
@@ -471,7 +570,7 @@ impl ProxyHttp for Gateway {
                     )
                     .await;
             };
-            let sub = match self.verify(&token).await {
+            let sub = match self.verify(&rt.jwks, &token).await {
                 Ok(sub) => sub,
                 Err(r) => {
                     let p = match &r {

@@ -2,19 +2,15 @@
 //! certificates), the plain-HTTP listener (308 to https), the loopback admin listener, upstream
 //! health checks and the housekeeping task (JWKS refresh, rate-limit pruning, health gauges).
 
-use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use gatehouse_common::jwt::{KeySet, Policy, Verifier};
+use gatehouse_common::config::Environment;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
-use pingora::http::RequestHeader;
-use pingora::lb::LoadBalancer;
-use pingora::lb::health_check::HttpHealthCheck;
-use pingora::lb::selection::RoundRobin;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -22,9 +18,8 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
-use crate::jwks::Jwks;
 use crate::metrics::Metrics;
-use crate::proxy::{Gateway, Runtime, UpstreamRt};
+use crate::proxy::{Gateway, Runtime};
 use crate::settings::Config;
 use crate::tls::Resolver;
 
@@ -44,6 +39,18 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
             .unwrap_or_else(|_| "/tmp/gatehouse-gateway.pid".into()),
         ..ServerConf::default()
     };
+    if !upgrade {
+        // Pingora binds inside its service tasks, and a failed bind there only ends that
+        // service: check every address first so a taken port stops start-up with its name.
+        for (key, addr) in [
+            ("listen.https", &s.listen.https),
+            ("listen.http", &s.listen.http),
+            ("listen.admin", &s.listen.admin),
+        ] {
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("{key} = {addr}: {e}"))?;
+        }
+    }
     let opt = Opt {
         upgrade,
         ..Opt::default()
@@ -52,81 +59,25 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new()?);
-    let algorithms: Vec<jsonwebtoken::Algorithm> = s
-        .jwt
-        .algorithms
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let verifier = Arc::new(Verifier::new(
-        Policy {
-            issuer: s.jwt.issuer.clone(),
-            audience: s.jwt.audience.clone(),
-            algorithms: algorithms.clone(),
-            leeway_secs: s.jwt.leeway_seconds,
-            cache_capacity: s.jwt.cache_capacity,
-        },
-        KeySet::default(),
-    ));
-    let jwks = Arc::new(
-        Jwks::new(
-            &s.jwt.jwks_url,
-            algorithms,
-            verifier,
-            Duration::from_secs(s.jwt.min_refetch_seconds),
-            metrics.clone(),
-        )
-        .map_err(anyhow::Error::msg)?,
-    );
-
-    let mut upstreams = HashMap::new();
-    for (name, u) in &s.upstreams {
-        let mut lb =
-            LoadBalancer::<RoundRobin>::try_from_iter(u.targets.iter().map(String::as_str))?;
-        let mut hc = HttpHealthCheck::new("localhost", false);
-        let mut req = RequestHeader::build("GET", u.health_path.as_bytes(), None)?;
-        req.insert_header("host", "localhost")?;
-        hc.req = req;
-        hc.consecutive_success = 1;
-        hc.consecutive_failure = 2;
-        hc.peer_template.options.connection_timeout =
-            Some(Duration::from_millis(u.connect_timeout_ms));
-        hc.peer_template.options.read_timeout =
-            Some(Duration::from_millis(u.connect_timeout_ms.max(1000)));
-        lb.set_health_check(Box::new(hc));
-        lb.health_check_frequency = Some(Duration::from_millis(u.health_interval_ms));
-        let bg = background_service(&format!("health check {name}"), lb);
-        let lb = bg.task();
-        server.add_service(bg);
-        upstreams.insert(
-            name.clone(),
-            Arc::new(UpstreamRt {
-                name: name.clone(),
-                lb,
-                targets: u.targets.len(),
-                connect: Duration::from_millis(u.connect_timeout_ms),
-                read: Duration::from_millis(u.read_timeout_ms),
-                write: Duration::from_millis(u.write_timeout_ms),
-                idle: Duration::from_millis(u.idle_timeout_ms),
-            }),
-        );
-    }
     let runtime = Arc::new(ArcSwap::from_pointee(
-        Runtime::compile(s, &upstreams).map_err(anyhow::Error::msg)?,
+        Runtime::compile(s, None, &metrics).map_err(anyhow::Error::msg)?,
     ));
-
     let resolver = Arc::new(Resolver::new(
         crate::tls::load(&s.tls).map_err(anyhow::Error::msg)?,
     ));
-    let mut tls = TlsSettings::intermediate("", "")?;
-    tls.set_cert_resolver(resolver.clone());
-    tls.enable_h2();
-
-    let gateway = Gateway {
+    let shared = Arc::new(Shared {
         runtime: runtime.clone(),
-        jwks: jwks.clone(),
+        resolver: resolver.clone(),
         metrics: metrics.clone(),
-    };
+        base: config.files.first().cloned().unwrap_or_default(),
+        env: config.env,
+        reloading: tokio::sync::Mutex::new(()),
+    });
+
+    let mut tls = TlsSettings::intermediate("", "")?;
+    tls.set_cert_resolver(resolver);
+    tls.enable_h2();
+    let gateway = Gateway { runtime, metrics };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
@@ -145,40 +96,76 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     redirect.add_tcp(&s.listen.http);
     server.add_service(redirect);
 
-    let ups: Vec<Arc<UpstreamRt>> = upstreams.values().cloned().collect();
     let mut admin = Service::new(
         "gateway admin".to_string(),
         Admin {
-            metrics: metrics.clone(),
-            jwks: jwks.clone(),
-            upstreams: ups.clone(),
+            shared: shared.clone(),
         },
     );
     admin.add_tcp(&s.listen.admin);
     server.add_service(admin);
 
-    server.add_service(background_service(
-        "housekeeping",
-        Housekeeping {
-            jwks,
-            runtime,
-            metrics,
-            upstreams: ups,
-            refresh: Duration::from_secs(s.jwt.refresh_seconds.max(1)),
-        },
-    ));
+    server.add_service(background_service("housekeeping", Housekeeping { shared }));
 
     tracing::info!(https = %s.listen.https, http = %s.listen.http, admin = %s.listen.admin, env = %config.env, "gateway starting");
     server.run_forever();
 }
 
-fn healthy_targets(up: &UpstreamRt) -> usize {
-    let backends = up.lb.backends();
-    backends
-        .get_backend()
-        .iter()
-        .filter(|b| backends.ready(b))
-        .count()
+/// What the admin listener, the housekeeping task and reloads share.
+pub struct Shared {
+    runtime: Arc<ArcSwap<Runtime>>,
+    resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
+    base: PathBuf,
+    env: Environment,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// Re-reads the configuration and swaps routes, upstreams, limits, CORS, JWT settings and
+    /// certificates in one step. Anything invalid is refused whole and the running
+    /// configuration keeps serving; connections are never touched.
+    pub async fn reload(&self) -> Result<(), String> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = self.try_reload().await;
+        match &result {
+            Ok(()) => {
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(config = %self.base.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["rejected"]).inc();
+                tracing::error!(config = %self.base.display(), error = %e, "configuration reload refused; the running configuration keeps serving");
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<(), String> {
+        let config = Config::load(&self.base, self.env).map_err(|e| e.to_string())?;
+        let current = self.runtime.load_full();
+        if config.settings.listen != current.settings.listen
+            || config.settings.server.threads != current.settings.server.threads
+        {
+            tracing::warn!(
+                "listener addresses and threads change only on restart or binary upgrade"
+            );
+        }
+        let store = crate::tls::load(&config.settings.tls)?;
+        let next = Runtime::compile(&config.settings, Some(&current), &self.metrics)?;
+        if !Arc::ptr_eq(&next.jwks, &current.jwks) {
+            next.jwks
+                .refresh()
+                .await
+                .map_err(|e| format!("jwt: the new settings cannot load keys: {e}"))?;
+        }
+        for up in next.upstreams.values() {
+            up.ensure_health_loop();
+        }
+        self.resolver.replace(store);
+        self.runtime.store(Arc::new(next));
+        Ok(())
+    }
 }
 
 /// `:80`: ACME HTTP-01 (later) and a permanent redirect to HTTPS for everything else.
@@ -236,23 +223,43 @@ impl ServeHttp for Redirect {
 /// Loopback admin: `/metrics`, `/healthz` (the process runs), `/readyz` (keys loaded and every
 /// upstream has a healthy target).
 struct Admin {
-    metrics: Arc<Metrics>,
-    jwks: Arc<Jwks>,
-    upstreams: Vec<Arc<UpstreamRt>>,
+    shared: Arc<Shared>,
 }
 
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let rt = self.shared.runtime.load_full();
+        let method = session.req_header().method.clone();
         match session.req_header().uri.path() {
-            "/metrics" => plain(200, "text/plain; version=0.0.4", self.metrics.render()),
+            "/metrics" => plain(
+                200,
+                "text/plain; version=0.0.4",
+                self.shared.metrics.render(),
+            ),
             "/healthz" => plain(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
+            "/reload" if method == http::Method::POST => match self.shared.reload().await {
+                Ok(()) => plain(
+                    200,
+                    "application/json",
+                    br#"{"status":"reloaded"}"#.to_vec(),
+                ),
+                Err(e) => {
+                    let p = gatehouse_common::problem::Problem::new(
+                        422,
+                        "reload_refused",
+                        "Configuration reload refused",
+                    )
+                    .detail(e);
+                    plain(422, gatehouse_common::problem::CONTENT_TYPE, p.to_bytes())
+                }
+            },
             "/readyz" => {
-                let keys = !self.jwks.verifier().keys().is_empty();
-                let down: Vec<&str> = self
+                let keys = !rt.jwks.verifier().keys().is_empty();
+                let down: Vec<&str> = rt
                     .upstreams
-                    .iter()
-                    .filter(|u| healthy_targets(u) == 0)
+                    .values()
+                    .filter(|u| u.healthy_targets() == 0)
                     .map(|u| u.name.as_str())
                     .collect();
                 if keys && down.is_empty() {
@@ -268,53 +275,66 @@ impl ServeHttp for Admin {
 }
 
 struct Housekeeping {
-    jwks: Arc<Jwks>,
-    runtime: Arc<ArcSwap<Runtime>>,
-    metrics: Arc<Metrics>,
-    upstreams: Vec<Arc<UpstreamRt>>,
-    refresh: Duration,
+    shared: Arc<Shared>,
 }
 
 #[async_trait]
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // First key set: retry with backoff until the API answers.
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match self.jwks.refresh().await {
-                Ok(n) => {
-                    tracing::info!(keys = n, "JWKS loaded");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "JWKS not loaded yet")
-                }
+        let shared = &self.shared;
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload through the admin listener");
+                None
             }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.changed() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
-        let mut jwks_tick = tokio::time::interval(self.refresh);
-        jwks_tick.tick().await;
+        };
+        let mut jwks_tick = tokio::time::interval(Duration::from_millis(200));
         let mut chores = tokio::time::interval(Duration::from_secs(1));
+        let mut keys_backoff = Duration::from_millis(200);
+        let mut next_jwks = tokio::time::Instant::now();
         let mut n: u64 = 0;
         loop {
             tokio::select! {
                 _ = jwks_tick.tick() => {
-                    if let Err(e) = self.jwks.refresh().await {
-                        tracing::warn!(error = %e, "JWKS refresh failed; keeping the current keys");
+                    let rt = shared.runtime.load_full();
+                    for up in rt.upstreams.values() {
+                        up.ensure_health_loop();
+                    }
+                    if tokio::time::Instant::now() >= next_jwks {
+                        // Until the first key set arrives, retry with backoff; then refresh on
+                        // the configured interval, keeping the last good keys on failure.
+                        let loaded = !rt.jwks.verifier().keys().is_empty();
+                        match rt.jwks.refresh().await {
+                            Ok(n) => {
+                                if !loaded {
+                                    tracing::info!(keys = n, "JWKS loaded");
+                                }
+                                keys_backoff = Duration::from_millis(200);
+                                next_jwks = tokio::time::Instant::now() + Duration::from_secs(rt.settings.jwt.refresh_seconds.max(1));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, retry_ms = keys_backoff.as_millis() as u64, "JWKS fetch failed; keeping the current keys");
+                                next_jwks = tokio::time::Instant::now() + keys_backoff;
+                                keys_backoff = (keys_backoff * 2).min(Duration::from_secs(10));
+                            }
+                        }
                     }
                 }
                 _ = chores.tick() => {
                     n += 1;
-                    for u in &self.upstreams {
-                        self.metrics.upstream_healthy.with_label_values(&[u.name.as_str()]).set(healthy_targets(u) as i64);
+                    let rt = shared.runtime.load_full();
+                    for u in rt.upstreams.values() {
+                        shared.metrics.upstream_healthy.with_label_values(&[u.name.as_str()]).set(u.healthy_targets() as i64);
                     }
                     if n.is_multiple_of(10) {
-                        self.runtime.load().limits.prune();
+                        rt.limits.prune();
                     }
+                }
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = shared.reload().await;
                 }
                 _ = shutdown.changed() => return,
             }

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -344,7 +344,7 @@ impl Gateway {
             .env("GATEWAY_UPGRADE_SOCK", self.dir.join("upgrade.sock"))
             .env("GATEWAY_PID_FILE", self.dir.join("gateway.pid"))
             .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.child = Some(cmd.spawn().expect("start gateway"));
     }
@@ -375,10 +375,9 @@ impl Gateway {
                 .get(format!("http://127.0.0.1:{}/readyz", self.admin))
                 .send()
                 .await
+                && r.status() == 200
             {
-                if r.status() == 200 {
-                    return;
-                }
+                return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -4,4 +4,5 @@
 
 mod edge;
 mod helpers;
+mod reload;
 mod upstreams;

@@ -1,0 +1,124 @@
+//! Hot reload: SIGHUP with a changed route while a client loop runs drops nothing; an invalid
+//! file is refused and the running configuration keeps serving.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::helpers::{Echo, Gateway, Options, TestKey, config_text};
+
+#[tokio::test]
+async fn sighup_reload_with_a_new_route_fails_no_request() {
+    let key = TestKey::new(5);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let gw = Arc::new(Gateway::start(Options::echo(&echo)).await);
+    assert_eq!(gw.get("/new/x", None).await.status, 404);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut loops = Vec::new();
+    for _ in 0..4 {
+        let (gw, stop, ok, failed) = (gw.clone(), stop.clone(), ok.clone(), failed.clone());
+        loops.push(tokio::spawn(async move {
+            // Keep-alive connections stay open across the reload.
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) || n < 20 {
+                n += 1;
+                match gw
+                    .client
+                    .get(gw.url("/open/loop"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                {
+                    Ok(200) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let extra = "\n[[routes]]\nprefix = \"/new/\"\nupstream = \"echo\"\n".to_string();
+    let text = config_text(
+        &Options {
+            extra,
+            ..Options::echo(&echo)
+        },
+        gw.https,
+        gw.http,
+        gw.admin,
+        &gw.dir,
+    );
+    std::fs::write(&gw.config, text).unwrap();
+    gw.signal("HUP");
+    let mut live = false;
+    for _ in 0..50 {
+        if gw.get("/new/x", None).await.status == 200 {
+            live = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.await.unwrap();
+    }
+    assert!(live, "the new route serves after SIGHUP:\n{}", gw.log());
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{} requests failed",
+        failed.load(Ordering::Relaxed)
+    );
+    assert!(ok.load(Ordering::Relaxed) >= 80);
+    let m = gw.admin("/metrics").await.text;
+    assert!(
+        m.contains(r#"gatehouse_gateway_reloads_total{outcome="ok"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_reload_is_refused_and_the_old_config_keeps_serving() {
+    let key = TestKey::new(6);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let gw = Gateway::start(Options::echo(&echo)).await;
+    let good = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        good.replace(
+            "[[routes]]\nprefix = \"/open/\"",
+            "[[routes]]\nprefx = \"/open/\"",
+        ),
+    )
+    .unwrap();
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = crate::helpers::Resp::from(
+        plain
+            .post(format!("http://127.0.0.1:{}/reload", gw.admin))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.body["type"], "reload_refused");
+    let detail = r.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("gateway.toml:") && detail.contains("prefx"),
+        "{detail}"
+    );
+    // SIGHUP with the same broken file: refused too, and the process keeps running.
+    gw.signal("HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(gw.get("/open/x", None).await.status, 200);
+    let m = gw.admin("/metrics").await.text;
+    assert!(
+        m.contains(r#"gatehouse_gateway_reloads_total{outcome="rejected"} 2"#),
+        "{m}"
+    );
+    assert!(
+        gw.log().contains("configuration reload refused"),
+        "{}",
+        gw.log()
+    );
+}
