@@ -334,28 +334,56 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
 /// 1-based line of the value at `path` in `text`, if the file sets it.
 fn line_of(text: &str, path: &[&str]) -> Option<usize> {
     let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let mut item = doc.as_item();
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
     let mut span = None;
-    for seg in path {
-        let next = if let Some(table) = item.as_table_like() {
-            let (key, value) = table.get_key_value(seg)?;
-            span = key.span().or_else(|| value.span());
-            value
-        } else if let Some(array) = item.as_array() {
-            let v = array.get(seg.parse().ok()?)?;
-            span = v.span().or(span);
-            // Array elements are values, not items: stop descending here.
-            return span.map(|r| text[..r.start].matches('\n').count() + 1);
+    for (depth, seg) in path.iter().enumerate() {
+        let last = depth + 1 == path.len();
+        let (key, item) = table.get_key_value(seg)?;
+        span = key.span().or_else(|| item.span()).or(span);
+        if last {
+            break;
+        }
+        let next = path[depth + 1];
+        if let Some(t) = item.as_table_like() {
+            table = t;
         } else if let Some(aot) = item.as_array_of_tables() {
-            let t = aot.get(seg.parse().ok()?)?;
+            // `[[routes]]` element `i`: keep descending into that table.
+            let t = aot.get(next.parse().ok()?)?;
             span = t.span().or(span);
-            return span.map(|r| text[..r.start].matches('\n').count() + 1);
+            if depth + 2 == path.len() {
+                break;
+            }
+            return line_in_table(text, t, &path[depth + 2..], span);
+        } else if let Some(array) = item.as_array() {
+            let v = array.get(next.parse().ok()?)?;
+            span = v.span().or(span);
+            break;
         } else {
-            return None;
-        };
-        item = next;
+            break;
+        }
     }
     span.map(|r| text[..r.start].matches('\n').count() + 1)
+}
+
+fn line_in_table(
+    text: &str,
+    table: &toml_edit::Table,
+    rest: &[&str],
+    fallback: Option<std::ops::Range<usize>>,
+) -> Option<usize> {
+    let sub = rest.first().and_then(|k| table.get_key_value(k));
+    let span = match sub {
+        Some((key, item)) => match (rest.get(1), item.as_array()) {
+            (Some(i), Some(a)) => a
+                .get(i.parse().ok()?)
+                .and_then(|v| v.span())
+                .or_else(|| key.span()),
+            _ => key.span().or_else(|| item.span()),
+        },
+        None => None,
+    }
+    .or(fallback)?;
+    Some(text[..span.start].matches('\n').count() + 1)
 }
 
 #[cfg(test)]
@@ -448,6 +476,15 @@ mod tests {
         let err = err.unwrap_or_default();
         assert!(err.contains("svc.toml:3: db.url"), "{err}");
         assert!(err.contains("DATABASE_URL is not set"), "{err}");
+    }
+
+    #[test]
+    fn array_of_tables_keys_have_their_own_line() {
+        let text = "[[r]]\nx = 1\n\n[[r]]\nx = 2\ny = [\"a\",\n  \"b\"]\n";
+        assert_eq!(line_of(text, &["r", "0", "x"]), Some(2));
+        assert_eq!(line_of(text, &["r", "1", "x"]), Some(5));
+        assert_eq!(line_of(text, &["r", "1", "y", "1"]), Some(7));
+        assert_eq!(line_of(text, &["r", "1"]), Some(4));
     }
 
     #[test]

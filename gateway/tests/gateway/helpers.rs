@@ -329,6 +329,11 @@ impl Gateway {
     }
 
     pub fn spawn(&mut self, upgrade: bool) {
+        self.child = Some(self.command(upgrade).spawn().expect("start gateway"));
+    }
+
+    /// The command that starts this gateway (`upgrade`: take the sockets over).
+    pub fn command(&self, upgrade: bool) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
         cmd.arg("run").arg("--config").arg(&self.config);
         if upgrade {
@@ -346,7 +351,7 @@ impl Gateway {
             .env_remove("RUST_LOG")
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        self.child = Some(cmd.spawn().expect("start gateway"));
+        cmd
     }
 
     pub fn pid(&self) -> u32 {

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
+mod e2e;
 mod edge;
 mod helpers;
 mod reload;

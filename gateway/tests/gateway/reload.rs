@@ -122,3 +122,70 @@ async fn invalid_reload_is_refused_and_the_old_config_keeps_serving() {
         gw.log()
     );
 }
+
+/// Binary upgrade: a new process takes the listening sockets over (`run --upgrade`), the old
+/// one gets SIGQUIT and drains; a client loop sees no failure.
+#[tokio::test]
+async fn graceful_upgrade_hands_sockets_over_without_failures() {
+    let key = TestKey::new(8);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let gw = Arc::new(Gateway::start(Options::echo(&echo)).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let looper = {
+        let (gw, stop, ok, failed) = (gw.clone(), stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                // A fresh connection every other request, keep-alive for the rest.
+                let client = if ok.load(Ordering::Relaxed) % 2 == 0 {
+                    gw.https_client(false)
+                } else {
+                    gw.client.clone()
+                };
+                match client
+                    .get(gw.url("/open/upgrade"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                {
+                    Ok(200) => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut new = gw.command(true).spawn().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    gw.signal("QUIT");
+    // The new process must be the one answering now.
+    let mut served_by_new = false;
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if new.try_wait().unwrap().is_some() {
+            break;
+        }
+        let old_gone = !std::path::Path::new(&format!("/proc/{}", gw.pid())).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", gw.pid()))
+                .is_ok_and(|s| s.contains(") Z "));
+        if old_gone {
+            served_by_new = true;
+            break;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    looper.await.unwrap();
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(
+        served_by_new,
+        "old process exited and the new one kept serving:\n{}",
+        gw.log()
+    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(ok.load(Ordering::Relaxed) > 20);
+}

@@ -1,0 +1,104 @@
+//! The `gateway` binary's `check` on every committed configuration, and operator errors.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn repo_config() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/gateway.toml"
+    ))
+}
+
+fn gateway() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    for v in [
+        "APP_ENV",
+        "JWT_ISSUER",
+        "FRONTEND_ORIGIN",
+        "TLS_CERT_FILE",
+        "TLS_KEY_FILE",
+        "JWKS_URL",
+        "RUST_LOG",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
+fn run(c: &mut Command) -> (bool, String) {
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn every_committed_config_checks() {
+    let dir = std::env::temp_dir().join(format!("gw-cli-{}", uuid::Uuid::new_v4().simple()));
+    gateway::tls::self_signed(&["api.example.com".into()], &dir).unwrap();
+    for env in ["development", "staging", "production"] {
+        let (ok, text) = run(gateway()
+            .args(["check", "--config"])
+            .arg(repo_config())
+            .current_dir(&dir)
+            .env("APP_ENV", env)
+            .env("JWT_ISSUER", "https://api.example.com")
+            .env("FRONTEND_ORIGIN", "https://app.example.com")
+            .env("TLS_CERT_FILE", dir.join("gateway.pem"))
+            .env("TLS_KEY_FILE", dir.join("gateway.key")));
+        assert!(ok, "{env}: {text}");
+        assert!(text.contains("ok: ") && text.contains(env), "{text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn errors_name_file_line_and_key() {
+    let (ok, text) = run(gateway()
+        .args(["check", "--config"])
+        .arg(repo_config())
+        .env("APP_ENV", "production"));
+    assert!(!ok);
+    assert!(text.contains("gateway.production.toml:4: cors.web.origins.0: environment variable FRONTEND_ORIGIN is not set"), "{text}");
+    assert!(
+        text.contains("jwt.issuer: environment variable JWT_ISSUER is not set"),
+        "{text}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("gw-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("gateway.toml");
+    std::fs::write(&base, "[tls]\nsource = \"self-signed\"\n\n[jwt]\nissuer = \"x\"\n\n[[routes]]\nprefix = \"api\"\nupstream = \"nowhere\"\n").unwrap();
+    let (ok, text) = run(gateway()
+        .args(["check", "--config"])
+        .arg(&base)
+        .env("APP_ENV", "production"));
+    assert!(!ok);
+    assert!(
+        text.contains(
+            "gateway.toml:2: tls.source: self-signed certificates are for development only"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("gateway.toml:8: routes.0.prefix: must start with /"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gateway.toml:9: routes.0.upstream: no [upstreams.nowhere]"),
+        "{text}"
+    );
+    std::fs::write(&base, "[server]\nthreds = 2\n").unwrap();
+    let (_, text) = run(gateway().args(["check", "--config"]).arg(&base));
+    assert!(
+        text.contains("gateway.toml:2: server.threds: unknown field `threds`"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
