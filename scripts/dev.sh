@@ -8,10 +8,12 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
 API=http://127.0.0.1:8000
+EDGE=https://localhost:8443
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 core_bin="$target_dir/debug/core-api"
 pg_dir="$repo/.dev/pg"
 core_pid=
+gw_pid=
 
 "$repo/scripts/install-deps.sh"
 # shellcheck source=scripts/pg.sh
@@ -35,6 +37,10 @@ stop_core() {
 cleanup() {
   # make forwards a second SIGTERM/SIGINT; do not let it cut the cleanup short.
   trap '' INT TERM
+  if [[ -n $gw_pid ]]; then
+    kill -TERM "$gw_pid" 2>/dev/null || true
+    wait "$gw_pid" 2>/dev/null || true
+  fi
   stop_core
   pg_stop "$pg_dir"
 }
@@ -59,13 +65,15 @@ fi
 
 # A leftover `make dev` (or anything else) on :8000 would answer our
 # readiness probe and make this run look healthy when it is not.
-if (exec 3<>/dev/tcp/127.0.0.1/8000) 2>/dev/null; then
-  echo "dev: something is already listening on 127.0.0.1:8000; stop it first" >&2
-  exit 1
-fi
+for port in 8000 8443 8080 9090; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "dev: something is already listening on 127.0.0.1:$port; stop it first" >&2
+    exit 1
+  fi
+done
 
-echo "dev: cargo build -p core-api"
-cargo build -p core-api
+echo "dev: cargo build -p core-api -p gateway"
+cargo build -p core-api -p gateway
 
 export APP_ENV=development DATABASE_URL
 export RUST_LOG=${RUST_LOG:-info}
@@ -76,14 +84,6 @@ echo "dev: core-api migrate"
 echo "dev: core-api serve"
 "$core_bin" serve &
 core_pid=$!
-
-# --- gateway ------------------------------------------------------------------
-# The gateway will be started here, on :8443, next to the core API (same
-# pattern: start in the background, remember its pid, stop it in cleanup).
-# Not started yet on purpose.
-# shellcheck disable=SC2034 # placeholder until the gateway is wired in
-GATEWAY_BIN="$target_dir/debug/gateway"
-# ------------------------------------------------------------------------------
 
 ready=0
 for _ in $(seq 60); do
@@ -102,10 +102,32 @@ if ((ready == 0)); then
   exit 1
 fi
 
+echo "dev: gateway run (https://localhost:8443, http :8080, admin 127.0.0.1:9090)"
+"$target_dir/debug/gateway" run &
+gw_pid=$!
+ready=0
+for _ in $(seq 60); do
+  if ! kill -0 "$gw_pid" 2>/dev/null; then
+    echo "dev: gateway exited during startup" >&2
+    exit 1
+  fi
+  if curl -fsS -o /dev/null http://127.0.0.1:9090/readyz 2>/dev/null; then
+    ready=1
+    break
+  fi
+  sleep 0.5
+done
+if ((ready == 0)); then
+  echo "dev: gateway not ready after 30s (http://127.0.0.1:9090/readyz)" >&2
+  exit 1
+fi
+# The development CA the gateway generated (certs/dev/ca.pem); trust it instead of -k.
+CA="$repo/certs/dev/ca.pem"
+
 # Exercise the happy path once so the printed commands are known to work.
 creds='{"email":"ada@example.com","password":"correct horse battery"}'
 resp=$(mktemp)
-code=$(curl -sS -o "$resp" -w '%{http_code}' -X POST "$API/auth/register" \
+code=$(curl -sS --cacert "$CA" -o "$resp" -w '%{http_code}' -X POST "$EDGE/auth/register" \
   -H 'content-type: application/json' -d "$creds") || code=000
 case $code in
   2??) echo "dev: registered ada@example.com" ;;
@@ -113,7 +135,7 @@ case $code in
   *) echo "dev: register returned HTTP $code: $(cat "$resp")" >&2 ;;
 esac
 token=
-code=$(curl -sS -o "$resp" -w '%{http_code}' -X POST "$API/auth/login" \
+code=$(curl -sS --cacert "$CA" -o "$resp" -w '%{http_code}' -X POST "$EDGE/auth/login" \
   -H 'content-type: application/json' -d "$creds") || code=000
 if [[ $code == 2?? ]]; then
   token=$(python3 -c 'import json, sys
@@ -128,26 +150,26 @@ rm -f "$resp"
 
 cat <<EOF
 
-Gatehouse core API is up on $API (PostgreSQL on 127.0.0.1:$PGPORT, data in .dev/pg)
+Gatehouse is up: gateway on $EDGE -> core API on $API (PostgreSQL on 127.0.0.1:$PGPORT, data in .dev/pg)
 
   # register (HTTP 409 if the user already exists)
-  curl -s -X POST $API/auth/register -H 'content-type: application/json' -d '$creds'
+  curl --cacert certs/dev/ca.pem -X POST $EDGE/auth/register -H 'content-type: application/json' -d '$creds'
 
   # log in; the JSON response carries access_token
-  curl -s -X POST $API/auth/login -H 'content-type: application/json' -d '$creds'
+  curl --cacert certs/dev/ca.pem -X POST $EDGE/auth/login -H 'content-type: application/json' -d '$creds'
 
-  # who am I
-  curl -H "authorization: Bearer ${token:-\$TOKEN}" $API/api/me
+  # who am I (through TLS, JWT check and rate limits at the edge)
+  curl --cacert certs/dev/ca.pem -H "authorization: Bearer ${token:-\$TOKEN}" $EDGE/api/me
 
-  # database (as the app role)
+  # gateway metrics, database
+  curl http://127.0.0.1:9090/metrics
   psql '$DATABASE_URL'
 
-Ctrl-C stops the core API and PostgreSQL (data stays in .dev/pg; DEV_FRESH=1 make dev wipes it).
+Ctrl-C stops the gateway, the core API and PostgreSQL (data stays in .dev/pg; DEV_FRESH=1 make dev wipes it).
 EOF
 
-# Foreground until Ctrl-C or until core-api dies on its own.
+# Foreground until Ctrl-C or until either service dies on its own.
 status=0
-wait "$core_pid" || status=$?
-core_pid=
-echo "dev: core-api exited with status $status" >&2
+wait -n "$core_pid" "$gw_pid" || status=$?
+echo "dev: a service exited with status $status; stopping the rest" >&2
 exit "$status"
