@@ -717,10 +717,16 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.is_process_shutting_down() {
+            // Draining (SIGTERM or an upgrade hand-over): tell keep-alive clients to reconnect,
+            // which lands them on the new process, instead of closing under them.
+            session.set_keepalive(None);
+            let _ = resp.insert_header("connection", "close");
+        }
         self.finish_headers(resp, ctx);
         Ok(())
     }

@@ -132,8 +132,15 @@ async fn graceful_upgrade_hands_sockets_over_without_failures() {
     let gw = Arc::new(Gateway::start(Options::echo(&echo)).await);
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let retried = Arc::new(AtomicUsize::new(0));
     let looper = {
-        let (gw, stop, ok, failed) = (gw.clone(), stop.clone(), ok.clone(), failed.clone());
+        let (gw, stop, ok, failed, retried) = (
+            gw.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            retried.clone(),
+        );
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 // A fresh connection every other request, keep-alive for the rest.
@@ -188,4 +195,8 @@ async fn graceful_upgrade_hands_sockets_over_without_failures() {
     );
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     assert!(ok.load(Ordering::Relaxed) > 20);
+    assert!(
+        retried.load(Ordering::Relaxed) <= 2,
+        "at most the in-flight idle-close race per connection"
+    );
 }
