@@ -3,6 +3,7 @@
 //! access-token verification (RFC 8725 / RFC 9068).
 
 pub mod config;
+pub mod healthcheck;
 pub mod jwt;
 pub mod problem;
 pub mod request_id;

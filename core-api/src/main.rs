@@ -116,21 +116,9 @@ fn main() -> ExitCode {
 }
 
 fn healthcheck(port: u16) -> ExitCode {
-    use std::io::{Read, Write};
-    use std::time::Duration;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let probe = || -> std::io::Result<bool> {
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head)?;
-        Ok(head.starts_with(b"HTTP/1.1 200"))
-    };
-    match probe() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => fail("healthz did not answer 200"),
-        Err(e) => fail(&format!("healthz on {addr}: {e}")),
+    match gatehouse_common::healthcheck::probe(std::net::SocketAddr::from(([127, 0, 0, 1], port))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
     }
 }
 

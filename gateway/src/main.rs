@@ -84,23 +84,12 @@ fn main() -> ExitCode {
 }
 
 fn healthcheck(admin: &str) -> ExitCode {
-    use std::io::{Read, Write};
-    use std::time::Duration;
-    let probe = || -> std::io::Result<bool> {
-        let addr: std::net::SocketAddr = admin
-            .parse()
-            .map_err(|_| std::io::Error::other("--admin is not host:port"))?;
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head)?;
-        Ok(head.starts_with(b"HTTP/1.1 200"))
+    let Ok(addr) = admin.parse() else {
+        return fail("--admin is not an address like 127.0.0.1:9090");
     };
-    match probe() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => fail("healthz did not answer 200"),
-        Err(e) => fail(&format!("healthz on {admin}: {e}")),
+    match gatehouse_common::healthcheck::probe(addr) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
     }
 }
 

@@ -169,3 +169,23 @@ fn es256_and_rs256_keys_load() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The container HEALTHCHECK: exit 0 against a serving API, non-zero against a closed port.
+#[tokio::test]
+async fn healthcheck_probes_the_running_api() {
+    let app = crate::helpers::spawn_app().await;
+    let port = app.addr.port().to_string();
+    let (ok, text) =
+        tokio::task::spawn_blocking(move || run(core_api().args(["healthcheck", "--port", &port])))
+            .await
+            .expect("join");
+    assert!(ok, "{text}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let (ok, text) = run(core_api().args(["healthcheck", "--port", &closed.to_string()]));
+    assert!(!ok);
+    assert!(text.contains("/healthz"), "{text}");
+}
