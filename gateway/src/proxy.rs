@@ -4,9 +4,9 @@
 //! path claim → per-subject rate limits → forward.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -27,7 +27,7 @@ use crate::cors::{self, Outcome};
 use crate::jwks::Jwks;
 use crate::limits::{self, Limits, Named, Verdict};
 use crate::metrics::Metrics;
-use crate::settings::{Auth, DEFAULT_BODY_LIMIT, LimitKey, Route, Settings, Upstream};
+use crate::settings::{Auth, Balance, DEFAULT_BODY_LIMIT, LimitKey, Route, Settings, Upstream};
 use crate::{headers, routing};
 
 /// One upstream: its balancer, health-checked by a task that lives as long as the upstream
@@ -42,6 +42,14 @@ pub struct UpstreamRt {
     pub write: Duration,
     pub idle: Duration,
     health_loop: AtomicBool,
+    targets_state: Mutex<HashMap<SocketAddr, TargetState>>,
+}
+
+/// Passive health and load of one target.
+#[derive(Default)]
+struct TargetState {
+    in_flight: usize,
+    ejected_until: Option<Instant>,
 }
 
 impl UpstreamRt {
@@ -73,7 +81,69 @@ impl UpstreamRt {
             write: Duration::from_millis(u.write_timeout_ms),
             idle: Duration::from_millis(u.idle_timeout_ms),
             health_loop: AtomicBool::new(false),
+            targets_state: Mutex::default(),
         })
+    }
+
+    /// The target for the next attempt: healthy (active checks), not passively ejected, and
+    /// by round robin or fewest requests in flight. Ejection is ignored when it would leave
+    /// nothing, so a flapping check never turns into a total outage by itself.
+    pub fn pick(&self) -> Option<SocketAddr> {
+        let now = Instant::now();
+        let mut state = self.targets_state.lock().unwrap_or_else(|p| p.into_inner());
+        let usable = |a: &SocketAddr, state: &HashMap<SocketAddr, TargetState>| {
+            state
+                .get(a)
+                .and_then(|t| t.ejected_until)
+                .is_none_or(|until| until <= now)
+        };
+        let chosen = match self.settings.balance {
+            Balance::RoundRobin => self
+                .lb
+                .select_with(b"", 256, |b, healthy| {
+                    healthy && b.addr.as_inet().is_some_and(|a| usable(a, &state))
+                })
+                .or_else(|| self.lb.select(b"", 256))
+                .and_then(|b| b.addr.as_inet().copied()),
+            Balance::LeastConnections => {
+                let backends = self.lb.backends();
+                let healthy: Vec<SocketAddr> = backends
+                    .get_backend()
+                    .iter()
+                    .filter(|b| backends.ready(b))
+                    .filter_map(|b| b.addr.as_inet().copied())
+                    .collect();
+                let preferred: Vec<SocketAddr> = healthy
+                    .iter()
+                    .copied()
+                    .filter(|a| usable(a, &state))
+                    .collect();
+                let pool = if preferred.is_empty() {
+                    healthy
+                } else {
+                    preferred
+                };
+                pool.into_iter()
+                    .min_by_key(|a| state.get(a).map_or(0, |t| t.in_flight))
+            }
+        }?;
+        state.entry(chosen).or_default().in_flight += 1;
+        Some(chosen)
+    }
+
+    /// The attempt on `addr` is over.
+    pub fn release(&self, addr: SocketAddr) {
+        let mut state = self.targets_state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = state.get_mut(&addr) {
+            t.in_flight = t.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Skips `addr` for `eject_seconds` after a failed connection.
+    pub fn eject(&self, addr: SocketAddr) {
+        let mut state = self.targets_state.lock().unwrap_or_else(|p| p.into_inner());
+        state.entry(addr).or_default().ejected_until =
+            Some(Instant::now() + Duration::from_secs(self.settings.eject_seconds));
     }
 
     /// Starts the active health checks once (needs a Tokio runtime). The task ends when the
@@ -220,6 +290,8 @@ pub struct Ctx {
     decision: &'static str,
     body_bytes: usize,
     connect_failures: usize,
+    /// The upstream target of the current attempt (released when the request ends).
+    target: Option<SocketAddr>,
     failure: Option<(u16, &'static str, &'static str)>,
 }
 
@@ -401,6 +473,7 @@ impl ProxyHttp for Gateway {
             decision: "forwarded",
             body_bytes: 0,
             connect_failures: 0,
+            target: None,
             failure: None,
         }
     }
@@ -644,8 +717,11 @@ impl ProxyHttp for Gateway {
         let Some(route) = self.route(ctx) else {
             return Err(Error::explain(HTTPStatus(404), "no route"));
         };
-        let up = &route.upstream;
-        let Some(backend) = up.lb.select(b"", 256) else {
+        let up = route.upstream.clone();
+        if let Some(previous) = ctx.target.take() {
+            up.release(previous);
+        }
+        let Some(target) = up.pick() else {
             self.metrics
                 .upstream_errors
                 .with_label_values(&[up.name.as_str(), "no_healthy_target"])
@@ -656,7 +732,8 @@ impl ProxyHttp for Gateway {
                 "no healthy upstream target",
             ));
         };
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        ctx.target = Some(target);
+        let mut peer = HttpPeer::new(target, false, String::new());
         peer.options.connection_timeout = Some(up.connect);
         peer.options.read_timeout = Some(up.read);
         peer.options.write_timeout = Some(up.write);
@@ -679,6 +756,9 @@ impl ProxyHttp for Gateway {
                 .upstream_errors
                 .with_label_values(&[r.upstream.name.as_str(), "connect"])
                 .inc();
+            if let Some(target) = ctx.target {
+                r.upstream.eject(target);
+            }
         }
         if ctx.connect_failures < targets.max(2) {
             e.set_retry(true);
@@ -750,6 +830,9 @@ impl ProxyHttp for Gateway {
             (None, _, ErrorSource::Downstream) => (400, "malformed_request", "Malformed request"),
             (None, _, _) => (500, "internal_error", "Internal server error"),
         };
+        // The connection is not reused after a failed proxy attempt: say so, or a keep-alive
+        // client sends its next request into a closing socket.
+        session.set_keepalive(None);
         if status > 0 {
             ctx.decision = if status == 413 {
                 "body_too_large"
@@ -790,6 +873,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let upstream = self.route(ctx).map(|r| r.upstream.clone());
+        if let (Some(up), Some(target)) = (upstream, ctx.target.take()) {
+            up.release(target);
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = self.route_label(ctx);
         let elapsed = ctx.started.elapsed();

@@ -135,10 +135,22 @@ impl Default for Jwt {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Upstream {
     pub targets: Vec<String>,
+    pub balance: Balance,
+    /// A target whose connection failed is skipped for this long (passive ejection), before
+    /// the active health check has noticed.
+    pub eject_seconds: u64,
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
     pub write_timeout_ms: u64,
@@ -153,6 +165,8 @@ impl Default for Upstream {
     fn default() -> Self {
         Self {
             targets: Vec::new(),
+            balance: Balance::RoundRobin,
+            eject_seconds: 5,
             connect_timeout_ms: 1_000,
             read_timeout_ms: 30_000,
             write_timeout_ms: 30_000,

@@ -117,6 +117,10 @@ impl Echo {
                                 "/healthz" => r#"{"status":"ok"}"#.to_string(),
                                 _ => {
                                     seen.lock().unwrap().paths.push(path.clone());
+                                    let delay = req.uri().query().and_then(|q| q.strip_prefix("delay_ms=")).and_then(|d| d.parse().ok());
+                                    if let Some(ms) = delay {
+                                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                                    }
                                     let method = req.method().to_string();
                                     let headers: serde_json::Map<String, Value> = req
                                         .headers()
@@ -308,11 +312,16 @@ cors = "web"
 
 impl Gateway {
     pub async fn start(o: Options) -> Self {
+        Self::start_with(o, |t| t).await
+    }
+
+    /// Like `start`, with a last edit of the generated configuration text.
+    pub async fn start_with(o: Options, edit: impl FnOnce(String) -> String) -> Self {
         let dir = std::env::temp_dir().join(format!("gw-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let (https, http, admin) = (free_port(), free_port(), free_port());
         let config = dir.join("gateway.toml");
-        std::fs::write(&config, config_text(&o, https, http, admin, &dir)).unwrap();
+        std::fs::write(&config, edit(config_text(&o, https, http, admin, &dir))).unwrap();
         let mut gw = Self {
             https,
             http,
@@ -435,6 +444,9 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- gateway log ({}) ---\n{}", self.dir.display(), self.log());
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

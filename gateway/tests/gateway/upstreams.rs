@@ -65,3 +65,50 @@ async fn one_of_two_targets_killed_during_a_loop_fails_no_get() {
     }
     assert_eq!(ports.len(), 2, "both targets served before one was killed");
 }
+
+/// `balance = "least_connections"`: while one target is busy with a slow request, new requests
+/// go to the idle one (round robin would alternate).
+#[tokio::test]
+async fn least_connections_avoids_the_busy_target() {
+    let key = TestKey::new(2);
+    let jwks = Echo::start(key.jwks.clone()).await;
+    let a = Echo::start(key.jwks.clone()).await;
+    let b = Echo::start(key.jwks.clone()).await;
+    let o = Options {
+        targets: vec![a.addr, b.addr],
+        jwks: jwks.addr,
+        extra: String::new(),
+    };
+    let gw = std::sync::Arc::new(
+        Gateway::start_with(o, |text| {
+            text.replace(
+                "[upstreams.echo]\n",
+                "[upstreams.echo]\nbalance = \"least_connections\"\n",
+            )
+        })
+        .await,
+    );
+    let slow = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.get("/open/slow?delay_ms=1500", None).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut quick_ports = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let r = gw.get("/open/quick", None).await;
+        assert_eq!(r.status, 200);
+        quick_ports.insert(r.body["port"].as_u64().unwrap_or_default());
+    }
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status, 200);
+    let slow_port = slow.body["port"].as_u64().unwrap_or_default();
+    assert_eq!(
+        quick_ports.len(),
+        1,
+        "all quick requests went to one target: {quick_ports:?}"
+    );
+    assert!(
+        !quick_ports.contains(&slow_port),
+        "the busy target got none of them"
+    );
+}
