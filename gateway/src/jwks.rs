@@ -1,12 +1,12 @@
-//! The verification keys, fetched from the core API's JWKS URL: refreshed on an interval,
-//! refetched when a token names an unknown `kid` (at most once per `min_refetch`), and the last
-//! good set kept whenever the URL fails.
+//! The verification keys: PEM public keys from files (`jwt.key_files`) and/or the core API's
+//! JWKS URL, refreshed on an interval, refetched when a token names an unknown `kid` (at most
+//! once per `min_refetch`), the last good set kept whenever the URL fails.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gatehouse_common::jwt::{KeySet, Verifier};
+use gatehouse_common::jwt::{KeySet, VerificationKey, Verifier};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -21,7 +21,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BYTES: usize = 256 * 1024;
 
 pub struct Jwks {
-    url: http::Uri,
+    url: Option<http::Uri>,
+    static_keys: Vec<VerificationKey>,
     allowed: Vec<Algorithm>,
     verifier: Arc<Verifier>,
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -33,20 +34,28 @@ pub struct Jwks {
 impl Jwks {
     pub fn new(
         url: &str,
+        static_keys: Vec<VerificationKey>,
         allowed: Vec<Algorithm>,
         verifier: Arc<Verifier>,
         min_refetch: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let url: http::Uri = url.parse().map_err(|e| format!("jwt.jwks_url: {e}"))?;
-        if url.scheme_str() != Some("http") {
-            // The gateway reaches the API on a private network; TLS to it comes with the
-            // deployment issue.
-            return Err("jwt.jwks_url: only http:// URLs are supported for now".into());
-        }
+        let url = match url.trim() {
+            "" => None,
+            u => {
+                let url: http::Uri = u.parse().map_err(|e| format!("jwt.jwks_url: {e}"))?;
+                if url.scheme_str() != Some("http") {
+                    // The gateway reaches the API on a private network; TLS to it comes with
+                    // the deployment issue.
+                    return Err("jwt.jwks_url: only http:// URLs are supported for now".into());
+                }
+                Some(url)
+            }
+        };
         let client = Client::builder(TokioExecutor::new()).build_http();
         Ok(Self {
             url,
+            static_keys,
             allowed,
             verifier,
             client,
@@ -60,6 +69,12 @@ impl Jwks {
     pub fn from_settings(s: &crate::settings::Jwt, metrics: Arc<Metrics>) -> Result<Self, String> {
         let algorithms: Vec<Algorithm> =
             s.algorithms.iter().filter_map(|a| a.parse().ok()).collect();
+        let static_keys = s
+            .key_files
+            .iter()
+            .enumerate()
+            .map(|(i, k)| key_from_file(k).map_err(|e| format!("jwt.key_files.{i}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         let verifier = Arc::new(Verifier::new(
             gatehouse_common::jwt::Policy {
                 issuer: s.issuer.clone(),
@@ -68,10 +83,11 @@ impl Jwks {
                 leeway_secs: s.leeway_seconds,
                 cache_capacity: s.cache_capacity,
             },
-            KeySet::default(),
+            KeySet::new(static_keys.clone()),
         ));
         Self::new(
             &s.jwks_url,
+            static_keys,
             algorithms,
             verifier,
             Duration::from_secs(s.min_refetch_seconds),
@@ -85,6 +101,9 @@ impl Jwks {
 
     /// Fetches and installs the key set; on any failure the current keys stay.
     pub async fn refresh(&self) -> Result<usize, String> {
+        if self.url.is_none() {
+            return Ok(self.static_keys.len());
+        }
         *self.last_fetch.lock().await = Some(Instant::now());
         let result = self.fetch().await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -93,7 +112,15 @@ impl Jwks {
             .with_label_values(&[outcome])
             .inc();
         let set = result?;
-        let (keys, skipped) = KeySet::from_jwks(&set, &self.allowed);
+        let (fetched, skipped) = KeySet::from_jwks(&set, &self.allowed);
+        let mut all: Vec<VerificationKey> = self.static_keys.clone();
+        all.extend(
+            fetched
+                .kids()
+                .into_iter()
+                .filter_map(|k| fetched.get(k).cloned()),
+        );
+        let keys = KeySet::new(all);
         for s in skipped {
             tracing::warn!(reason = %s, "JWKS key skipped");
         }
@@ -134,22 +161,51 @@ impl Jwks {
     }
 
     async fn fetch(&self) -> Result<JwkSet, String> {
-        let req = http::Request::get(self.url.clone())
+        let Some(url) = self.url.clone() else {
+            return Ok(JwkSet::default());
+        };
+        let req = http::Request::get(url)
             .header("accept", "application/jwk-set+json, application/json")
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
         let resp = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(req))
             .await
-            .map_err(|_| format!("{}: timed out", self.url))?
-            .map_err(|e| format!("{}: {e}", self.url))?;
+            .map_err(|_| "JWKS fetch timed out".to_string())?
+            .map_err(|e| format!("JWKS fetch: {e}"))?;
         if !resp.status().is_success() {
-            return Err(format!("{}: HTTP {}", self.url, resp.status()));
+            return Err(format!("JWKS fetch: HTTP {}", resp.status()));
         }
         let body = http_body_util::Limited::new(resp.into_body(), MAX_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("{}: {e}", self.url))?
+            .map_err(|e| format!("JWKS fetch: {e}"))?
             .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| format!("{}: not a JWK Set: {e}", self.url))
+        serde_json::from_slice(&body).map_err(|e| format!("JWKS fetch: not a JWK Set: {e}"))
     }
+}
+
+/// A PEM public key (SPKI) with its configured `kid` and algorithm.
+fn key_from_file(k: &crate::settings::KeyFile) -> Result<VerificationKey, String> {
+    let alg: Algorithm = k
+        .algorithm
+        .parse()
+        .map_err(|_| format!("{:?} is not a JWS algorithm", k.algorithm))?;
+    let pem = std::fs::read(&k.path).map_err(|e| format!("{}: {e}", k.path))?;
+    let key = match alg {
+        Algorithm::EdDSA => jsonwebtoken::DecodingKey::from_ed_pem(&pem),
+        Algorithm::ES256 | Algorithm::ES384 => jsonwebtoken::DecodingKey::from_ec_pem(&pem),
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => jsonwebtoken::DecodingKey::from_rsa_pem(&pem),
+        _ => return Err("symmetric keys are not accepted".into()),
+    }
+    .map_err(|e| format!("{}: not a {alg:?} public key: {e}", k.path))?;
+    Ok(VerificationKey {
+        kid: k.kid.clone(),
+        alg,
+        key,
+    })
 }

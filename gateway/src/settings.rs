@@ -107,9 +107,20 @@ impl Default for Tls {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    pub kid: String,
+    pub algorithm: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Jwt {
+    /// Empty to rely on `key_files` alone.
     pub jwks_url: String,
+    /// PEM public keys, for deployments that distribute keys as files.
+    pub key_files: Vec<KeyFile>,
     pub issuer: String,
     pub audience: String,
     pub algorithms: Vec<String>,
@@ -124,6 +135,7 @@ impl Default for Jwt {
     fn default() -> Self {
         Self {
             jwks_url: "http://127.0.0.1:8000/.well-known/jwks.json".into(),
+            key_files: Vec::new(),
             issuer: String::new(),
             audience: "gatehouse-api".into(),
             algorithms: vec!["EdDSA".into()],
@@ -385,8 +397,16 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
             ),
         }
     }
-    if !(s.jwt.jwks_url.starts_with("http://") || s.jwt.jwks_url.starts_with("https://")) {
-        bad("jwt.jwks_url", "must be an http:// or https:// URL".into());
+    if s.jwt.jwks_url.is_empty() && s.jwt.key_files.is_empty() {
+        bad(
+            "jwt.jwks_url",
+            "set a JWKS URL or at least one [[jwt.key_files]]".into(),
+        );
+    } else if !s.jwt.jwks_url.is_empty() && !s.jwt.jwks_url.starts_with("http://") {
+        bad(
+            "jwt.jwks_url",
+            "must be an http:// URL (the API on the private network)".into(),
+        );
     }
     for (name, u) in &s.upstreams {
         if u.targets.is_empty() {

@@ -503,3 +503,33 @@ async fn admin_listener_reports_health_and_metrics() {
         "{m}"
     );
 }
+
+/// Keys from PEM files instead of a JWKS URL.
+#[tokio::test]
+async fn keys_from_pem_files() {
+    let key = TestKey::new(11);
+    let echo = Echo::start(serde_json::json!({"keys": []})).await;
+    let pem = std::env::temp_dir().join(format!("gw-key-{}.pem", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&pem, &key.public_pem).unwrap();
+    let pem_path = pem.display().to_string();
+    let gw = Gateway::start_with(Options::echo(&echo), move |text| {
+        let start = text.find("jwks_url = ").unwrap();
+        let end = start + text[start..].find('\n').unwrap();
+        let text = format!("{}jwks_url = \"\"{}", &text[..start], &text[end..]);
+        text.replace(
+            "[upstreams.echo]",
+            &format!("[[jwt.key_files]]\nkid = \"test-key\"\nalgorithm = \"EdDSA\"\npath = \"{pem_path}\"\n\n[upstreams.echo]"),
+        )
+    })
+    .await;
+    let r = gw.get("/api/me", Some(&key.token("carol"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["headers"]["x-user-id"], "carol");
+    assert_eq!(
+        gw.get("/api/me", Some(&TestKey::new(12).token("carol")))
+            .await
+            .status,
+        401
+    );
+    let _ = std::fs::remove_file(&pem);
+}

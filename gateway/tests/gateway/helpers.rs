@@ -32,6 +32,7 @@ pub const KID: &str = "test-key";
 pub struct TestKey {
     pub encoding: EncodingKey,
     pub jwks: Value,
+    pub public_pem: String,
 }
 
 impl TestKey {
@@ -45,9 +46,12 @@ impl TestKey {
         let public = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
         let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": KID,
             "x": URL_SAFE_NO_PAD.encode(public.as_bytes())}]});
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        let public_pem = public.to_public_key_pem(LineEnding::LF).unwrap();
         Self {
             encoding: EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
             jwks,
+            public_pem,
         }
     }
 
@@ -445,7 +449,11 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- gateway log ({}) ---\n{}", self.dir.display(), self.log());
+            eprintln!(
+                "--- gateway log ({}) ---\n{}",
+                self.dir.display(),
+                self.log()
+            );
         }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
