@@ -735,8 +735,12 @@ impl ProxyHttp for Gateway {
         ctx.target = Some(target);
         let mut peer = HttpPeer::new(target, false, String::new());
         peer.options.connection_timeout = Some(up.connect);
-        peer.options.read_timeout = Some(up.read);
-        peer.options.write_timeout = Some(up.write);
+        let route_timeout = self
+            .route(ctx)
+            .and_then(|r| r.cfg.timeout_ms)
+            .map(Duration::from_millis);
+        peer.options.read_timeout = Some(route_timeout.unwrap_or(up.read));
+        peer.options.write_timeout = Some(route_timeout.unwrap_or(up.write));
         peer.options.idle_timeout = Some(up.idle);
         Ok(Box::new(peer))
     }

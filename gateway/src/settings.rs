@@ -278,6 +278,8 @@ pub struct Route {
     pub cors: Option<String>,
     pub limits: Vec<String>,
     pub body_limit_bytes: Option<usize>,
+    /// Overrides the upstream's read/write timeouts for this route.
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -112,3 +112,18 @@ async fn least_connections_avoids_the_busy_target() {
         "the busy target got none of them"
     );
 }
+
+/// A route's own timeout: a slow upstream answer becomes 504 `upstream_timeout`.
+#[tokio::test]
+async fn route_timeout_gives_504() {
+    let key = TestKey::new(13);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let gw = Gateway::start_with(Options::echo(&echo), |t| {
+        t.replace("[[routes]]\nprefix = \"/tight/\"", "[[routes]]\nprefix = \"/slowroute/\"\nupstream = \"echo\"\ntimeout_ms = 300\n\n[[routes]]\nprefix = \"/tight/\"")
+    })
+    .await;
+    let r = gw.get("/slowroute/x?delay_ms=1500", None).await;
+    assert_eq!(r.status, 504, "{}", r.text);
+    assert_eq!(r.body["type"], "upstream_timeout");
+    assert_eq!(gw.get("/slowroute/x?delay_ms=10", None).await.status, 200);
+}
