@@ -312,9 +312,9 @@ impl Gateway {
             .and_then(|(rt, i)| rt.routes.get(i))
     }
 
-    fn route_label(&self, ctx: &Ctx) -> String {
+    fn route_label<'a>(&self, ctx: &'a Ctx) -> &'a str {
         self.route(ctx)
-            .map_or_else(|| "unmatched".to_string(), |r| r.cfg.prefix.clone())
+            .map_or("unmatched", |r| r.cfg.prefix.as_str())
     }
 
     /// Request id, security, CORS headers: on every response, local or proxied.
@@ -425,6 +425,13 @@ fn rate_limited(limit: u32, retry_after: u64) -> (Problem, Vec<(&'static str, St
     )
 }
 
+/// The status as a metric label, without allocating.
+fn status_label(status: u16) -> &'static str {
+    static LABELS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let labels = LABELS.get_or_init(|| (0..600).map(|n| n.to_string()).collect());
+    labels.get(status as usize).map_or("other", String::as_str)
+}
+
 /// Conflicting or unsupported message framing, if any.
 fn framing_problem(h: &http::HeaderMap) -> Option<&'static str> {
     let te: Vec<&str> = h
@@ -502,7 +509,9 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let path = req.uri.path().to_string();
         let method = req.method.clone();
-        if req.uri.to_string().len() > rt.max_uri {
+        let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len())
+            + req.uri.authority().map_or(0, |a| a.as_str().len());
+        if uri_len > rt.max_uri {
             let p = problem_for(
                 414,
                 "uri_too_long",
@@ -886,11 +895,11 @@ impl ProxyHttp for Gateway {
         let elapsed = ctx.started.elapsed();
         self.metrics
             .requests
-            .with_label_values(&[route.as_str(), &status.to_string()])
+            .with_label_values(&[route, status_label(status)])
             .inc();
         self.metrics
             .latency
-            .with_label_values(&[route.as_str()])
+            .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
         tracing::info!(
             target: "access",

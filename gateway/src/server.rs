@@ -32,6 +32,7 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let s = &config.settings;
     let conf = ServerConf {
         threads: s.server.threads,
+        upstream_keepalive_pool_size: s.server.upstream_keepalive_pool,
         grace_period_seconds: Some(s.server.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(s.server.grace_period_seconds),
         upgrade_sock: std::env::var("GATEWAY_UPGRADE_SOCK").unwrap_or_else(|_| UPGRADE_SOCK.into()),

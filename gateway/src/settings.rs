@@ -50,6 +50,10 @@ pub struct Server {
     pub max_uri_bytes: usize,
     /// Largest header block (names + values) forwarded; larger gets 431.
     pub max_header_bytes: usize,
+    /// Idle upstream connections kept for reuse (all upstreams together). Keep it above the
+    /// number of concurrent upstream requests (h2 clients multiplex many streams onto one
+    /// downstream connection, each needing its own HTTP/1.1 upstream connection).
+    pub upstream_keepalive_pool: usize,
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` and `X-Request-Id` are believed.
     pub trusted_proxies: Vec<String>,
 }
@@ -62,6 +66,7 @@ impl Default for Server {
             keepalive_timeout_seconds: 60,
             max_uri_bytes: 8192,
             max_header_bytes: 16 * 1024,
+            upstream_keepalive_pool: 1024,
             trusted_proxies: Vec::new(),
         }
     }
