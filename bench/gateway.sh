@@ -1,0 +1,1050 @@
+#!/usr/bin/env bash
+# Gateway benchmark: the gateway side by side with nginx and HAProxy (Debian packages) as reverse
+# proxies in front of one small upstream, on loopback, each pinned to the same CPU with one
+# worker. Nothing is built here.
+#
+#   cargo build --release -p gateway && bench/gateway.sh
+#
+# Steps:
+#   1. a throwaway ECDSA P-256 CA + leaf (the one certificate of all three proxies), an Ed25519
+#      JWT signing key, its JWKS and an access token (openssl; python3 stdlib);
+#   2. the upstream: nginx (bench/upstream/nginx.conf), one worker, a fixed small JSON body for
+#      any path, the JWKS at /.well-known/jwks.json, /healthz;
+#   3. the proxies, all running at once, each with one worker thread/process pinned to
+#      PROXY_CPU: nginx (bench/peers/nginx.conf), HAProxy (bench/peers/haproxy.cfg), the gateway
+#      (bench/peers/gateway.toml: "/" plain, "/api/" with JWT + CORS + rate limits);
+#   4. sanity: every proxy answers 200 with the upstream's body over TLS (h1, h2) and plain
+#      HTTP; the gateway's "/api/" answers 200 + CORS headers with the token and 401 with a
+#      tampered one; `openssl s_client` shows the TLS version, cipher and group each negotiates;
+#   5. closed-loop load from LOAD_CPU, each run after a WARMUP, proxies interleaved per scenario:
+#        plain HTTP/1.1 keep-alive (wrk; nginx and HAProxy only: the gateway's plain-HTTP
+#        listener only redirects to HTTPS), HTTP/1.1 keep-alive over TLS (wrk), h2 over TLS
+#        (h2load -m H2_STREAMS), TLS HTTP/1.1 with the JWT run's request headers on the plain
+#        route (wrk), and the gateway's "/api/" with JWT + CORS + limits (wrk);
+#      per run: req/s, p50/p99, the proxy's CPU time (utime+stime of its processes) per request
+#      and share of its core, its RSS after the run, upstream connections it opened;
+#   6. IDLE_CONNS idle TLS keep-alive connections (one request each, then idle) to each proxy
+#      in turn: the proxy's RSS (and PSS) summed over its processes while they are open;
+#   7. a markdown table with the target checks on stdout, also saved as
+#      bench/results/gateway-<UTC time>.md.
+#
+# Any non-2xx answer or socket error in any run stops the benchmark (exit 1).
+#
+# Environment (defaults in brackets):
+#   GATEWAY_BIN [target/release/gateway]   binary under test (copied, so a rebuild mid-run
+#                                          cannot swap it)
+#   DURATION [10]        seconds per measured run     WARMUP [2]  seconds of warm-up before each
+#   CONNECTIONS [64]     wrk / h2load connections     H2_STREAMS [10]  h2load streams per conn.
+#   IDLE_CONNS [10000]   idle keep-alive connections held open for the memory check (0: skip)
+#   PLAIN_HTTP [1]       0: skip the plain-HTTP runs of nginx and HAProxy
+#   LOAD_CPU [0]  PROXY_CPU [1]  UPSTREAM_CPU [0]   taskset CPU lists
+#   BENCH_STRICT [0]     1: exit 2 when a target is missed
+#   BENCH_KEEP [0]       1: keep the temp dir (configs, logs, raw wrk/h2load output)
+#   BENCH_RESULTS_DIR [bench/results]
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+H2_STREAMS=${H2_STREAMS:-10}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+PLAIN_HTTP=${PLAIN_HTTP:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+PROXY_CPU=${PROXY_CPU:-1}
+UPSTREAM_CPU=${UPSTREAM_CPU:-0}
+BENCH_STRICT=${BENCH_STRICT:-0}
+BENCH_KEEP=${BENCH_KEEP:-0}
+BENCH_RESULTS_DIR=${BENCH_RESULTS_DIR:-$repo/bench/results}
+GATEWAY_BIN=${GATEWAY_BIN:-target/release/gateway}
+
+# Targets (the issue): plain proxy >= 1.0x nginx's req/s with p99 <= nginx's; everything on
+# >= 0.85x the gateway's own plain rate; RSS with IDLE_CONNS idle connections <= nginx's.
+TARGET_VS_NGINX=1.0
+TARGET_FEATURES=0.85
+
+JWT_ISSUER=https://issuer.bench.example
+JWT_AUDIENCE=gatehouse-api
+JWT_KID=bench-key
+CORS_ORIGIN=https://app.example.com
+PROXIES=(nginx haproxy gateway)
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+die() {
+  say "$*"
+  exit 1
+}
+
+for v in DURATION WARMUP CONNECTIONS H2_STREAMS IDLE_CONNS; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
+done
+((DURATION >= 1 && CONNECTIONS >= 1 && H2_STREAMS >= 1)) ||
+  die "need DURATION, CONNECTIONS and H2_STREAMS >= 1"
+for v in LOAD_CPU PROXY_CPU UPSTREAM_CPU; do
+  [[ ${!v} =~ ^[0-9,-]+$ ]] || die "$v must be a taskset CPU list like 0 or 2,3 (got '${!v}')"
+done
+
+# ---------------------------------------------------------------------------------------------
+# Tools: nginx, haproxy, wrk, h2load (nghttp2-client), openssl, python3, curl. Idempotent.
+
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 ]]; }
+bin_path() {
+  if command -v "$1" >/dev/null 2>&1; then command -v "$1"; else echo "/usr/sbin/$1"; fi
+}
+
+ensure_tools() {
+  local pkgs=()
+  have nginx || pkgs+=(nginx)
+  have haproxy || pkgs+=(haproxy)
+  have wrk || pkgs+=(wrk)
+  have h2load || pkgs+=(nghttp2-client)
+  have openssl || pkgs+=(openssl)
+  have python3 || pkgs+=(python3)
+  have curl || pkgs+=(curl)
+  have taskset || pkgs+=(util-linux)
+  have pgrep || pkgs+=(procps)
+  ((${#pkgs[@]} == 0)) && return 0
+  if [[ $(id -u) -ne 0 ]]; then
+    die "missing tools; install them with: sudo apt-get install -y --no-install-recommends ${pkgs[*]}"
+  fi
+  say "installing ${pkgs[*]} (apt-get)"
+  local log
+  log=$(mktemp)
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    die "apt-get install ${pkgs[*]} failed"
+  fi
+  rm -f "$log"
+}
+
+ensure_tools
+NGINX=$(bin_path nginx)
+HAPROXY=$(bin_path haproxy)
+
+if [[ ! -f $GATEWAY_BIN ]]; then
+  say "no gateway binary at $GATEWAY_BIN"
+  say "build it first:  cargo build --release -p gateway   (or set GATEWAY_BIN)"
+  exit 1
+fi
+bin_label=$GATEWAY_BIN
+case $GATEWAY_BIN in
+  */debug/*) build_kind="debug build: the numbers below mean nothing" ;;
+  */release/*) build_kind="release build" ;;
+  *) build_kind="build profile unknown" ;;
+esac
+
+for cpu in "$LOAD_CPU" "$PROXY_CPU" "$UPSTREAM_CPU"; do
+  taskset -c "$cpu" true 2>/dev/null ||
+    die "cannot pin to CPU $cpu on this machine ($(nproc) CPUs): set LOAD_CPU, PROXY_CPU, UPSTREAM_CPU"
+done
+
+# Idle connections need a descriptor each in the client and in the proxy.
+hard_nofile=$(ulimit -Hn)
+[[ $hard_nofile == unlimited ]] && hard_nofile=65536
+if ((hard_nofile < 65536)) && ulimit -Hn 65536 2>/dev/null; then
+  hard_nofile=65536
+fi
+nofile=$((hard_nofile < 65536 ? hard_nofile : 65536))
+ulimit -n "$nofile" || die "cannot raise the open-files limit to $nofile"
+if ((IDLE_CONNS + 1024 > nofile)); then
+  die "open-files limit $nofile (hard) is too low for IDLE_CONNS=$IDLE_CONNS; raise it or lower IDLE_CONNS"
+fi
+# Client connections plus upstream connections plus headroom, per proxy.
+maxconn=$((IDLE_CONNS + CONNECTIONS * H2_STREAMS + 1024))
+
+# ---------------------------------------------------------------------------------------------
+# Workspace, processes, cleanup.
+
+work=$(mktemp -d /tmp/gh-gw-bench.XXXXXX)
+# nginx workers run as nobody when started by root: they must be able to reach their files.
+chmod 711 "$work"
+declare -A proxy_pid=()
+upstream_pid=
+child_pid=
+
+stop_pid() {
+  local pid=$1 i
+  [[ -n $pid ]] || return 0
+  if kill -TERM "$pid" 2>/dev/null; then
+    for ((i = 0; i < 100; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# shellcheck disable=SC2317 # reached through the traps
+cleanup() {
+  local rc=$? p
+  trap '' INT TERM
+  stop_pid "$child_pid"
+  for p in "${PROXIES[@]}"; do
+    stop_pid "${proxy_pid[$p]:-}"
+  done
+  stop_pid "$upstream_pid"
+  # A failed run keeps its files for a look; an interrupted one does not.
+  if [[ $BENCH_KEEP == 1 || ($rc -ne 0 && $interrupted == 0) ]]; then
+    say "kept $work (logs: $work/gateway/gateway.log, $work/*/error.log, raw output in $work/runs)"
+    [[ $BENCH_KEEP == 1 ]] || say "remove it with: rm -rf $work"
+  else
+    rm -rf "$work"
+  fi
+  exit "$rc"
+}
+interrupted=0
+trap cleanup EXIT
+trap 'interrupted=1; say interrupted; exit 130' INT
+trap 'interrupted=1; exit 143' TERM
+
+# run_child OUT CMD...: run a load generator in the background and wait for it, so that a
+# TERM/INT reaches our trap at once (bash defers traps while a foreground child runs) and the
+# cleanup can stop the child too.
+run_child() {
+  local out=$1 rc=0
+  "${@:2}" >"$out" 2>&1 &
+  child_pid=$!
+  wait "$child_pid" || rc=$?
+  child_pid=
+  return "$rc"
+}
+
+mkdir -p "$work/runs" "$work/certs" "$work/upstream" "$work/nginx" "$work/haproxy" "$work/gateway"
+
+# The binary may be rebuilt by someone else while we run: take a private copy, retrying a few
+# times in case it is being replaced right now.
+for attempt in 1 2 3 4 5 6 7 8 9 10; do
+  if cp "$GATEWAY_BIN" "$work/gateway/gateway" 2>/dev/null &&
+    "$work/gateway/gateway" --version >/dev/null 2>&1; then
+    break
+  fi
+  ((attempt < 10)) || die "cannot copy a working $GATEWAY_BIN"
+  sleep 2
+done
+gw_bin=$work/gateway/gateway
+gw_version=$("$gw_bin" --version)
+gw_built=$(date -u -r "$GATEWAY_BIN" '+%Y-%m-%d %H:%M UTC')
+say "binary: $bin_label ($gw_version, $build_kind)"
+
+# Eight distinct free loopback ports, all held at once while they are chosen.
+ports=$(python3 - <<'PY'
+import socket
+socks = []
+for _ in range(8):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+) || die "could not find free ports"
+read -r upstream_port nginx_tls nginx_plain haproxy_tls haproxy_plain gw_tls gw_http gw_admin <<<"$ports"
+declare -A tls_port=([nginx]=$nginx_tls [haproxy]=$haproxy_tls [gateway]=$gw_tls)
+declare -A plain_port=([nginx]=$nginx_plain [haproxy]=$haproxy_plain)
+
+# ---------------------------------------------------------------------------------------------
+# Keys and certificates: one ECDSA P-256 leaf (CA-signed) for all three proxies; an Ed25519
+# JWT key whose JWKS the upstream serves.
+
+certs=$work/certs
+(
+  cd "$certs"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout ca.key -out ca.pem -subj "/CN=Gatehouse bench CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout leaf.key -out leaf.csr -subj "/CN=localhost"
+  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
+    "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >leaf.ext
+  openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+    -extfile leaf.ext -out leaf.pem
+  cat leaf.pem ca.pem >chain.pem
+  cat chain.pem leaf.key >haproxy.pem
+  openssl genpkey -algorithm ed25519 -out jwt.key
+  chmod 600 ./*.key haproxy.pem
+) >"$work/certs.log" 2>&1 || {
+  cat "$work/certs.log" >&2
+  die "openssl could not make the certificates"
+}
+
+# The JWKS and signed access tokens (EdDSA, typ at+jwt): python's stdlib for JSON/base64,
+# `openssl pkeyutl -rawin` for the Ed25519 signatures. Writes the JWKS, a good token and one
+# with a tampered signature.
+python3 - "$certs/jwt.key" "$JWT_KID" "$JWT_ISSUER" "$JWT_AUDIENCE" "$work" <<'PY' ||
+import base64, json, subprocess, sys, time
+key, kid, iss, aud, out = sys.argv[1:]
+
+def b64(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+def compact(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+der = subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-outform", "DER"],
+                     check=True, capture_output=True).stdout
+jwks = {"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
+                  "x": b64(der[-32:])}]}
+now = int(time.time())
+header = b64(compact({"alg": "EdDSA", "typ": "at+jwt", "kid": kid}))
+claims = b64(compact({"iss": iss, "aud": aud, "sub": "bench-user-1", "iat": now, "nbf": now,
+                      "exp": now + 6 * 3600}))
+signing_input = f"{header}.{claims}"
+# Ed25519 signs the whole message at once: pkeyutl needs it in a file, not a pipe.
+with open(f"{out}/signing-input", "w") as f:
+    f.write(signing_input)
+sig = subprocess.run(["openssl", "pkeyutl", "-sign", "-inkey", key, "-rawin", "-in",
+                      f"{out}/signing-input"], check=True, capture_output=True).stdout
+assert len(sig) == 64, "an Ed25519 signature has 64 bytes"
+bad = bytes([sig[0] ^ 1]) + sig[1:]
+with open(f"{out}/jwks.json", "w") as f:
+    f.write(json.dumps(jwks, separators=(",", ":")))
+with open(f"{out}/token", "w") as f:
+    f.write(f"{signing_input}.{b64(sig)}\n")
+with open(f"{out}/token-tampered", "w") as f:
+    f.write(f"{signing_input}.{b64(bad)}\n")
+PY
+  die "could not make the JWKS and token"
+token=$(<"$work/token")
+bad_token=$(<"$work/token-tampered")
+
+# OpenSSL settings of every client (wrk, h2load, curl, s_client): TLS 1.2+ and X25519 only, so
+# every proxy negotiates the same key exchange whatever its own preference (rustls may prefer
+# another group; wrk and h2load have no option for it).
+client_cnf=$work/client-openssl.cnf
+cat >"$client_cnf" <<'EOF'
+openssl_conf = openssl_init
+
+[openssl_init]
+ssl_conf = ssl_sect
+
+[ssl_sect]
+system_default = system_default_sect
+
+[system_default_sect]
+MinProtocol = TLSv1.2
+CipherString = DEFAULT@SECLEVEL=2
+Groups = X25519
+EOF
+export OPENSSL_CONF=$client_cnf
+
+# render TEMPLATE OUT NAME=VALUE...: fill @NAME@ placeholders; any left unfilled is an error.
+render() {
+  python3 - "$@" <<'PY'
+import re, sys
+template, out, *pairs = sys.argv[1:]
+text = open(template, encoding="utf-8").read()
+for p in pairs:
+    name, value = p.split("=", 1)
+    text = text.replace(f"@{name}@", value)
+left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
+if left:
+    sys.exit(f"{template}: unfilled placeholders {' '.join(left)}")
+open(out, "w", encoding="utf-8").write(text)
+PY
+}
+
+# ---------------------------------------------------------------------------------------------
+# Upstream and proxies.
+
+render bench/upstream/nginx.conf "$work/upstream/nginx.conf" "WORK=$work" "NOFILE=$nofile" \
+  "UPSTREAM_PORT=$upstream_port" "JWKS=$(<"$work/jwks.json")"
+upstream_keepalive=$((CONNECTIONS * H2_STREAMS > 128 ? CONNECTIONS * H2_STREAMS : 128))
+render bench/peers/nginx.conf "$work/nginx/nginx.conf" "WORK=$work" "NOFILE=$nofile" \
+  "MAXCONN=$maxconn" "UPSTREAM_PORT=$upstream_port" "UPSTREAM_KEEPALIVE=$upstream_keepalive" \
+  "TLS_PORT=$nginx_tls" "PLAIN_PORT=$nginx_plain" "CERT=$certs/chain.pem" "KEY=$certs/leaf.key"
+render bench/peers/haproxy.cfg "$work/haproxy/haproxy.cfg" "MAXCONN=$maxconn" \
+  "UPSTREAM_PORT=$upstream_port" "TLS_PORT=$haproxy_tls" "PLAIN_PORT=$haproxy_plain" \
+  "PEM=$certs/haproxy.pem"
+render bench/peers/gateway.toml "$work/gateway/gateway.toml" "TLS_PORT=$gw_tls" \
+  "HTTP_PORT=$gw_http" "ADMIN_PORT=$gw_admin" "CERT=$certs/chain.pem" "KEY=$certs/leaf.key" \
+  "UPSTREAM_PORT=$upstream_port" "ISSUER=$JWT_ISSUER" "AUDIENCE=$JWT_AUDIENCE" \
+  "ORIGIN=$CORS_ORIGIN"
+
+"$NGINX" -t -q -e "$work/upstream/error.log" -c "$work/upstream/nginx.conf" >"$work/upstream/check.log" 2>&1 || {
+  cat "$work/upstream/check.log" >&2
+  die "upstream nginx config invalid"
+}
+"$NGINX" -t -q -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" >"$work/nginx/check.log" 2>&1 || {
+  cat "$work/nginx/check.log" >&2
+  die "nginx peer config invalid"
+}
+"$HAPROXY" -c -q -f "$work/haproxy/haproxy.cfg" >"$work/haproxy/check.log" 2>&1 || {
+  cat "$work/haproxy/check.log" >&2
+  die "HAProxy peer config invalid"
+}
+env -u RUST_LOG APP_ENV=development "$gw_bin" check --config "$work/gateway/gateway.toml" \
+  >"$work/gateway/check.log" 2>&1 || {
+  cat "$work/gateway/check.log" >&2
+  die "gateway config invalid"
+}
+
+# wait_http URL WHAT PID [curl args...]: until URL answers 2xx (30 s), or die naming the log
+# when PID exits first or time runs out.
+wait_http() {
+  local url=$1 what=$2 pid=$3 i
+  for ((i = 0; i < 300; i++)); do
+    if curl -fsS -o /dev/null --max-time 2 "${@:4}" "$url" 2>/dev/null; then
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || die "$what exited during start-up"
+    sleep 0.1
+  done
+  die "$what did not answer $url within 30 s"
+}
+
+say "upstream: nginx on 127.0.0.1:$upstream_port, CPU $UPSTREAM_CPU"
+taskset -c "$UPSTREAM_CPU" "$NGINX" -e "$work/upstream/error.log" -c "$work/upstream/nginx.conf" \
+  -g 'daemon off;' >"$work/upstream/stdout.log" 2>&1 &
+upstream_pid=$!
+wait_http "http://127.0.0.1:$upstream_port/healthz" "the upstream (log: $work/upstream/error.log)" \
+  "$upstream_pid"
+
+say "proxies on CPU $PROXY_CPU: nginx :$nginx_tls (plain :$nginx_plain), HAProxy :$haproxy_tls (plain :$haproxy_plain), gateway :$gw_tls"
+taskset -c "$PROXY_CPU" "$NGINX" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" \
+  -g 'daemon off;' >"$work/nginx/stdout.log" 2>&1 &
+proxy_pid[nginx]=$!
+taskset -c "$PROXY_CPU" "$HAPROXY" -db -f "$work/haproxy/haproxy.cfg" >"$work/haproxy/error.log" 2>&1 &
+proxy_pid[haproxy]=$!
+env -u RUST_LOG APP_ENV=development GATEWAY_UPGRADE_SOCK="$work/gateway/upgrade.sock" \
+  GATEWAY_PID_FILE="$work/gateway/gateway.pid" \
+  taskset -c "$PROXY_CPU" "$gw_bin" run --config "$work/gateway/gateway.toml" \
+  >"$work/gateway/gateway.log" 2>&1 &
+proxy_pid[gateway]=$!
+
+wait_http "https://127.0.0.1:$nginx_tls/" "nginx (log: $work/nginx/error.log)" "${proxy_pid[nginx]}" -k
+wait_http "https://127.0.0.1:$haproxy_tls/" "HAProxy (log: $work/haproxy/error.log)" \
+  "${proxy_pid[haproxy]}" -k
+# /readyz: keys loaded from the upstream's JWKS and the upstream healthy.
+wait_http "http://127.0.0.1:$gw_admin/readyz" "the gateway (log: $work/gateway/gateway.log)" \
+  "${proxy_pid[gateway]}"
+
+# ---------------------------------------------------------------------------------------------
+# Sanity: the same answer through every proxy, the gateway's JWT route really verifies.
+
+expect_body='{"ok":true}'
+# check_get WHAT EXPECTED_STATUS http|https PORT PATH [curl args...]: one request (TLS against
+# the name in the certificate, verified with the bench CA); leaves the response headers and
+# body in $work/runs/sanity-*.
+check_get() {
+  local what=$1 want=$2 scheme=$3 port=$4 path=$5 code url
+  local -a tls=()
+  if [[ $scheme == https ]]; then
+    url="https://localhost:$port$path"
+    tls=(--cacert "$certs/ca.pem" --resolve "localhost:$port:127.0.0.1")
+  else
+    url="http://127.0.0.1:$port$path"
+  fi
+  code=$(curl -sS -o "$work/runs/sanity-body" -D "$work/runs/sanity-headers" -w '%{http_code}' \
+    --max-time 10 "${tls[@]}" "${@:6}" "$url" 2>&1) || die "$what: curl failed: $code"
+  [[ $code == "$want" ]] || {
+    cat "$work/runs/sanity-headers" "$work/runs/sanity-body" >&2
+    die "$what: HTTP $code, expected $want"
+  }
+}
+for p in "${PROXIES[@]}"; do
+  check_get "$p over TLS, HTTP/1.1" 200 https "${tls_port[$p]}" /sanity --http1.1
+  [[ $(<"$work/runs/sanity-body") == "$expect_body" ]] ||
+    die "$p over TLS: body $(<"$work/runs/sanity-body"), expected $expect_body"
+  check_get "$p over TLS, h2" 200 https "${tls_port[$p]}" /sanity --http2
+  grep -q '^HTTP/2 200' "$work/runs/sanity-headers" || die "$p did not answer in h2"
+  if [[ -n ${plain_port[$p]:-} ]]; then
+    check_get "$p plain HTTP" 200 http "${plain_port[$p]}" /sanity
+  fi
+done
+check_get "gateway /api/ without a token" 401 https "$gw_tls" /api/sanity -H "Origin: $CORS_ORIGIN"
+check_get "gateway /api/ with a tampered token" 401 https "$gw_tls" /api/sanity \
+  -H "Authorization: Bearer $bad_token" -H "Origin: $CORS_ORIGIN"
+check_get "gateway /api/ with the token" 200 https "$gw_tls" /api/sanity \
+  -H "Authorization: Bearer $token" -H "Origin: $CORS_ORIGIN"
+grep -qi "^access-control-allow-origin: $CORS_ORIGIN" "$work/runs/sanity-headers" || {
+  cat "$work/runs/sanity-headers" >&2
+  die "gateway /api/: no Access-Control-Allow-Origin for $CORS_ORIGIN"
+}
+
+# What each proxy negotiates with the clients' OpenSSL settings (X25519 only), and what it
+# would pick for an unrestricted OpenSSL 3 client (Debian defaults).
+declare -A tls_seen=()
+tls_probe() {
+  local port=$1 out
+  out=$(openssl s_client -connect "127.0.0.1:$port" -servername localhost -alpn http/1.1 \
+    -CAfile "$certs/ca.pem" "${@:2}" </dev/null 2>&1) || true
+  awk '
+    /^New, / && !proto { proto = $2; sub(/,$/, "", proto); cipher = $NF }
+    /^Server Temp Key:/ { sub(/^Server Temp Key: */, ""); sub(/,.*/, ""); group = $0 }
+    /Negotiated TLS1.3 group:/ { sub(/^.*group: */, ""); group = $0 }
+    /^Peer signature type:/ { sig = $NF }
+    /^ALPN protocol:/ { alpn = $NF }
+    /^Verification: / { verify = $2 }
+    END {
+      printf "%s %s, group %s, %s signature, ALPN %s, verification %s", proto ? proto : "?", cipher ? cipher : "?", group ? group : "?", sig ? sig : "?", alpn ? alpn : "?", verify ? verify : "?"
+    }
+  ' <<<"$out"
+}
+for p in "${PROXIES[@]}"; do
+  tls_seen[$p]=$(tls_probe "${tls_port[$p]}" -groups X25519)
+  tls_seen[$p.default]=$(OPENSSL_CONF=/etc/ssl/openssl.cnf tls_probe "${tls_port[$p]}" |
+    sed -n 's/^.*, group \([^,]*\),.*$/\1/p')
+  say "TLS $p: ${tls_seen[$p]}; with OpenSSL's default groups: ${tls_seen[$p.default]:-?}"
+done
+
+# ---------------------------------------------------------------------------------------------
+# Measurement helpers.
+
+clk_tck=$(getconf CLK_TCK)
+
+# tree_pids PID...: the processes and all their descendants.
+tree_pids() {
+  local p c
+  for p in "$@"; do
+    echo "$p"
+    for c in $(pgrep -P "$p" || true); do
+      tree_pids "$c"
+    done
+  done
+}
+# cpu_ticks PID...: "user system" time in clock ticks (utime, stime), summed.
+cpu_ticks() {
+  local p u=0 s=0 v w
+  for p in "$@"; do
+    read -r v w < <(sed 's/^.*) //' "/proc/$p/stat" | awk '{ print $12, $13 }') || { v=0 w=0; }
+    u=$((u + v))
+    s=$((s + w))
+  done
+  echo "$u $s"
+}
+# mem_kib Rss|Pss PID...: summed over the processes, KiB.
+mem_kib() {
+  local field=$1 p t=0 v
+  for p in "${@:2}"; do
+    v=$(awk -v f="$field:" '$1 == f { print $2; exit }' "/proc/$p/smaps_rollup" 2>/dev/null) || v=0
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+# upstream_accepts: connections the upstream accepted so far (nginx stub_status).
+upstream_accepts() {
+  curl -fsS --max-time 5 "http://127.0.0.1:$upstream_port/nginx_status" | awk 'NR == 3 { print $1 }'
+}
+now_ms() { date +%s%3N; }
+# core_ticks CPU: non-idle ticks of one CPU so far (user nice system irq softirq steal), from
+# /proc/stat; empty for a CPU list.
+core_ticks() {
+  [[ $1 =~ ^[0-9]+$ ]] || return 0
+  awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+# all_ticks: non-idle ticks of all CPUs so far.
+all_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+
+# wrk_value FILE rps|p50|p99|non2xx|errors|requests: a number from wrk's --latency report
+# (latencies in milliseconds). As in bench/api.sh.
+wrk_value() {
+  awk -v want="$2" '
+    function ms(v) {
+      if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+      if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+      if (v ~ /m$/)  return substr(v, 1, length(v) - 1) * 60000
+      if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
+      return v + 0
+    }
+    /^Requests\/sec:/                      { rps = $2 }
+    /^ +50%/ && dist                       { p50 = ms($2) }
+    /^ +99%/ && dist                       { p99 = ms($2) }
+    /Latency Distribution/                 { dist = 1 }
+    /Non-2xx or 3xx responses:/            { non2xx = $NF }
+    /requests in/                          { requests = $1 }
+    /Socket errors:/ {
+      gsub(",", ""); errors = $4 + $6 + $8 + $10
+    }
+    END {
+      if (want == "rps") v = rps
+      else if (want == "p50") v = p50
+      else if (want == "p99") v = p99
+      else if (want == "non2xx") v = non2xx + 0
+      else if (want == "errors") v = errors + 0
+      else if (want == "requests") v = requests + 0
+      if (v == "") exit 1
+      print v
+    }' "$1"
+}
+
+# h2load_value FILE rps|requests|bad: from h2load's summary.
+h2load_value() {
+  awk -v want="$2" '
+    /^finished in/ { rps = $4 }
+    /^requests:/ { done = $6; failed = $10; errored = $12; timeout = $14 }
+    /^status codes:/ { ok = $3 }
+    END {
+      if (want == "rps") v = rps
+      else if (want == "requests") v = ok
+      else if (want == "bad") v = failed + errored + timeout + (done - ok) + (done == "" ? 1 : 0)
+      if (v == "") exit 1
+      print v + 0
+    }' "$1"
+}
+
+# percentiles LOG: "p50 p99" in ms from h2load's --log-file (third column: µs per request).
+percentiles() {
+  awk -F '\t' '{ print $3 }' "$1" | sort -n | awk '
+    { v[NR] = $1 }
+    END {
+      if (NR == 0) { print "0 0"; exit }
+      i50 = int(NR * 0.50); if (i50 < 1) i50 = 1
+      i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
+      printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000
+    }'
+}
+
+declare -A R_rps=() R_p50=() R_p99=() R_cpu=() R_user=() R_sys=() R_busy=() R_load=() R_rss=() R_upconns=()
+loadgen=(taskset -c "$LOAD_CPU")
+
+# measure SCENARIO PROXY TOOL URL [tool args...]: warm-up, then one measured run; records
+# req/s, p50/p99, the proxy's CPU per request and share of its core, its RSS, upstream
+# connections opened. Any non-2xx or socket error stops the benchmark.
+measure() {
+  local scenario=$1 proxy=$2 tool=$3 url=$4 key=$1/$2 out t0 t1 u0 u1 s0 s1 l0 l1 a0 a1 pids bad requests p50 p99
+  out=$work/runs/$scenario-$proxy.txt
+  local -a cmd
+  case $tool in
+    wrk) cmd=(wrk -t1 -c"$CONNECTIONS" --latency --timeout 10s "${@:5}") ;;
+    h2load) cmd=(h2load -t1 -c"$CONNECTIONS" -m"$H2_STREAMS" "${@:5}") ;;
+  esac
+  say "$scenario: $proxy ($tool, ${WARMUP}s warm-up + ${DURATION}s)"
+  if ((WARMUP > 0)); then
+    now_ms >>"$work/run-bounds"
+    if [[ $tool == wrk ]]; then
+      run_child "$out.warmup" "${loadgen[@]}" "${cmd[@]}" -d"${WARMUP}s" "$url" || {
+        cat "$out.warmup" >&2
+        die "$scenario $proxy: wrk warm-up failed"
+      }
+      now_ms >>"$work/run-bounds"
+    else
+      run_child "$out.warmup" "${loadgen[@]}" "${cmd[@]}" -D "$WARMUP" "$url" || {
+        cat "$out.warmup" >&2
+        die "$scenario $proxy: h2load warm-up failed"
+      }
+      now_ms >>"$work/run-bounds"
+    fi
+  fi
+  mapfile -t pids < <(tree_pids "${proxy_pid[$proxy]}")
+  a0=$(upstream_accepts)
+  read -r u0 s0 < <(cpu_ticks "${pids[@]}")
+  l0=$(core_ticks "$LOAD_CPU")
+  t0=$(now_ms)
+  echo "$t0" >>"$work/run-bounds"
+  if [[ $tool == wrk ]]; then
+    run_child "$out" "${loadgen[@]}" "${cmd[@]}" -d"${DURATION}s" "$url" || {
+      cat "$out" >&2
+      die "$scenario $proxy: wrk failed"
+    }
+  else
+    run_child "$out" "${loadgen[@]}" "${cmd[@]}" -D "$DURATION" --log-file="$out.log" "$url" || {
+      cat "$out" >&2
+      die "$scenario $proxy: h2load failed"
+    }
+  fi
+  t1=$(now_ms)
+  read -r u1 s1 < <(cpu_ticks "${pids[@]}")
+  l1=$(core_ticks "$LOAD_CPU")
+  echo "$t1" >>"$work/run-bounds"
+  a1=$(upstream_accepts)
+  if [[ $tool == wrk ]]; then
+    bad=$(($(wrk_value "$out" non2xx) + $(wrk_value "$out" errors)))
+    requests=$(wrk_value "$out" requests)
+    R_rps[$key]=$(wrk_value "$out" rps)
+    R_p50[$key]=$(wrk_value "$out" p50)
+    R_p99[$key]=$(wrk_value "$out" p99)
+  else
+    bad=$(h2load_value "$out" bad)
+    requests=$(h2load_value "$out" requests)
+    R_rps[$key]=$(h2load_value "$out" rps)
+    read -r p50 p99 < <(percentiles "$out.log")
+    R_p50[$key]=$p50
+    R_p99[$key]=$p99
+    rm -f "$out.log"
+  fi
+  if ((bad > 0)) || ((requests == 0)); then
+    cat "$out" >&2
+    die "$scenario $proxy: $bad non-2xx responses or socket errors ($requests good): see above"
+  fi
+  R_cpu[$key]=$(awk -v c=$((u1 - u0 + s1 - s0)) -v hz="$clk_tck" -v n="$requests" 'BEGIN { printf "%.1f", c / hz * 1e6 / n }')
+  R_user[$key]=$(awk -v c=$((u1 - u0)) -v hz="$clk_tck" -v n="$requests" 'BEGIN { printf "%.1f", c / hz * 1e6 / n }')
+  R_sys[$key]=$(awk -v c=$((s1 - s0)) -v hz="$clk_tck" -v n="$requests" 'BEGIN { printf "%.1f", c / hz * 1e6 / n }')
+  R_busy[$key]=$(awk -v c=$((u1 - u0 + s1 - s0)) -v hz="$clk_tck" -v ms=$((t1 - t0)) 'BEGIN { printf "%.0f", c / hz * 100000 / ms }')
+  if [[ -n $l0 ]]; then
+    R_load[$key]="$(awk -v c=$((l1 - l0)) -v hz="$clk_tck" -v ms=$((t1 - t0)) 'BEGIN { printf "%.0f", c / hz * 100000 / ms }')%"
+  else
+    R_load[$key]="–"
+  fi
+  R_rss[$key]=$(mem_kib Rss "${pids[@]}")
+  R_upconns[$key]=$((a1 - a0 - 1)) # minus the stub_status request itself
+  say "  $(printf '%.0f' "${R_rps[$key]}") req/s, p50 ${R_p50[$key]} ms, p99 ${R_p99[$key]} ms, ${R_cpu[$key]} CPU-µs/req (user ${R_user[$key]}, system ${R_sys[$key]}), proxy core ${R_busy[$key]}% busy, load core ${R_load[$key]}"
+}
+
+# other_load SECONDS: CPU used on the machine while our processes sit idle, in % of one CPU.
+other_load() {
+  local a0 a1
+  a0=$(all_ticks)
+  sleep "$1"
+  a1=$(all_ticks)
+  awk -v c=$((a1 - a0)) -v hz="$clk_tck" -v s="$1" 'BEGIN { printf "%.0f", c / hz * 100 / s }'
+}
+warnings=()
+check_quiet() {
+  local busy
+  busy=$(other_load 2)
+  if ((busy > 15)); then
+    say "WARNING: the machine is busy $1 (${busy}% of a CPU used by other work): numbers will be noisy"
+    warnings+=("the machine was busy $1: ${busy}% of a CPU used by other processes (a build?); the numbers are noisy")
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Load runs, proxies interleaved per scenario.
+
+check_quiet "before the runs"
+
+scenarios=()
+if [[ $PLAIN_HTTP == 1 ]]; then
+  scenarios+=(plain-h1)
+  for p in nginx haproxy; do
+    measure plain-h1 "$p" wrk "http://127.0.0.1:${plain_port[$p]}/bench"
+  done
+fi
+scenarios+=(tls-h1 tls-h2 headers features)
+for p in "${PROXIES[@]}"; do
+  measure tls-h1 "$p" wrk "https://127.0.0.1:${tls_port[$p]}/bench"
+done
+for p in "${PROXIES[@]}"; do
+  measure tls-h2 "$p" h2load "https://127.0.0.1:${tls_port[$p]}/bench"
+done
+# The JWT run's request headers on the plain route: what carrying them costs without the
+# features, in every proxy. Static headers (-H), so wrk's own work per request stays the same.
+auth_headers=(-H "Authorization: Bearer $token" -H "Origin: $CORS_ORIGIN")
+for p in "${PROXIES[@]}"; do
+  measure headers "$p" wrk "https://127.0.0.1:${tls_port[$p]}/bench" "${auth_headers[@]}"
+done
+measure features gateway wrk "https://127.0.0.1:$gw_tls/api/bench" "${auth_headers[@]}"
+
+# ---------------------------------------------------------------------------------------------
+# Idle keep-alive connections: memory per proxy.
+
+declare -A I_base=() I_rss=() I_pss=() I_open=()
+cat >"$work/idle.py" <<'PY'
+# Opens COUNT TLS connections to 127.0.0.1:PORT, sends one HTTP/1.1 request on each and reads
+# the answer (so each is a keep-alive connection the proxy has served), then holds them idle
+# until DONE_FILE appears (at most HOLD seconds), counts those still open, closes everything.
+import asyncio, os, resource, ssl, sys, time
+
+port, count, ca, ready_file, done_file, hold = sys.argv[1:]
+port, count, hold = int(port), int(count), float(hold)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+ctx = ssl.create_default_context(cafile=ca)
+ctx.set_alpn_protocols(["http/1.1"])
+request = b"GET /idle HTTP/1.1\r\nHost: localhost\r\n\r\n"
+conns = []
+errors = []
+
+async def one(sem):
+    async with sem:
+        try:
+            r, w = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost"), 30)
+            w.write(request)
+            await w.drain()
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+            lines = head.decode("latin-1").split("\r\n")
+            if not lines[0].startswith("HTTP/1.1 200"):
+                raise RuntimeError(lines[0])
+            length = 0
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            await asyncio.wait_for(r.readexactly(length), 30)
+            conns.append((r, w))
+        except Exception as e:  # noqa: BLE001 - reported, the run fails
+            errors.append(repr(e))
+
+async def main():
+    sem = asyncio.Semaphore(256)
+    started = time.monotonic()
+    await asyncio.gather(*(one(sem) for _ in range(count)))
+    with open(ready_file, "w") as f:
+        f.write(f"{len(conns)} {len(errors)} {time.monotonic() - started:.1f}\n")
+    deadline = time.monotonic() + hold
+    while not os.path.exists(done_file) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    alive = sum(1 for r, _ in conns if not r.at_eof())
+    print(f"open={len(conns)} errors={len(errors)} alive={alive}")
+    for e in errors[:5]:
+        print(f"error: {e}")
+    for _, w in conns:
+        w.close()
+    await asyncio.sleep(0.5)
+    return 0 if not errors and alive == count else 1
+
+sys.exit(asyncio.run(main()))
+PY
+
+idle_test() {
+  local p=$1
+  local out=$work/runs/idle-$p.txt ready=$work/runs/idle-$p.ready done=$work/runs/idle-$p.done
+  local pids i opened nerr secs rc=0
+  mapfile -t pids < <(tree_pids "${proxy_pid[$p]}")
+  I_base[$p]=$(mem_kib Rss "${pids[@]}")
+  say "idle: $IDLE_CONNS TLS keep-alive connections to $p"
+  now_ms >>"$work/run-bounds"
+  taskset -c "$LOAD_CPU" python3 "$work/idle.py" "${tls_port[$p]}" "$IDLE_CONNS" "$certs/ca.pem" \
+    "$ready" "$done" 300 >"$out" 2>&1 &
+  child_pid=$!
+  for ((i = 0; i < 3000; i++)); do
+    [[ -s $ready ]] && break
+    kill -0 "$child_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  [[ -s $ready ]] || {
+    cat "$out" >&2
+    die "idle: $p: the connections did not open within 300 s"
+  }
+  read -r opened nerr secs <"$ready"
+  sleep 1 # let the proxy settle
+  mapfile -t pids < <(tree_pids "${proxy_pid[$p]}")
+  I_rss[$p]=$(mem_kib Rss "${pids[@]}")
+  I_pss[$p]=$(mem_kib Pss "${pids[@]}")
+  touch "$done"
+  wait "$child_pid" || rc=$?
+  child_pid=
+  now_ms >>"$work/run-bounds"
+  I_open[$p]=$(sed -n 's/^open=\([0-9]*\) errors=[0-9]* alive=\([0-9]*\)$/\2/p' "$out")
+  if ((rc != 0 || nerr > 0)); then
+    cat "$out" >&2
+    die "idle: $p: $opened of $IDLE_CONNS connections opened, $nerr failed, ${I_open[$p]:-?} still open at measurement"
+  fi
+  say "  opened $opened in ${secs}s; RSS $((I_base[$p] / 1024)) → $((I_rss[$p] / 1024)) MiB"
+  # Give the proxy a moment to tear the connections down before the next one is measured.
+  sleep 2
+}
+if ((IDLE_CONNS > 0)); then
+  for p in "${PROXIES[@]}"; do
+    idle_test "$p"
+  done
+fi
+
+check_quiet "after the runs"
+
+# What the gateway logged at warn or above, by kind, and whether it came while a load generator
+# opened or closed its connections (within 2 s of a run's start or end) or in the middle of a run.
+gw_log_summary=$(python3 - "$work/gateway/gateway.log" "$work/run-bounds" <<'PY'
+import collections, datetime, json, re, sys
+
+log, bounds_file = sys.argv[1:]
+bounds = [int(x) / 1000 for x in open(bounds_file).read().split()]
+kinds = [
+    ("Illegal SNI extension", "rustls WARN: IP address sent as SNI (wrk puts the URL's host, 127.0.0.1, there)"),
+    ("without sending TLS close_notify", "ERROR `Fail to proxy: Downstream ReadError`: a client closed an idle keep-alive connection without TLS close_notify"),
+    ("unexpected frame type", "ERROR `Fail to proxy: Downstream WriteError ... unexpected frame type`: h2 response to a stream whose connection the client closed"),
+    ("broken pipe", "ERROR `Fail to proxy: Downstream HNError/ReadError ... broken pipe`: h2 streams open when the client closed the connection"),
+    ("handshake", "ERROR `Downstream handshake error`: a client closed during the TLS handshake"),
+]
+counts = collections.Counter()
+for line in open(log, errors="replace"):
+    try:
+        j = json.loads(line)
+        level, msg, ts = j.get("level", ""), j.get("message", ""), j.get("timestamp", "")
+    except ValueError:
+        level, msg, ts = "?", line.strip(), ""
+    if level not in ("WARN", "ERROR") and "panicked" not in line:
+        continue
+    kind = next((k for pat, k in kinds if pat in msg), None)
+    if kind is None:
+        kind = f"{level}: {re.sub(r'[0-9]+', 'N', msg)[:140]}"
+    when = "?"
+    if ts:
+        t = datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        near = any(abs(t - b) <= 2.0 for b in bounds)
+        when = "as a run started or ended" if near else "in the middle of a run"
+    counts[(kind, when)] += 1
+for (kind, when), n in counts.most_common(8):
+    print(f"{n} × {kind} ({when})")
+PY
+) || gw_log_summary="(could not read the gateway log)"
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+calc() { awk "BEGIN { printf \"%s\", $1 }"; }
+fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN { printf "%.*f", d, v }'; }
+pass() { if awk "BEGIN { exit !($1) }"; then echo "✅ yes"; else echo "❌ no"; fi; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+declare -A scenario_label=(
+  [plain-h1]="plain HTTP/1.1 keep-alive (wrk)"
+  [tls-h1]="TLS, HTTP/1.1 keep-alive (wrk)"
+  [tls-h2]="TLS, h2 ×$H2_STREAMS streams (h2load)"
+  [headers]="TLS, HTTP/1.1 with the JWT run's headers, no features (wrk)"
+  [features]="TLS, HTTP/1.1 + JWT + CORS + rate limits (wrk)"
+)
+proxy_label() {
+  case $1 in
+    nginx) echo nginx ;;
+    haproxy) echo HAProxy ;;
+    gateway) echo gateway ;;
+  esac
+}
+
+# (awk reads everything: `| head -n 1` could kill the writer with SIGPIPE, fatal with pipefail)
+cpu_model=$(lscpu 2>/dev/null | awk -F ':[[:space:]]*' '$1 == "Model name" && !m { m = $2 } END { print m }')
+[[ -n $cpu_model ]] || cpu_model=unknown
+nginx_version=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
+haproxy_version=$("$HAPROXY" -v 2>&1 | awk 'NR == 1 { print $3 }')
+wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
+h2load_version=$(h2load --version 2>&1 | awk 'NR == 1 { print $2 }')
+openssl_version=$(openssl version | awk '{ print $2 }')
+revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+  revision+=" (+ uncommitted changes)"
+fi
+stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
+
+# Targets.
+g1=tls-h1/gateway n1=tls-h1/nginx g2=tls-h2/gateway n2=tls-h2/nginx gf=features/gateway
+h1_ratio=$(calc "${R_rps[$g1]} / ${R_rps[$n1]}")
+h2_ratio=$(calc "${R_rps[$g2]} / ${R_rps[$n2]}")
+f_ratio=$(calc "${R_rps[$gf]} / ${R_rps[$g1]}")
+h1_pass=$(pass "$h1_ratio >= $TARGET_VS_NGINX && ${R_p99[$g1]} <= ${R_p99[$n1]}")
+h2_pass=$(pass "$h2_ratio >= $TARGET_VS_NGINX && ${R_p99[$g2]} <= ${R_p99[$n2]}")
+f_pass=$(pass "$f_ratio >= $TARGET_FEATURES")
+if ((IDLE_CONNS > 0)); then
+  idle_ratio=$(calc "${I_rss[gateway]} / ${I_rss[nginx]}")
+  idle_pass=$(pass "${I_rss[gateway]} <= ${I_rss[nginx]}")
+fi
+
+# cpu_delta KEY KEY_REF: "A against B CPU-µs per request (+d: +u user, +k kernel)".
+cpu_delta() {
+  awk -v a="${R_cpu[$1]}" -v b="${R_cpu[$2]}" -v au="${R_user[$1]}" -v bu="${R_user[$2]}" \
+    -v as="${R_sys[$1]}" -v bs="${R_sys[$2]}" 'BEGIN {
+      printf "%.1f against %.1f CPU-µs per request (%+.1f: %+.1f user, %+.1f kernel)", a, b, a - b, au - bu, as - bs
+    }'
+}
+
+# where_time KEY_GATEWAY KEY_REF LABEL IN_FLIGHT: a sentence on where the gateway's time goes
+# compared with the reference run. IN_FLIGHT: requests in flight when the warm-up ended (their
+# upstream connections are closed with them and opened again as the run starts).
+where_time() {
+  local g=$1 r=$2 label=$3 inflight=$4
+  awk -v gc="${R_cpu[$g]}" -v rc="${R_cpu[$r]}" -v gb="${R_busy[$g]}" -v rb="${R_busy[$r]}" \
+    -v gus="${R_user[$g]}" -v rus="${R_user[$r]}" -v gsy="${R_sys[$g]}" -v rsy="${R_sys[$r]}" \
+    -v gl="${R_load[$g]%\%}" -v gu="${R_upconns[$g]}" -v ru="${R_upconns[$r]}" -v label="$label" \
+    -v load_cpu="$LOAD_CPU" -v inflight="$inflight" 'BEGIN {
+      printf "%s: the gateway used %.1f CPU-µs per request against %.1f (%+.1f µs, %+.0f%%): %+.1f µs in user space (%.1f against %.1f), %+.1f µs in the kernel (%.1f against %.1f); its core was %d%% busy (reference %d%%).", label, gc, rc, gc - rc, (rc > 0 ? (gc / rc - 1) * 100 : 0), gus - rus, gus, rus, gsy - rsy, gsy, rsy, gb, rb
+      if (gb >= 90) printf " Its core is saturated: the CPU cost per request sets its rate."
+      else if (gl != "–" && gl + 0 >= 90) printf " Its core is not saturated but the load generator core (CPU %s) is (%d%%): the rate is the client side limit, compare CPU-µs per request.", load_cpu, gl
+      else printf " Neither its core nor the load generator core is saturated: the time goes to waiting (inside the proxy, or on the upstream)."
+      if (gu > inflight) printf " It opened %d upstream connections during the run (reference %d), more than the %d requests cut off at the end of the warm-up: upstream connections are closed and opened again while the run goes on.", gu, ru, inflight
+      printf "\n"
+    }'
+}
+
+report=$work/report.md
+{
+  echo "# Gateway vs nginx and HAProxy, $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  echo "| scenario | proxy | req/s | p50 ms | p99 ms | CPU-µs/req (user + system) | proxy core busy | load core busy | RSS MiB | upstream conns opened | vs nginx |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  for s in "${scenarios[@]}"; do
+    for p in "${PROXIES[@]}"; do
+      k=$s/$p
+      if [[ -z ${R_rps[$k]:-} ]]; then
+        if [[ $s == plain-h1 && $p == gateway ]]; then
+          echo "| ${scenario_label[$s]} | gateway | – | – | – | – | – | – | – | – | n/a: its plain-HTTP listener only redirects to HTTPS |"
+        fi
+        continue
+      fi
+      if [[ $s == features ]]; then
+        vs="$(fmt "$(calc "${R_rps[$k]} / ${R_rps[tls-h1/gateway]}")" 2)× gateway plain"
+      elif [[ -n ${R_rps[$s/nginx]:-} ]]; then
+        vs="$(fmt "$(calc "${R_rps[$k]} / ${R_rps[$s/nginx]}")" 2)×"
+      else
+        vs="–"
+      fi
+      echo "| ${scenario_label[$s]} | $(proxy_label "$p") | $(fmt "${R_rps[$k]}" 0) | $(fmt "${R_p50[$k]}" 2) | $(fmt "${R_p99[$k]}" 2) | ${R_cpu[$k]} (${R_user[$k]} + ${R_sys[$k]}) | ${R_busy[$k]}% | ${R_load[$k]} | $(mib "${R_rss[$k]}") | ${R_upconns[$k]} | $vs |"
+    done
+  done
+  if ((IDLE_CONNS > 0)); then
+    echo
+    echo "| $IDLE_CONNS idle TLS keep-alive connections | RSS before MiB | RSS with them MiB | PSS with them MiB | KiB per connection | RSS vs nginx |"
+    echo "|---|---|---|---|---|---|"
+    for p in "${PROXIES[@]}"; do
+      echo "| $(proxy_label "$p") | $(mib "${I_base[$p]}") | $(mib "${I_rss[$p]}") | $(mib "${I_pss[$p]}") | $(awk -v a="${I_base[$p]}" -v b="${I_rss[$p]}" -v n="$IDLE_CONNS" 'BEGIN { printf "%.1f", (b - a) / n }') | $(fmt "$(calc "${I_rss[$p]} / ${I_rss[nginx]}")" 2)× |"
+    done
+  fi
+  echo
+  echo "| target | measured | pass? |"
+  echo "|---|---|---|"
+  echo "| plain proxy, TLS HTTP/1.1: ≥ ${TARGET_VS_NGINX}× nginx req/s, p99 ≤ nginx's | $(fmt "$h1_ratio" 2)×, p99 $(fmt "${R_p99[$g1]}" 2) vs $(fmt "${R_p99[$n1]}" 2) ms | $h1_pass |"
+  echo "| plain proxy, TLS h2: ≥ ${TARGET_VS_NGINX}× nginx req/s, p99 ≤ nginx's | $(fmt "$h2_ratio" 2)×, p99 $(fmt "${R_p99[$g2]}" 2) vs $(fmt "${R_p99[$n2]}" 2) ms | $h2_pass |"
+  echo "| JWT + CORS + rate limits: ≥ ${TARGET_FEATURES}× the gateway's plain TLS HTTP/1.1 req/s | $(fmt "$f_ratio" 2)× | $f_pass |"
+  if ((IDLE_CONNS > 0)); then
+    echo "| RSS with $IDLE_CONNS idle keep-alive connections ≤ nginx's | $(mib "${I_rss[gateway]}") vs $(mib "${I_rss[nginx]}") MiB ($(fmt "$idle_ratio" 2)×) | $idle_pass |"
+  fi
+  echo
+  echo "Where the time goes:"
+  echo
+  echo "- $(where_time "$g1" "$n1" "TLS HTTP/1.1 vs nginx" "$CONNECTIONS")"
+  echo "- $(where_time "$g2" "$n2" "TLS h2 vs nginx" $((CONNECTIONS * H2_STREAMS)))"
+  echo "- $(where_time "$gf" "$g1" "JWT + CORS + limits vs the gateway's plain proxy" "$CONNECTIONS")"
+  echo "  - of which carrying the bigger request (Authorization: Bearer + a ${#token}-byte token, Origin)"
+  echo "    through the plain route: $(cpu_delta headers/gateway "$g1"); nginx: $(cpu_delta headers/nginx "$n1");"
+  echo "    HAProxy: $(cpu_delta headers/haproxy tls-h1/haproxy)."
+  echo "  - and the features themselves (JWT from the verified-token cache, CORS, two limits):"
+  echo "    $(cpu_delta "$gf" headers/gateway)."
+  echo
+  echo "- Machine: $(nproc) CPUs, $cpu_model; $(uname -sr). Everything on loopback. Pinned with"
+  echo "  taskset: load generator on CPU $LOAD_CPU, the upstream on CPU $UPSTREAM_CPU, the proxy under test on"
+  echo "  CPU $PROXY_CPU (all three proxies run throughout, the two not under load sit idle)."
+  echo "- gateway: $bin_label, $gw_version ($build_kind), built $gw_built; the work tree was at"
+  echo "  revision $revision when it ran; threads = 1,"
+  echo "  log level warn, bench/peers/gateway.toml. nginx $nginx_version (1 worker process,"
+  echo "  bench/peers/nginx.conf), HAProxy $haproxy_version (nbthread 1, bench/peers/haproxy.cfg);"
+  echo "  upstream: nginx, 1 worker, fixed 11-byte JSON body (bench/upstream/nginx.conf)."
+  echo "- Load: wrk ${wrk_version:-?} -t1 -c$CONNECTIONS, h2load ${h2load_version:-?} -t1 -c$CONNECTIONS -m$H2_STREAMS; closed loop,"
+  echo "  ${DURATION}s per run after a ${WARMUP}s warm-up. CPU-µs/req: the proxy's utime+stime (all its processes)"
+  echo "  over the run / requests completed; core busy: that CPU time / wall time. RSS: VmRSS summed"
+  echo "  over the proxy's processes (nginx: master + worker) after the run."
+  echo "- TLS: one ECDSA P-256 certificate for all; clients (OpenSSL $openssl_version) limited to X25519."
+  for p in "${PROXIES[@]}"; do
+    echo "  $(proxy_label "$p"): ${tls_seen[$p]} (group with OpenSSL's default list: ${tls_seen[$p.default]:-?})."
+  done
+  echo "- JWT run: one EdDSA access token on every request (the gateway's verified-token cache"
+  echo "  answers after the first), Origin: $CORS_ORIGIN, two rate limits (per IP, per subject)"
+  echo "  of 1 000 000/s that never refuse."
+  if [[ -n $gw_log_summary ]]; then
+    echo "- The gateway's log at warn and above:"
+    while IFS= read -r line; do
+      echo "  - $line"
+    done <<<"$gw_log_summary"
+  fi
+  for w in "${warnings[@]}"; do
+    echo "- WARNING: $w"
+  done
+} >"$report"
+
+echo
+cat "$report"
+mkdir -p "$BENCH_RESULTS_DIR"
+cp "$report" "$BENCH_RESULTS_DIR/gateway-$stamp.md"
+say "saved $BENCH_RESULTS_DIR/gateway-$stamp.md"
+
+missed=0
+for r in "$h1_pass" "$h2_pass" "$f_pass" "${idle_pass:-✅ yes}"; do
+  [[ $r == "✅ yes" ]] || missed=1
+done
+if [[ $BENCH_STRICT == 1 && $missed == 1 ]]; then
+  say "a target was missed (BENCH_STRICT=1)"
+  exit 2
+fi
