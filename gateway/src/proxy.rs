@@ -918,7 +918,12 @@ impl ProxyHttp for Gateway {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
-        // Clients closing idle keep-alive connections is normal, not an error.
-        matches!(error.etype(), ConnectionClosed) && error.esource() == &ErrorSource::Downstream
+        // A client that goes away mid-request (no close_notify, stream reset) is not a fault
+        // of ours; it still shows in the access log line.
+        error.esource() == &ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ConnectionClosed | ReadError | WriteError | H2Error
+            )
     }
 }

@@ -12,6 +12,7 @@ use gatehouse_common::config::Environment;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
@@ -84,7 +85,15 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         gateway,
         "gateway https",
     );
-    proxy.add_tls_with_settings(&s.listen.https, None, tls);
+    // Pingora's default 64 KiB read buffer per connection stays resident (zero-filled); a
+    // TLS record is at most 16 KiB, so that is all a client connection needs.
+    let endpoint = ListenerConfig::tcp(&s.listen.https)
+        .tls(tls)
+        .l4_buffer(L4BufferSettings {
+            read: Some(s.server.read_buffer_bytes),
+            write: None,
+        });
+    proxy.add_listener(endpoint);
     server.add_service(proxy);
 
     let https_port = s

@@ -54,6 +54,8 @@ pub struct Server {
     /// number of concurrent upstream requests (h2 clients multiplex many streams onto one
     /// downstream connection, each needing its own HTTP/1.1 upstream connection).
     pub upstream_keepalive_pool: usize,
+    /// Read buffer per client connection (idle connections keep it).
+    pub read_buffer_bytes: usize,
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` and `X-Request-Id` are believed.
     pub trusted_proxies: Vec<String>,
 }
@@ -67,6 +69,7 @@ impl Default for Server {
             max_uri_bytes: 8192,
             max_header_bytes: 16 * 1024,
             upstream_keepalive_pool: 1024,
+            read_buffer_bytes: 16 * 1024,
             trusted_proxies: Vec::new(),
         }
     }
@@ -351,6 +354,9 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
             "listen.admin",
             "the admin listener must be on a loopback address".into(),
         );
+    }
+    if s.server.read_buffer_bytes < 4096 {
+        bad("server.read_buffer_bytes", "must be at least 4096".into());
     }
     if s.server.threads == 0 {
         bad("server.threads", "must be at least 1".into());
