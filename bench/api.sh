@@ -429,37 +429,8 @@ expect=$((TASKS_PER_USER < 20 ? TASKS_PER_USER : 20))
 
 export BENCH_USERS_FILE=$users_file
 
-# wrk_value FILE rps|p50|p99|non2xx|errors|requests: a number from wrk's --latency report
-# (latencies in milliseconds).
-wrk_value() {
-  awk -v want="$2" '
-    function ms(v) {
-      if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
-      if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
-      if (v ~ /m$/)  return substr(v, 1, length(v) - 1) * 60000
-      if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
-      return v + 0
-    }
-    /^Requests\/sec:/                      { rps = $2 }
-    /^ +50%/ && dist                       { p50 = ms($2) }
-    /^ +99%/ && dist                       { p99 = ms($2) }
-    /Latency Distribution/                 { dist = 1 }
-    /Non-2xx or 3xx responses:/            { non2xx = $NF }
-    /requests in/                          { requests = $1 }
-    /Socket errors:/ {
-      gsub(",", ""); errors = $4 + $6 + $8 + $10
-    }
-    END {
-      if (want == "rps") v = rps
-      else if (want == "p50") v = p50
-      else if (want == "p99") v = p99
-      else if (want == "non2xx") v = non2xx + 0
-      else if (want == "errors") v = errors + 0
-      else if (want == "requests") v = requests + 0
-      if (v == "") exit 1
-      print v
-    }' "$1"
-}
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 
 # run_wrk OUT CONNECTIONS SECONDS SCRIPT [extra wrk args...]
 run_wrk() {
