@@ -36,6 +36,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 cd "$repo"
 
 DURATION=${DURATION:-15}
@@ -95,20 +97,7 @@ ensure_tools() {
   have python3 || pkgs+=(python3)
   have curl || pkgs+=(curl)
   have openssl || pkgs+=(openssl)
-  ((${#pkgs[@]} == 0)) && return 0
-  if [[ $(id -u) -ne 0 ]]; then
-    die "missing tools; install them with: sudo apt-get install -y --no-install-recommends ${pkgs[*]}"
-  fi
-  say "installing ${pkgs[*]} (apt-get)"
-  local log
-  log=$(mktemp)
-  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"; } >"$log" 2>&1; then
-    cat "$log" >&2
-    rm -f "$log"
-    die "apt-get install ${pkgs[*]} failed"
-  fi
-  rm -f "$log"
+  apt_install "${pkgs[@]}"
 }
 
 ensure_tools
@@ -429,8 +418,6 @@ expect=$((TASKS_PER_USER < 20 ? TASKS_PER_USER : 20))
 
 export BENCH_USERS_FILE=$users_file
 
-# shellcheck source=bench/lib.sh
-source "$repo/bench/lib.sh"
 
 # run_wrk OUT CONNECTIONS SECONDS SCRIPT [extra wrk args...]
 run_wrk() {

@@ -44,6 +44,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$repo/bench/lib.sh"
 cd "$repo"
 
 DURATION=${DURATION:-10}
@@ -105,20 +107,7 @@ ensure_tools() {
   have curl || pkgs+=(curl)
   have taskset || pkgs+=(util-linux)
   have pgrep || pkgs+=(procps)
-  ((${#pkgs[@]} == 0)) && return 0
-  if [[ $(id -u) -ne 0 ]]; then
-    die "missing tools; install them with: sudo apt-get install -y --no-install-recommends ${pkgs[*]}"
-  fi
-  say "installing ${pkgs[*]} (apt-get)"
-  local log
-  log=$(mktemp)
-  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}"; } >"$log" 2>&1; then
-    cat "$log" >&2
-    rm -f "$log"
-    die "apt-get install ${pkgs[*]} failed"
-  fi
-  rm -f "$log"
+  apt_install "${pkgs[@]}"
 }
 
 ensure_tools
@@ -539,8 +528,6 @@ core_ticks() {
 # all_ticks: non-idle ticks of all CPUs so far.
 all_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
-# shellcheck source=bench/lib.sh
-source "$repo/bench/lib.sh"
 
 # h2load_value FILE rps|requests|bad: from h2load's summary.
 h2load_value() {

@@ -32,3 +32,21 @@ wrk_value() {
       print v
     }' "$1"
 }
+
+# apt_install PKG...: installs the missing Debian packages (none given: nothing to do).
+apt_install() {
+  (($# == 0)) && return 0
+  if [[ $(id -u) -ne 0 ]]; then
+    die "missing tools; install them with: sudo apt-get install -y --no-install-recommends $*"
+  fi
+  say "installing $* (apt-get)"
+  local log
+  log=$(mktemp)
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    die "apt-get install $* failed"
+  fi
+  rm -f "$log"
+}
