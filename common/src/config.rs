@@ -112,11 +112,34 @@ impl<T> Loaded<T> {
             None => key.to_string(),
         }
     }
+}
 
-    /// Files read, base first.
-    pub fn files(&self) -> Vec<&Path> {
-        self.sources.iter().map(|s| s.path.as_path()).collect()
+/// Validated settings of a service and the files they came from.
+#[derive(Debug, Clone)]
+pub struct Config<T> {
+    pub env: Environment,
+    pub settings: T,
+    pub files: Vec<PathBuf>,
+}
+
+/// Loads `base` and its overlay for `env`, then lets `check` adjust the value (environment
+/// overrides such as `PORT`) and report every remaining problem in one pass.
+pub fn load_checked<T: DeserializeOwned>(
+    base: &Path,
+    env: Environment,
+    check: impl FnOnce(&mut Loaded<T>, Environment) -> Vec<String>,
+) -> Result<Config<T>, ConfigError> {
+    let mut loaded: Loaded<T> = load(base, env)?;
+    let errors = check(&mut loaded, env);
+    if !errors.is_empty() {
+        return Err(ConfigError(errors));
     }
+    let files = loaded.sources.iter().map(|s| s.path.clone()).collect();
+    Ok(Config {
+        env,
+        settings: loaded.value,
+        files,
+    })
 }
 
 /// The overlay that goes with `base` for `env`: `config/core-api.toml` →

@@ -11,6 +11,23 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// The `[log]` section both services share.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG` wins over `level` when set. Safe to call twice
 /// (tests build several apps in one process): later calls are no-ops.
 pub fn init(format: LogFormat, level: &str) {

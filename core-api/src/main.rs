@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use core_api::Application;
-use core_api::settings::Config;
 use gatehouse_common::config::Environment;
 use secrecy::ExposeSecret;
 
@@ -67,7 +66,7 @@ fn main() -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(&e.to_string()),
     };
-    let config = match Config::load(&cli.config, env) {
+    let config = match core_api::settings::load(&cli.config, env) {
         Ok(c) => c,
         Err(e) => return fail(&format!("invalid configuration:\n{e}")),
     };

@@ -3,11 +3,11 @@
 //! problem with its file, key and line.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use gatehouse_common::config::{self, ConfigError, Environment, Loaded};
-use gatehouse_common::telemetry::LogFormat;
+use gatehouse_common::telemetry::LogSettings;
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -196,61 +196,23 @@ impl Default for AuthSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSettings {
-    pub format: LogFormat,
-    pub level: String,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Json,
-            level: "info".into(),
-        }
-    }
-}
-
 /// Settings plus where they came from.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub env: Environment,
-    pub settings: Settings,
-    pub files: Vec<PathBuf>,
-}
+pub type Config = config::Config<Settings>;
 
-impl Config {
-    /// Loads `base` (and its overlay for `env`), applies `PORT`, and validates.
-    pub fn load(base: &Path, env: Environment) -> Result<Self, ConfigError> {
-        let loaded: Loaded<Settings> = config::load(base, env)?;
-        let port = std::env::var("PORT").ok();
-        Self::finish(loaded, env, port.as_deref())
-    }
-
-    fn finish(
-        mut loaded: Loaded<Settings>,
-        env: Environment,
-        port: Option<&str>,
-    ) -> Result<Self, ConfigError> {
+/// Loads `base` (and its overlay for `env`), applies `PORT`, and validates.
+pub fn load(base: &Path, env: Environment) -> Result<Config, ConfigError> {
+    let port = std::env::var("PORT").ok();
+    config::load_checked(base, env, |loaded: &mut Loaded<Settings>, env| {
         let mut errors = Vec::new();
-        if let Some(port) = port.filter(|p| !p.is_empty()) {
+        if let Some(port) = port.as_deref().filter(|p| !p.is_empty()) {
             match port.parse::<u16>() {
                 Ok(p) => loaded.value.server.listen = format!("0.0.0.0:{p}"),
                 Err(_) => errors.push(format!("PORT={port:?} is not a port number")),
             }
         }
-        errors.extend(validate(&loaded, env));
-        if !errors.is_empty() {
-            return Err(ConfigError(errors));
-        }
-        let files = loaded.files().iter().map(|p| p.to_path_buf()).collect();
-        Ok(Self {
-            env,
-            settings: loaded.value,
-            files,
-        })
-    }
+        errors.extend(validate(loaded, env));
+        errors
+    })
 }
 
 /// Every problem at once, each with file/key/line.

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gatehouse_common::config::Environment;
-use gateway::settings::Config;
 
 // The request path allocates a lot in small pieces (headers, buffers); mimalloc's per-thread
 // caches measured faster than glibc malloc there (bench/README.md).
@@ -62,7 +61,7 @@ fn main() -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(&e.to_string()),
     };
-    let config = match Config::load(&cli.config, env) {
+    let config = match gateway::settings::load(&cli.config, env) {
         Ok(c) => c,
         Err(e) => return fail(&format!("invalid configuration:\n{e}")),
     };

@@ -36,7 +36,6 @@ pub struct UpstreamRt {
     pub name: String,
     pub settings: Upstream,
     pub lb: Arc<LoadBalancer<RoundRobin>>,
-    pub targets: usize,
     pub connect: Duration,
     pub read: Duration,
     pub write: Duration,
@@ -75,7 +74,6 @@ impl UpstreamRt {
             name: name.to_string(),
             settings: u.clone(),
             lb: Arc::new(lb),
-            targets: u.targets.len(),
             connect: Duration::from_millis(u.connect_timeout_ms),
             read: Duration::from_millis(u.read_timeout_ms),
             write: Duration::from_millis(u.write_timeout_ms),
@@ -188,7 +186,6 @@ pub struct Runtime {
     pub settings: Settings,
     pub jwks: Arc<Jwks>,
     pub upstreams: HashMap<String, Arc<UpstreamRt>>,
-    pub route_cfgs: Vec<Route>,
     pub routes: Vec<RouteRt>,
     pub limits: Limits,
     pub trusted: TrustedProxies,
@@ -261,7 +258,6 @@ impl Runtime {
             settings: s.clone(),
             jwks,
             upstreams,
-            route_cfgs: s.routes.clone(),
             routes,
             limits,
             trusted: TrustedProxies::new(&s.server.trusted_proxies),
@@ -567,7 +563,8 @@ impl ProxyHttp for Gateway {
             .get("host")
             .and_then(|h| h.to_str().ok())
             .or(req.uri.host());
-        let Some(index) = routing::select(&rt.route_cfgs, host, &method, &path) else {
+        let Some(index) = routing::select(rt.routes.iter().map(|r| &r.cfg), host, &method, &path)
+        else {
             let p = problem_for(404, "not_found", "Not found", "No route for this path.");
             return self.reject(session, ctx, "no_route", p, &[]).await;
         };
@@ -763,7 +760,9 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         // Nothing reached the upstream: retrying on another target is safe for any method.
         ctx.connect_failures += 1;
-        let targets = self.route(ctx).map_or(1, |r| r.upstream.targets);
+        let targets = self
+            .route(ctx)
+            .map_or(1, |r| r.upstream.settings.targets.len());
         if let Some(r) = self.route(ctx) {
             self.metrics
                 .upstream_errors

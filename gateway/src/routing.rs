@@ -6,10 +6,15 @@ use http::Method;
 use crate::settings::Route;
 
 /// Index of the route for this request, or `None` (404 at the edge).
-pub fn select(routes: &[Route], host: Option<&str>, method: &Method, path: &str) -> Option<usize> {
+pub fn select<'a>(
+    routes: impl IntoIterator<Item = &'a Route>,
+    host: Option<&str>,
+    method: &Method,
+    path: &str,
+) -> Option<usize> {
     let host = host.map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase());
     routes
-        .iter()
+        .into_iter()
         .enumerate()
         .filter(|(_, r)| path.starts_with(r.prefix.as_str()))
         .filter(|(_, r)| match (&r.host, &host) {

@@ -152,7 +152,7 @@ impl Shared {
     }
 
     async fn try_reload(&self) -> Result<(), String> {
-        let config = Config::load(&self.base, self.env).map_err(|e| e.to_string())?;
+        let config = crate::settings::load(&self.base, self.env).map_err(|e| e.to_string())?;
         let current = self.runtime.load_full();
         if config.settings.listen != current.settings.listen
             || config.settings.server.threads != current.settings.server.threads

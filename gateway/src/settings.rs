@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use gatehouse_common::config::{self, ConfigError, Environment, Loaded};
-use gatehouse_common::telemetry::LogFormat;
+use gatehouse_common::telemetry::LogSettings;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -20,7 +20,7 @@ pub struct Settings {
     pub cors: BTreeMap<String, Cors>,
     pub limits: BTreeMap<String, Limit>,
     pub routes: Vec<Route>,
-    pub log: Log,
+    pub log: LogSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -290,44 +290,13 @@ pub struct Route {
     pub timeout_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Log {
-    pub format: LogFormat,
-    pub level: String,
-}
-
-impl Default for Log {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Json,
-            level: "info".into(),
-        }
-    }
-}
-
 /// Settings plus where they came from.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub env: Environment,
-    pub settings: Settings,
-    pub files: Vec<PathBuf>,
-}
+pub type Config = config::Config<Settings>;
 
-impl Config {
-    pub fn load(base: &Path, env: Environment) -> Result<Self, ConfigError> {
-        let loaded: Loaded<Settings> = config::load(base, env)?;
-        let errors = validate(&loaded, env);
-        if !errors.is_empty() {
-            return Err(ConfigError(errors));
-        }
-        let files = loaded.files().iter().map(|p| p.to_path_buf()).collect();
-        Ok(Self {
-            env,
-            settings: loaded.value,
-            files,
-        })
-    }
+pub fn load(base: &Path, env: Environment) -> Result<Config, ConfigError> {
+    config::load_checked(base, env, |loaded: &mut Loaded<Settings>, env| {
+        validate(loaded, env)
+    })
 }
 
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;

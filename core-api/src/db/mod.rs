@@ -3,7 +3,6 @@
 //! row-level-security identity for exactly one transaction.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -235,9 +234,7 @@ impl Db {
                 let set = client
                     .prepare_typed_cached(SET_IDENTITY, &[Type::TEXT])
                     .await?;
-                let types: Vec<Type> = params.iter().map(|p| p.1.clone()).collect();
-                let stmt = client.prepare_typed_cached(sql, &types).await?;
-                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.0).collect();
+                let (stmt, values) = prepare(&client, sql, params).await?;
                 let owner_param: [&(dyn ToSql + Sync); 1] = [&owner];
                 tokio::join!(
                     client.batch_execute("BEGIN"),
@@ -271,9 +268,7 @@ impl Db {
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
         match self.mode {
             StatementMode::Cached => {
-                let types: Vec<Type> = params.iter().map(|p| p.1.clone()).collect();
-                let stmt = client.prepare_typed_cached(sql, &types).await?;
-                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.0).collect();
+                let (stmt, values) = prepare(client, sql, params).await?;
                 client.query(&stmt, &values).await
             }
             StatementMode::Unnamed => client.query_typed(sql, params).await,
@@ -300,6 +295,17 @@ impl Db {
     }
 }
 
+/// The cached named statement for `sql` and the bare parameter values to bind to it.
+async fn prepare<'p>(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+    params: &'p [Param<'p>],
+) -> Result<(tokio_postgres::Statement, Vec<&'p (dyn ToSql + Sync)>), tokio_postgres::Error> {
+    let types: Vec<Type> = params.iter().map(|p| p.1.clone()).collect();
+    let stmt = client.prepare_typed_cached(sql, &types).await?;
+    Ok((stmt, params.iter().map(|p| p.0).collect()))
+}
+
 /// A single connection outside the pool (migrations).
 pub async fn connect_once(url: &str, timeout: Duration) -> Result<tokio_postgres::Client, String> {
     let mut opts = ConnectOptions::parse(url).map_err(|e| format!("database.url {e}"))?;
@@ -317,9 +323,6 @@ pub async fn connect_once(url: &str, timeout: Duration) -> Result<tokio_postgres
     });
     Ok(client)
 }
-
-/// Shared handle type used by the app state.
-pub type SharedDb = Arc<Db>;
 
 #[cfg(test)]
 mod tests {
