@@ -155,19 +155,6 @@ declare -A proxy_pid=()
 upstream_pid=
 child_pid=
 
-stop_pid() {
-  local pid=$1 i
-  [[ -n $pid ]] || return 0
-  if kill -TERM "$pid" 2>/dev/null; then
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
 # shellcheck disable=SC2317 # reached through the traps
 cleanup() {
   local rc=$? p

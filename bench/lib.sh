@@ -50,3 +50,17 @@ apt_install() {
   fi
   rm -f "$log"
 }
+
+# stop_pid PID: SIGTERM, up to 10 s to exit, then SIGKILL; reaps it.
+stop_pid() {
+  local pid=$1 i
+  [[ -n $pid ]] || return 0
+  if kill -TERM "$pid" 2>/dev/null; then
+    for ((i = 0; i < 100; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
