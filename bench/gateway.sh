@@ -17,8 +17,8 @@
 #      HTTP; the gateway's "/api/" answers 200 + CORS headers with the token and 401 with a
 #      tampered one; `openssl s_client` shows the TLS version, cipher and group each negotiates;
 #   5. closed-loop load from LOAD_CPU, each run after a WARMUP, proxies interleaved per scenario:
-#        plain HTTP/1.1 keep-alive (wrk; nginx and HAProxy only: the gateway's plain-HTTP
-#        listener only redirects to HTTPS), HTTP/1.1 keep-alive over TLS (wrk), h2 over TLS
+#        plain HTTP/1.1 keep-alive (wrk; the gateway's plain listener with http_mode = "proxy"),
+#        HTTP/1.1 keep-alive over TLS (wrk), h2 over TLS
 #        (h2load -m H2_STREAMS), TLS HTTP/1.1 with the JWT run's request headers on the plain
 #        route (wrk), and the gateway's "/api/" with JWT + CORS + limits (wrk);
 #      per run: req/s, p50/p99, the proxy's CPU time (utime+stime of its processes) per request
@@ -36,7 +36,7 @@
 #   DURATION [10]        seconds per measured run     WARMUP [2]  seconds of warm-up before each
 #   CONNECTIONS [64]     wrk / h2load connections     H2_STREAMS [10]  h2load streams per conn.
 #   IDLE_CONNS [10000]   idle keep-alive connections held open for the memory check (0: skip)
-#   PLAIN_HTTP [1]       0: skip the plain-HTTP runs of nginx and HAProxy
+#   PLAIN_HTTP [1]       0: skip the plain-HTTP runs
 #   LOAD_CPU [0]  PROXY_CPU [1]  UPSTREAM_CPU [0]   taskset CPU lists
 #   BENCH_STRICT [0]     1: exit 2 when a target is missed
 #   BENCH_KEEP [0]       1: keep the temp dir (configs, logs, raw wrk/h2load output)
@@ -220,7 +220,7 @@ PY
 ) || die "could not find free ports"
 read -r upstream_port nginx_tls nginx_plain haproxy_tls haproxy_plain gw_tls gw_http gw_admin <<<"$ports"
 declare -A tls_port=([nginx]=$nginx_tls [haproxy]=$haproxy_tls [gateway]=$gw_tls)
-declare -A plain_port=([nginx]=$nginx_plain [haproxy]=$haproxy_plain)
+declare -A plain_port=([nginx]=$nginx_plain [haproxy]=$haproxy_plain [gateway]=$gw_http)
 
 # ---------------------------------------------------------------------------------------------
 # Keys and certificates: one ECDSA P-256 leaf (CA-signed) for all three proxies; an Ed25519
@@ -379,7 +379,7 @@ upstream_pid=$!
 wait_http "http://127.0.0.1:$upstream_port/healthz" "the upstream (log: $work/upstream/error.log)" \
   "$upstream_pid"
 
-say "proxies on CPU $PROXY_CPU: nginx :$nginx_tls (plain :$nginx_plain), HAProxy :$haproxy_tls (plain :$haproxy_plain), gateway :$gw_tls"
+say "proxies on CPU $PROXY_CPU: nginx :$nginx_tls (plain :$nginx_plain), HAProxy :$haproxy_tls (plain :$haproxy_plain), gateway :$gw_tls (plain :$gw_http)"
 taskset -c "$PROXY_CPU" "$NGINX" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" \
   -g 'daemon off;' >"$work/nginx/stdout.log" 2>&1 &
 proxy_pid[nginx]=$!
@@ -655,7 +655,7 @@ check_quiet "before the runs"
 scenarios=()
 if [[ $PLAIN_HTTP == 1 ]]; then
   scenarios+=(plain-h1)
-  for p in nginx haproxy; do
+  for p in "${PROXIES[@]}"; do
     measure plain-h1 "$p" wrk "http://127.0.0.1:${plain_port[$p]}/bench"
   done
 fi
@@ -864,6 +864,11 @@ f_ratio=$(calc "${R_rps[$gf]} / ${R_rps[$g1]}")
 h1_pass=$(pass "$h1_ratio >= $TARGET_VS_NGINX && ${R_p99[$g1]} <= ${R_p99[$n1]}")
 h2_pass=$(pass "$h2_ratio >= $TARGET_VS_NGINX && ${R_p99[$g2]} <= ${R_p99[$n2]}")
 f_pass=$(pass "$f_ratio >= $TARGET_FEATURES")
+if [[ $PLAIN_HTTP == 1 ]]; then
+  g0=plain-h1/gateway n0=plain-h1/nginx
+  h0_ratio=$(calc "${R_rps[$g0]} / ${R_rps[$n0]}")
+  h0_pass=$(pass "$h0_ratio >= $TARGET_VS_NGINX && ${R_p99[$g0]} <= ${R_p99[$n0]}")
+fi
 if ((IDLE_CONNS > 0)); then
   idle_ratio=$(calc "${I_rss[gateway]} / ${I_rss[nginx]}")
   idle_pass=$(pass "${I_rss[gateway]} <= ${I_rss[nginx]}")
@@ -905,9 +910,6 @@ report=$work/report.md
     for p in "${PROXIES[@]}"; do
       k=$s/$p
       if [[ -z ${R_rps[$k]:-} ]]; then
-        if [[ $s == plain-h1 && $p == gateway ]]; then
-          echo "| ${scenario_label[$s]} | gateway | – | – | – | – | – | – | – | – | n/a: its plain-HTTP listener only redirects to HTTPS |"
-        fi
         continue
       fi
       if [[ $s == features ]]; then
@@ -931,6 +933,9 @@ report=$work/report.md
   echo
   echo "| target | measured | pass? |"
   echo "|---|---|---|"
+  if [[ $PLAIN_HTTP == 1 ]]; then
+    echo "| plain proxy, HTTP/1.1 without TLS: ≥ ${TARGET_VS_NGINX}× nginx req/s, p99 ≤ nginx's | $(fmt "$h0_ratio" 2)×, p99 $(fmt "${R_p99[$g0]}" 2) vs $(fmt "${R_p99[$n0]}" 2) ms | $h0_pass |"
+  fi
   echo "| plain proxy, TLS HTTP/1.1: ≥ ${TARGET_VS_NGINX}× nginx req/s, p99 ≤ nginx's | $(fmt "$h1_ratio" 2)×, p99 $(fmt "${R_p99[$g1]}" 2) vs $(fmt "${R_p99[$n1]}" 2) ms | $h1_pass |"
   echo "| plain proxy, TLS h2: ≥ ${TARGET_VS_NGINX}× nginx req/s, p99 ≤ nginx's | $(fmt "$h2_ratio" 2)×, p99 $(fmt "${R_p99[$g2]}" 2) vs $(fmt "${R_p99[$n2]}" 2) ms | $h2_pass |"
   echo "| JWT + CORS + rate limits: ≥ ${TARGET_FEATURES}× the gateway's plain TLS HTTP/1.1 req/s | $(fmt "$f_ratio" 2)× | $f_pass |"
@@ -940,6 +945,9 @@ report=$work/report.md
   echo
   echo "Where the time goes:"
   echo
+  if [[ $PLAIN_HTTP == 1 ]]; then
+    echo "- $(where_time "$g0" "$n0" "plain HTTP/1.1 vs nginx" "$CONNECTIONS")"
+  fi
   echo "- $(where_time "$g1" "$n1" "TLS HTTP/1.1 vs nginx" "$CONNECTIONS")"
   echo "- $(where_time "$g2" "$n2" "TLS h2 vs nginx" $((CONNECTIONS * H2_STREAMS)))"
   echo "- $(where_time "$gf" "$g1" "JWT + CORS + limits vs the gateway's plain proxy" "$CONNECTIONS")"
@@ -986,7 +994,7 @@ cp "$report" "$BENCH_RESULTS_DIR/gateway-$stamp.md"
 say "saved $BENCH_RESULTS_DIR/gateway-$stamp.md"
 
 missed=0
-for r in "$h1_pass" "$h2_pass" "$f_pass" "${idle_pass:-✅ yes}"; do
+for r in "${h0_pass:-✅ yes}" "$h1_pass" "$h2_pass" "$f_pass" "${idle_pass:-✅ yes}"; do
   [[ $r == "✅ yes" ]] || missed=1
 done
 if [[ $BENCH_STRICT == 1 && $missed == 1 ]]; then

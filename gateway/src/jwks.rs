@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gatehouse_common::jwt::{KeySet, VerificationKey, Verifier};
 use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -25,7 +26,7 @@ pub struct Jwks {
     static_keys: Vec<VerificationKey>,
     allowed: Vec<Algorithm>,
     verifier: Arc<Verifier>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     last_fetch: Mutex<Option<Instant>>,
     min_refetch: Duration,
     metrics: Arc<Metrics>,
@@ -34,6 +35,7 @@ pub struct Jwks {
 impl Jwks {
     pub fn new(
         url: &str,
+        ca_file: &str,
         static_keys: Vec<VerificationKey>,
         allowed: Vec<Algorithm>,
         verifier: Arc<Verifier>,
@@ -44,15 +46,19 @@ impl Jwks {
             "" => None,
             u => {
                 let url: http::Uri = u.parse().map_err(|e| format!("jwt.jwks_url: {e}"))?;
-                if url.scheme_str() != Some("http") {
-                    // The gateway reaches the API on a private network; TLS to it comes with
-                    // the deployment issue.
-                    return Err("jwt.jwks_url: only http:// URLs are supported for now".into());
+                if !matches!(url.scheme_str(), Some("http" | "https")) {
+                    return Err("jwt.jwks_url: must be an http:// or https:// URL".into());
                 }
                 Some(url)
             }
         };
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let tls = client_tls(ca_file).map_err(|e| format!("jwt.jwks_ca_file: {e}"))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
             url,
             static_keys,
@@ -87,6 +93,7 @@ impl Jwks {
         ));
         Self::new(
             &s.jwks_url,
+            &s.jwks_ca_file,
             static_keys,
             algorithms,
             verifier,
@@ -182,6 +189,30 @@ impl Jwks {
             .to_bytes();
         serde_json::from_slice(&body).map_err(|e| format!("JWKS fetch: not a JWK Set: {e}"))
     }
+}
+
+/// TLS for fetching keys: the public web roots, plus the CA certificates in `ca_file` (PEM).
+pub fn client_tls(ca_file: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if !ca_file.is_empty() {
+        let pem = std::fs::read(ca_file).map_err(|e| format!("{ca_file}: {e}"))?;
+        let mut added = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("{ca_file}: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{ca_file}: not a usable CA certificate: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{ca_file}: no PEM certificate in it"));
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// A PEM public key (SPKI) with its configured `kid` and algorithm.

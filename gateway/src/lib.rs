@@ -3,6 +3,7 @@
 //! `client_ip`, `headers`) or the shared verifier (`gatehouse_common::jwt`).
 
 pub mod client_ip;
+pub mod conn;
 pub mod cors;
 pub mod headers;
 pub mod jwks;

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub upstream_healthy: IntGaugeVec,
     pub jwks_refreshes: IntCounterVec,
     pub reloads: IntCounterVec,
+    pub connections_active: IntGaugeVec,
+    pub connections_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -59,8 +61,23 @@ impl Metrics {
             Opts::new("reloads_total", "Configuration reloads by outcome."),
             &["outcome"],
         )?;
+        let connections_active = IntGaugeVec::new(
+            Opts::new(
+                "connections_active",
+                "Open client connections per listener.",
+            ),
+            &["listener"],
+        )?;
+        let connections_rejected = IntCounterVec::new(
+            Opts::new(
+                "connections_rejected_total",
+                "Client connections refused or closed by a limit (max_connections, header_timeout).",
+            ),
+            &["listener", "reason"],
+        )?;
         for c in [
             &requests,
+            &connections_rejected,
             &rejections,
             &upstream_errors,
             &jwks_refreshes,
@@ -70,6 +87,7 @@ impl Metrics {
         }
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(upstream_healthy.clone()))?;
+        registry.register(Box::new(connections_active.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -79,6 +97,8 @@ impl Metrics {
             upstream_healthy,
             jwks_refreshes,
             reloads,
+            connections_active,
+            connections_rejected,
         })
     }
 

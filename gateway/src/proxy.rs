@@ -49,6 +49,7 @@ pub struct UpstreamRt {
 struct TargetState {
     in_flight: usize,
     ejected_until: Option<Instant>,
+    consecutive_5xx: u32,
 }
 
 impl UpstreamRt {
@@ -129,11 +130,26 @@ impl UpstreamRt {
         Some(chosen)
     }
 
-    /// The attempt on `addr` is over.
-    pub fn release(&self, addr: SocketAddr) {
+    /// The attempt on `addr` is over; `status` is the target's answer, if it gave one. A run
+    /// of `eject_after_5xx` server errors in a row ejects the target like a failed connection.
+    pub fn release(&self, addr: SocketAddr, status: Option<u16>) {
         let mut state = self.targets_state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = state.get_mut(&addr) {
             t.in_flight = t.in_flight.saturating_sub(1);
+            match status {
+                Some(500..=599) => {
+                    t.consecutive_5xx += 1;
+                    let limit = self.settings.eject_after_5xx;
+                    if limit > 0 && t.consecutive_5xx >= limit {
+                        t.consecutive_5xx = 0;
+                        t.ejected_until =
+                            Some(Instant::now() + Duration::from_secs(self.settings.eject_seconds));
+                        tracing::warn!(upstream = %self.name, target = %addr, errors = limit, "target answered with server errors in a row; ejected");
+                    }
+                }
+                Some(_) => t.consecutive_5xx = 0,
+                None => {}
+            }
         }
     }
 
@@ -269,6 +285,7 @@ impl Runtime {
     }
 }
 
+#[derive(Clone)]
 pub struct Gateway {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub metrics: Arc<Metrics>,
@@ -289,6 +306,10 @@ pub struct Ctx {
     /// The upstream target of the current attempt (released when the request ends).
     target: Option<SocketAddr>,
     failure: Option<(u16, &'static str, &'static str)>,
+    /// The request came over TLS here or at a trusted proxy in front.
+    forwarded_https: bool,
+    /// Status of the upstream's answer, for passive ejection on 5xx runs.
+    upstream_status: Option<u16>,
 }
 
 fn problem_for(
@@ -478,7 +499,14 @@ impl ProxyHttp for Gateway {
             connect_failures: 0,
             target: None,
             failure: None,
+            forwarded_https: false,
+            upstream_status: None,
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        crate::conn::header_complete(session.stream());
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -499,6 +527,18 @@ impl ProxyHttp for Gateway {
             request_id::generate()
         };
         ctx.rt = Some(rt.clone());
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some();
+        // Behind a platform's TLS terminator (plain-HTTP proxy mode) the original scheme comes
+        // from the trusted proxy.
+        ctx.forwarded_https = tls
+            || (trusted_peer
+                && req
+                    .headers
+                    .get("x-forwarded-proto")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
         // Nothing below may read a client-sent identity header.
         headers::strip_spoofable(session.req_header_mut(), false);
 
@@ -725,7 +765,7 @@ impl ProxyHttp for Gateway {
         };
         let up = route.upstream.clone();
         if let Some(previous) = ctx.target.take() {
-            up.release(previous);
+            up.release(previous, None);
         }
         let Some(target) = up.pick() else {
             self.metrics
@@ -784,15 +824,7 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let proto = if session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some()
-        {
-            "https"
-        } else {
-            "http"
-        };
+        let proto = if ctx.forwarded_https { "https" } else { "http" };
         if let Some(ip) = ctx.client_ip {
             upstream.insert_header("x-forwarded-for", ip.to_string())?;
         }
@@ -804,6 +836,16 @@ impl ProxyHttp for Gateway {
         if let Some(sub) = &ctx.user_id {
             upstream.insert_header("x-user-id", sub.as_str())?;
         }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
         Ok(())
     }
 
@@ -887,7 +929,7 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let upstream = self.route(ctx).map(|r| r.upstream.clone());
         if let (Some(up), Some(target)) = (upstream, ctx.target.take()) {
-            up.release(target);
+            up.release(target, ctx.upstream_status);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = self.route_label(ctx);

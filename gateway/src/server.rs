@@ -19,9 +19,10 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
+use crate::conn::{self, Guarded};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Runtime};
-use crate::settings::Config;
+use crate::settings::{Config, HttpMode};
 use crate::tls::Resolver;
 
 /// Where the graceful-upgrade socket lives unless `GATEWAY_UPGRADE_SOCK` says otherwise.
@@ -79,32 +80,61 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let mut tls = TlsSettings::intermediate("", "")?;
     tls.set_cert_resolver(resolver);
     tls.enable_h2();
-    let gateway = Gateway { runtime, metrics };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "gateway https",
-    );
+    let gateway = Gateway {
+        runtime,
+        metrics: metrics.clone(),
+    };
+    let header_timeout = Duration::from_secs(s.server.header_timeout_seconds);
+    let limits =
+        |listener| conn::Limits::new(listener, s.server.max_connections, header_timeout, &metrics);
     // Pingora's default 64 KiB read buffer per connection stays resident (zero-filled); a
     // TLS record is at most 16 KiB, so that is all a client connection needs.
-    let endpoint = ListenerConfig::tcp(&s.listen.https)
-        .tls(tls)
-        .l4_buffer(L4BufferSettings {
-            read: Some(s.server.read_buffer_bytes),
-            write: None,
-        });
-    proxy.add_listener(endpoint);
+    let buffers = L4BufferSettings {
+        read: Some(s.server.read_buffer_bytes),
+        write: None,
+    };
+    let https_limits = limits("https");
+    let mut proxy = Service::new(
+        "gateway https".to_string(),
+        Guarded::new(
+            pingora::proxy::http_proxy(&server.configuration, gateway.clone()),
+            https_limits.clone(),
+        ),
+    );
+    proxy.add_listener(
+        ListenerConfig::tcp(&s.listen.https)
+            .tls(tls)
+            .l4_buffer(buffers),
+    );
+    proxy.set_connection_filter(https_limits);
     server.add_service(proxy);
 
-    let https_port = s
-        .listen
-        .https
-        .parse::<std::net::SocketAddr>()
-        .map(|a| a.port())
-        .unwrap_or(443);
-    let mut redirect = Service::new("gateway http".to_string(), Redirect { https_port });
-    redirect.add_tcp(&s.listen.http);
-    server.add_service(redirect);
+    match s.listen.http_mode {
+        HttpMode::Redirect => {
+            let https_port = s
+                .listen
+                .https
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.port())
+                .unwrap_or(443);
+            let mut redirect = Service::new("gateway http".to_string(), Redirect { https_port });
+            redirect.add_tcp(&s.listen.http);
+            server.add_service(redirect);
+        }
+        HttpMode::Proxy => {
+            let http_limits = limits("http");
+            let mut plain = Service::new(
+                "gateway http".to_string(),
+                Guarded::new(
+                    pingora::proxy::http_proxy(&server.configuration, gateway),
+                    http_limits.clone(),
+                ),
+            );
+            plain.add_listener(ListenerConfig::tcp(&s.listen.http).l4_buffer(buffers));
+            plain.set_connection_filter(http_limits);
+            server.add_service(plain);
+        }
+    }
 
     let mut admin = Service::new(
         "gateway admin".to_string(),

@@ -29,6 +29,18 @@ pub struct Listen {
     pub https: String,
     pub http: String,
     pub admin: String,
+    /// What the plain-HTTP listener does besides ACME HTTP-01: `redirect` (308 to https) or
+    /// `proxy` (the full gateway without TLS, for platforms that terminate TLS in front of it
+    /// — Render, Railway, Fly, a Kubernetes ingress).
+    pub http_mode: HttpMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HttpMode {
+    #[default]
+    Redirect,
+    Proxy,
 }
 
 impl Default for Listen {
@@ -37,6 +49,7 @@ impl Default for Listen {
             https: "0.0.0.0:443".into(),
             http: "0.0.0.0:80".into(),
             admin: "127.0.0.1:9090".into(),
+            http_mode: HttpMode::Redirect,
         }
     }
 }
@@ -58,6 +71,11 @@ pub struct Server {
     pub read_buffer_bytes: usize,
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` and `X-Request-Id` are believed.
     pub trusted_proxies: Vec<String>,
+    /// Client connections per listener; more are closed at accept, before any TLS work.
+    pub max_connections: usize,
+    /// A request header must be complete this long after its first byte (the first request
+    /// on a connection: after the handshake), else the connection is closed (slowloris).
+    pub header_timeout_seconds: u64,
 }
 
 impl Default for Server {
@@ -71,6 +89,8 @@ impl Default for Server {
             upstream_keepalive_pool: 1024,
             read_buffer_bytes: 16 * 1024,
             trusted_proxies: Vec::new(),
+            max_connections: 20_000,
+            header_timeout_seconds: 10,
         }
     }
 }
@@ -125,8 +145,10 @@ pub struct KeyFile {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Jwt {
-    /// Empty to rely on `key_files` alone.
+    /// Empty to rely on `key_files` alone. `https://` URLs are verified against the public
+    /// web roots, plus `jwks_ca_file` when set (a private CA in front of the API).
     pub jwks_url: String,
+    pub jwks_ca_file: String,
     /// PEM public keys, for deployments that distribute keys as files.
     pub key_files: Vec<KeyFile>,
     pub issuer: String,
@@ -143,6 +165,7 @@ impl Default for Jwt {
     fn default() -> Self {
         Self {
             jwks_url: "http://127.0.0.1:8000/.well-known/jwks.json".into(),
+            jwks_ca_file: String::new(),
             key_files: Vec::new(),
             issuer: String::new(),
             audience: "gatehouse-api".into(),
@@ -171,6 +194,8 @@ pub struct Upstream {
     /// A target whose connection failed is skipped for this long (passive ejection), before
     /// the active health check has noticed.
     pub eject_seconds: u64,
+    /// This many 5xx answers in a row from one target eject it too (0 = never).
+    pub eject_after_5xx: u32,
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
     pub write_timeout_ms: u64,
@@ -187,6 +212,7 @@ impl Default for Upstream {
             targets: Vec::new(),
             balance: Balance::RoundRobin,
             eject_seconds: 5,
+            eject_after_5xx: 5,
             connect_timeout_ms: 1_000,
             read_timeout_ms: 30_000,
             write_timeout_ms: 30_000,
@@ -301,6 +327,10 @@ pub fn load(base: &Path, env: Environment) -> Result<Config, ConfigError> {
 
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
 fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
     let s = &loaded.value;
     let mut errs = Vec::new();
@@ -329,6 +359,12 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
     }
     if s.server.threads == 0 {
         bad("server.threads", "must be at least 1".into());
+    }
+    if s.server.max_connections == 0 {
+        bad("server.max_connections", "must be at least 1".into());
+    }
+    if s.server.header_timeout_seconds == 0 {
+        bad("server.header_timeout_seconds", "must be at least 1".into());
     }
     for (i, p) in s.server.trusted_proxies.iter().enumerate() {
         if crate::client_ip::parse_net(p).is_none() {
@@ -384,11 +420,8 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
             "jwt.jwks_url",
             "set a JWKS URL or at least one [[jwt.key_files]]".into(),
         );
-    } else if !s.jwt.jwks_url.is_empty() && !s.jwt.jwks_url.starts_with("http://") {
-        bad(
-            "jwt.jwks_url",
-            "must be an http:// URL (the API on the private network)".into(),
-        );
+    } else if !s.jwt.jwks_url.is_empty() && !is_http_url(&s.jwt.jwks_url) {
+        bad("jwt.jwks_url", "must be an http:// or https:// URL".into());
     }
     for (name, u) in &s.upstreams {
         if u.targets.is_empty() {

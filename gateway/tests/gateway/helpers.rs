@@ -83,6 +83,8 @@ pub struct Seen {
 pub struct Echo {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Seen>>,
+    /// When non-zero, every proxied path is answered with this status (health stays 200).
+    pub fail_with: Arc<std::sync::atomic::AtomicU16>,
     jwks: Arc<Value>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
@@ -94,6 +96,7 @@ impl Echo {
         let mut echo = Self {
             addr,
             seen: Arc::default(),
+            fail_with: Arc::default(),
             jwks: Arc::new(jwks),
             tasks: Arc::default(),
         };
@@ -104,18 +107,22 @@ impl Echo {
     fn serve(&mut self, listener: TcpListener) {
         let seen = self.seen.clone();
         let jwks = self.jwks.clone();
+        let fail_with = self.fail_with.clone();
         let port = self.addr.port();
         let tasks = self.tasks.clone();
         self.tasks.lock().unwrap().spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let seen = seen.clone();
                 let jwks = jwks.clone();
+                let fail_with = fail_with.clone();
                 tasks.lock().unwrap().spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<Incoming>| {
                         let seen = seen.clone();
                         let jwks = jwks.clone();
+                        let fail = fail_with.load(std::sync::atomic::Ordering::Relaxed);
                         async move {
                             let path = req.uri().path().to_string();
+                            let proxied = path != "/healthz" && path != "/.well-known/jwks.json";
                             let body = match path.as_str() {
                                 "/.well-known/jwks.json" => jwks.to_string(),
                                 "/healthz" => r#"{"status":"ok"}"#.to_string(),
@@ -136,6 +143,9 @@ impl Echo {
                                 }
                             };
                             let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                            if fail != 0 && proxied {
+                                *resp.status_mut() = hyper::StatusCode::from_u16(fail).unwrap();
+                            }
                             resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
                             resp.headers_mut().insert("server", "echo/1.2.3".parse().unwrap());
                             Ok::<_, Infallible>(resp)
@@ -496,6 +506,23 @@ impl Resp {
 /// came back until the server closed or went quiet.
 pub async fn raw_tls(gw: &Gateway, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = tls_connect(gw).await.unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1500), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A TLS connection to the gateway's HTTPS listener, trusting its development CA.
+pub async fn tls_connect(
+    gw: &Gateway,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let ca = std::fs::read(gw.dir.join("certs/ca.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut ca.as_slice()) {
@@ -513,15 +540,5 @@ pub async fn raw_tls(gw: &Gateway, request: &[u8]) -> String {
         .await
         .unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    tls.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match tokio::time::timeout(Duration::from_millis(1500), tls.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    connector.connect(name, tcp).await
 }
