@@ -5,6 +5,7 @@
 pub mod config;
 pub mod healthcheck;
 pub mod jwt;
+pub mod pg;
 pub mod problem;
 pub mod request_id;
 pub mod telemetry;

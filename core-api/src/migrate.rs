@@ -9,7 +9,7 @@ mod embedded {
 
 /// Applies pending migrations; returns how many were applied.
 pub async fn run(url: &str, connect_timeout: Duration) -> anyhow::Result<usize> {
-    let mut client = crate::db::connect_once(url, connect_timeout)
+    let mut client = gatehouse_common::pg::connect_once(url, connect_timeout, "migrations")
         .await
         .map_err(anyhow::Error::msg)?;
     let report = embedded::migrations::runner()

@@ -2,98 +2,19 @@
 //! statement execution in both statement modes, and owner-scoped execution that sets the
 //! row-level-security identity for exactly one transaction.
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::Row;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 use crate::settings::{DatabaseSettings, StatementMode};
 
-mod tls;
+pub use gatehouse_common::pg::{ConnectOptions, TlsMode};
 
 /// One statement parameter with its declared type (needed by unnamed statements, which carry
 /// their parameter types instead of asking the server).
 pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
-
-/// How the connection is protected, from `sslmode` (libpq semantics).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsMode {
-    Disable,
-    /// `prefer` / `require`: encrypted, server certificate not verified (as libpq does).
-    Unverified,
-    /// `verify-ca`: chain verified against the roots, host name not checked.
-    VerifyCa(Option<String>),
-    /// `verify-full`: chain and host name verified.
-    VerifyFull(Option<String>),
-}
-
-/// A parsed `DATABASE_URL`.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    pub pg: tokio_postgres::Config,
-    pub tls: TlsMode,
-}
-
-impl ConnectOptions {
-    /// Parses a `postgres://` URL, taking `sslmode` and `sslrootcert` out (tokio-postgres knows
-    /// only disable/prefer/require). Errors never echo the URL: it holds the password.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (base, query) = match url.split_once('?') {
-            Some((b, q)) => (b, q),
-            None => (url, ""),
-        };
-        let mut sslmode = None;
-        let mut rootcert = None;
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-            .map_err(|_| "has a malformed query string".to_string())?;
-        let mut rest = Vec::new();
-        for (k, v) in pairs {
-            match k.as_str() {
-                "sslmode" => sslmode = Some(v),
-                "sslrootcert" => rootcert = Some(v),
-                _ => rest.push((k, v)),
-            }
-        }
-        let rest = serde_urlencoded::to_string(&rest).unwrap_or_default();
-        let rebuilt = if rest.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base}?{rest}")
-        };
-        let mut pg = tokio_postgres::Config::from_str(&rebuilt)
-            .map_err(|e| format!("is not a valid PostgreSQL URL ({e})"))?;
-        let tls = match sslmode.as_deref().unwrap_or("prefer") {
-            "disable" => TlsMode::Disable,
-            "allow" | "prefer" | "require" => TlsMode::Unverified,
-            "verify-ca" => TlsMode::VerifyCa(rootcert),
-            "verify-full" => TlsMode::VerifyFull(rootcert),
-            other => {
-                return Err(format!(
-                    "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
-                ));
-            }
-        };
-        pg.ssl_mode(match (&tls, sslmode.as_deref()) {
-            (TlsMode::Disable, _) => SslMode::Disable,
-            (_, Some("allow" | "prefer") | None) => SslMode::Prefer,
-            _ => SslMode::Require,
-        });
-        if pg.get_hosts().is_empty() {
-            return Err("names no host".into());
-        }
-        Ok(Self { pg, tls })
-    }
-
-    pub fn tls_connector(&self) -> Result<MakeRustlsConnect, String> {
-        tls::connector(&self.tls).map(MakeRustlsConnect::new)
-    }
-}
 
 /// Why a database operation failed, as the HTTP layer needs to know it.
 #[derive(Debug, thiserror::Error)]
@@ -304,51 +225,4 @@ async fn prepare<'p>(
     let types: Vec<Type> = params.iter().map(|p| p.1.clone()).collect();
     let stmt = client.prepare_typed_cached(sql, &types).await?;
     Ok((stmt, params.iter().map(|p| p.0).collect()))
-}
-
-/// A single connection outside the pool (migrations).
-pub async fn connect_once(url: &str, timeout: Duration) -> Result<tokio_postgres::Client, String> {
-    let mut opts = ConnectOptions::parse(url).map_err(|e| format!("database.url {e}"))?;
-    opts.pg.connect_timeout(timeout);
-    let tls = opts.tls_connector()?;
-    let (client, conn) = opts
-        .pg
-        .connect(tls)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "migration connection closed");
-        }
-    });
-    Ok(client)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sslmode_forms() {
-        let o = ConnectOptions::parse("postgres://u:p@h:5/d?sslmode=require").ok();
-        assert_eq!(o.map(|o| o.tls), Some(TlsMode::Unverified));
-        let o = ConnectOptions::parse(
-            "postgres://u:p@h/d?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x",
-        );
-        assert_eq!(
-            o.map(|o| o.tls).ok(),
-            Some(TlsMode::VerifyFull(Some("/ca.pem".into())))
-        );
-        let o = ConnectOptions::parse("postgres://u:p@h/d?sslmode=disable").ok();
-        assert_eq!(o.map(|o| o.tls), Some(TlsMode::Disable));
-        let err = ConnectOptions::parse("postgres://u:secretpw@h/d?sslmode=bogus").err();
-        assert!(
-            err.as_deref()
-                .is_some_and(|e| e.contains("sslmode=bogus") && !e.contains("secretpw"))
-        );
-        let err = ConnectOptions::parse("mysql://u:secretpw@h/d")
-            .err()
-            .unwrap_or_default();
-        assert!(!err.contains("secretpw"), "{err}");
-    }
 }
