@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# What `make dev` runs: a persistent PostgreSQL under .dev/pg, migrations, and
-# the core API on 127.0.0.1:8000 in the foreground. Ctrl-C stops all of it.
-# DEV_FRESH=1 wipes .dev/pg first.
+# What `make dev` runs: a persistent PostgreSQL under .dev/pg, migrations, the core API on
+# 127.0.0.1:8000 and the gateway on https://localhost:8443. Ctrl-C stops all of it.
+# DEV_FRESH=1 wipes .dev/pg first. DEV_ACME=1 (`make dev-acme`): the gateway gets its
+# certificate from a local ACME CA (Pebble, .dev/pebble) instead of generating one.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +19,9 @@ gw_pid=
 "$repo/scripts/install-deps.sh"
 # shellcheck source=scripts/pg.sh
 source "$repo/scripts/pg.sh"
+# shellcheck source=scripts/pebble.sh
+source "$repo/scripts/pebble.sh"
+acme=${DEV_ACME:-0}
 
 # shellcheck disable=SC2317 # only reached via the traps below
 stop_core() {
@@ -42,6 +46,7 @@ cleanup() {
     wait "$gw_pid" 2>/dev/null || true
   fi
   stop_core
+  [[ $acme == 1 ]] && pebble_stop "$repo/.dev/pebble"
   pg_stop "$pg_dir"
 }
 trap cleanup EXIT
@@ -65,7 +70,9 @@ fi
 
 # A leftover `make dev` (or anything else) on :8000 would answer our
 # readiness probe and make this run look healthy when it is not.
-for port in 8000 8443 8080 9090; do
+ports=(8000 8443 8080 9090)
+[[ $acme == 1 ]] && ports+=(14000 15000 8055)
+for port in "${ports[@]}"; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "dev: something is already listening on 127.0.0.1:$port; stop it first" >&2
     exit 1
@@ -102,6 +109,17 @@ if ((ready == 0)); then
   exit 1
 fi
 
+# The development CA the gateway generates (certs/dev/ca.pem), or with DEV_ACME=1 the root of
+# the local ACME CA: trust it instead of -k.
+CA=certs/dev/ca.pem
+if [[ $acme == 1 ]]; then
+  # Pebble starts empty (new root, no accounts): certificates of an earlier run are useless.
+  rm -rf "$repo/.dev/acme"
+  pebble_start "$repo/.dev/pebble" 8080 8443
+  export TLS_SOURCE=acme
+  CA=.dev/pebble/root.pem
+fi
+
 echo "dev: gateway run (https://localhost:8443, http :8080, admin 127.0.0.1:9090)"
 "$target_dir/debug/gateway" run &
 gw_pid=$!
@@ -121,8 +139,22 @@ if ((ready == 0)); then
   echo "dev: gateway not ready after 30s (http://127.0.0.1:9090/readyz)" >&2
   exit 1
 fi
-# The development CA the gateway generated (certs/dev/ca.pem); trust it instead of -k.
-CA="$repo/certs/dev/ca.pem"
+if [[ $acme == 1 ]]; then
+  echo "dev: waiting for the ACME certificate for localhost"
+  issued=0
+  for _ in $(seq 60); do
+    if curl -fsS --cacert "$CA" -o /dev/null "$EDGE/.well-known/jwks.json" 2>/dev/null; then
+      issued=1
+      break
+    fi
+    sleep 0.5
+  done
+  if ((issued == 0)); then
+    echo "dev: no certificate after 30 s; the gateway log above says why" >&2
+    exit 1
+  fi
+  echo "dev: certificate issued by the local ACME CA (see .dev/pebble/pebble.log)"
+fi
 
 # Exercise the happy path once so the printed commands are known to work.
 creds='{"email":"ada@example.com","password":"correct horse battery"}'
@@ -153,13 +185,13 @@ cat <<EOF
 Gatehouse is up: gateway on $EDGE -> core API on $API (PostgreSQL on 127.0.0.1:$PGPORT, data in .dev/pg)
 
   # register (HTTP 409 if the user already exists)
-  curl --cacert certs/dev/ca.pem -X POST $EDGE/auth/register -H 'content-type: application/json' -d '$creds'
+  curl --cacert $CA -X POST $EDGE/auth/register -H 'content-type: application/json' -d '$creds'
 
   # log in; the JSON response carries access_token
-  curl --cacert certs/dev/ca.pem -X POST $EDGE/auth/login -H 'content-type: application/json' -d '$creds'
+  curl --cacert $CA -X POST $EDGE/auth/login -H 'content-type: application/json' -d '$creds'
 
   # who am I (through TLS, JWT check and rate limits at the edge)
-  curl --cacert certs/dev/ca.pem -H "authorization: Bearer ${token:-\$TOKEN}" $EDGE/api/me
+  curl --cacert $CA -H "authorization: Bearer ${token:-\$TOKEN}" $EDGE/api/me
 
   # gateway metrics, database
   curl http://127.0.0.1:9090/metrics

@@ -3,7 +3,8 @@
 # Idempotent and quiet: prints a single "deps: ok" when nothing had to change.
 set -euo pipefail
 
-APT_PACKAGES=(postgresql postgresql-contrib openssl cmake build-essential pkg-config curl ca-certificates)
+# pebble: Let's Encrypt's ACME test server (with pebble-challtestsrv), for the ACME tests.
+APT_PACKAGES=(postgresql postgresql-contrib openssl cmake build-essential pkg-config curl ca-certificates pebble)
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -21,7 +22,7 @@ missing=()
 for tool in initdb pg_ctl psql; do
   have_pg_tool "$tool" || missing+=("$tool")
 done
-for tool in openssl cmake cc pkg-config curl; do
+for tool in openssl cmake cc pkg-config curl pebble pebble-challtestsrv; do
   have "$tool" || missing+=("$tool")
 done
 # pg.sh runs the cluster as the postgres OS user when we are root; the

@@ -1,5 +1,6 @@
-//! Client connection limits Pingora does not have: a cap on concurrent connections and a total
-//! deadline for a request header (slowloris). Pingora times out each read (60 s), so a client
+//! Client connections: the TLS handshake of the HTTPS listener, and limits Pingora does not
+//! have — a cap on concurrent connections and a total deadline for a request header
+//! (slowloris). Pingora times out each read (60 s), so a client
 //! that sends one byte a minute would hold a connection forever.
 //!
 //! [`Guarded`] wraps the proxy application. Every HTTP/1 connection is counted while it lives
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::ConnectionFilter;
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -113,17 +115,22 @@ impl ConnectionFilter for Limits {
     }
 }
 
-/// The proxy application with connection limits in front.
+/// The proxy application with connection limits — and, on the HTTPS listener, the TLS
+/// handshake — in front. The handshake happens here rather than in Pingora's listener because
+/// Pingora's TLS settings cannot offer `acme-tls/1` next to h2 and http/1.1 (RFC 8737), and so
+/// that the header deadline also bounds a handshake that never finishes.
 pub struct Guarded<A> {
     inner: Arc<A>,
     limits: Arc<Limits>,
+    tls: Option<Acceptor>,
 }
 
 impl<A> Guarded<A> {
-    pub fn new(inner: A, limits: Arc<Limits>) -> Self {
+    pub fn new(inner: A, limits: Arc<Limits>, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         Self {
             inner: Arc::new(inner),
             limits,
+            tls: tls.map(Acceptor::from_server_config),
         }
     }
 }
@@ -136,17 +143,37 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let Some(_slot) = self.limits.admit() else {
-            // Between the filter's check and here the cap was reached (handshakes in flight).
+            // Between the filter's check and here the cap was reached.
             self.limits.refused_at_cap.inc();
             return None;
         };
-        if stream.selected_alpn_proto() == Some(ALPN::H2) {
-            return self.inner.process_new(stream, shutdown).await;
+        let stream = match &self.tls {
+            None => stream,
+            Some(acceptor) => {
+                let handshake = acceptor.tls_handshake(Tracked::plain(stream));
+                match tokio::time::timeout(self.limits.header_timeout, handshake).await {
+                    Ok(Ok(tls)) => Box::new(tls),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return None;
+                    }
+                    Err(_) => {
+                        self.limits.header_timeouts.inc();
+                        return None;
+                    }
+                }
+            }
+        };
+        match stream.selected_alpn_proto() {
+            Some(ALPN::H2) => return self.inner.process_new(stream, shutdown).await,
+            Some(ALPN::H1) | None => {}
+            // acme-tls/1: the validation handshake was the whole exchange (RFC 8737 §3).
+            Some(_) => return None,
         }
         let state = Arc::new(State::new());
         let mut stream: Stream = Box::new(Tracked {
             inner: stream,
-            state: state.clone(),
+            state: Some(state.clone()),
         });
         let mut first = true;
         // Pingora hands a reusable keep-alive connection back; serving it here keeps the slot
@@ -192,8 +219,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 /// Marks the request header on this session's connection as complete (called by the proxy as
 /// soon as Pingora has parsed it).
 pub fn header_complete(stream: Option<&Stream>) {
-    if let Some(t) = stream.and_then(|s| (**s).as_any().downcast_ref::<Tracked>()) {
-        t.state.header_done.store(true, Ordering::Release);
+    if let Some(state) = stream
+        .and_then(|s| (**s).as_any().downcast_ref::<Tracked>())
+        .and_then(|t| t.state.as_ref())
+    {
+        state.header_done.store(true, Ordering::Release);
     }
 }
 
@@ -252,10 +282,17 @@ impl State {
     }
 }
 
-/// A client stream that notes when a request's first byte arrives.
+/// A client stream that notes when a request's first byte arrives (or, without state, just
+/// passes through: the TCP stream under a TLS handshake).
 pub struct Tracked {
     inner: Stream,
-    state: Arc<State>,
+    state: Option<Arc<State>>,
+}
+
+impl Tracked {
+    fn plain(inner: Stream) -> Self {
+        Self { inner, state: None }
+    }
 }
 
 impl fmt::Debug for Tracked {
@@ -274,9 +311,11 @@ impl AsyncRead for Tracked {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before && self.state.awaiting_first_byte() {
-            let mark = self.state.now_mark();
-            self.state.first_byte.store(mark, Ordering::Release);
+        if let Some(state) = &self.state
+            && buf.filled().len() > before
+            && state.awaiting_first_byte()
+        {
+            state.first_byte.store(state.now_mark(), Ordering::Release);
         }
         polled
     }

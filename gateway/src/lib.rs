@@ -2,6 +2,7 @@
 //! decision it makes is a pure function in its own module (`routing`, `cors`, `limits`,
 //! `client_ip`, `headers`) or the shared verifier (`gatehouse_common::jwt`).
 
+pub mod acme;
 pub mod client_ip;
 pub mod conn;
 pub mod cors;

@@ -15,6 +15,10 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub connections_active: IntGaugeVec,
     pub connections_rejected: IntCounterVec,
+    pub certificate_expiry: IntGaugeVec,
+    pub acme_attempts: IntCounterVec,
+    pub acme_failures: IntCounterVec,
+    pub acme_last_success: IntGaugeVec,
 }
 
 impl Metrics {
@@ -75,7 +79,37 @@ impl Metrics {
             ),
             &["listener", "reason"],
         )?;
+        let certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "certificate_expiry_seconds",
+                "Unix time at which the certificate served for a name expires (ACME).",
+            ),
+            &["name"],
+        )?;
+        let acme_attempts = IntCounterVec::new(
+            Opts::new(
+                "acme_renewal_attempts_total",
+                "ACME orders started (first issuance and renewals), by name.",
+            ),
+            &["name"],
+        )?;
+        let acme_failures = IntCounterVec::new(
+            Opts::new(
+                "acme_renewal_failures_total",
+                "Failed ACME orders and storage errors, by name and reason.",
+            ),
+            &["name", "reason"],
+        )?;
+        let acme_last_success = IntGaugeVec::new(
+            Opts::new(
+                "acme_last_success_timestamp_seconds",
+                "Unix time of the last certificate issued for a name.",
+            ),
+            &["name"],
+        )?;
         for c in [
+            &acme_attempts,
+            &acme_failures,
             &requests,
             &connections_rejected,
             &rejections,
@@ -88,6 +122,8 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(upstream_healthy.clone()))?;
         registry.register(Box::new(connections_active.clone()))?;
+        registry.register(Box::new(certificate_expiry.clone()))?;
+        registry.register(Box::new(acme_last_success.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -99,6 +135,10 @@ impl Metrics {
             reloads,
             connections_active,
             connections_rejected,
+            certificate_expiry,
+            acme_attempts,
+            acme_failures,
+            acme_last_success,
         })
     }
 

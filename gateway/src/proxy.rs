@@ -22,6 +22,7 @@ use pingora::lb::selection::RoundRobin;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::acme::{Acme, CHALLENGE_PREFIX};
 use crate::client_ip::TrustedProxies;
 use crate::cors::{self, Outcome};
 use crate::jwks::Jwks;
@@ -289,6 +290,7 @@ impl Runtime {
 pub struct Gateway {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub metrics: Arc<Metrics>,
+    pub acme: Arc<Acme>,
 }
 
 /// Per-request state.
@@ -361,9 +363,23 @@ impl Gateway {
         let bytes = body
             .map(|p| p.request_id(ctx.request_id.clone()).to_bytes())
             .unwrap_or_default();
+        self.respond_bytes(session, ctx, status, problem::CONTENT_TYPE, bytes, extra)
+            .await
+    }
+
+    /// Writes a local answer with `bytes` as its body (none when empty).
+    async fn respond_bytes(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        content_type: &str,
+        bytes: Vec<u8>,
+        extra: &[(&'static str, String)],
+    ) -> Result<bool> {
         let mut resp = ResponseHeader::build(status, Some(8))?;
         if !bytes.is_empty() {
-            resp.insert_header("content-type", problem::CONTENT_TYPE)?;
+            resp.insert_header("content-type", content_type)?;
         }
         // A local answer must carry its length or an HTTP/1.1 client waits for more.
         resp.insert_header("content-length", bytes.len().to_string())?;
@@ -545,6 +561,17 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let path = req.uri.path().to_string();
         let method = req.method.clone();
+        if path.starts_with(CHALLENGE_PREFIX) {
+            // ACME HTTP-01 (plain-HTTP proxy mode: this listener is the port-80 one).
+            ctx.decision = "acme_challenge";
+            let (status, body) = match self.acme.http01(&path).await {
+                Some(answer) => (200, answer.into_bytes()),
+                None => (404, b"no such challenge\n".to_vec()),
+            };
+            return self
+                .respond_bytes(session, ctx, status, "application/octet-stream", body, &[])
+                .await;
+        }
         let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len())
             + req.uri.authority().map_or(0, |a| a.as_str().len());
         if uri_len > rt.max_uri {

@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use gatehouse_common::config::Environment;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
-use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -19,6 +18,7 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
+use crate::acme::{Acme, CHALLENGE_PREFIX};
 use crate::conn::{self, Guarded};
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Runtime};
@@ -77,18 +77,19 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         reloading: tokio::sync::Mutex::new(()),
     });
 
-    let mut tls = TlsSettings::intermediate("", "")?;
-    tls.set_cert_resolver(resolver);
-    tls.enable_h2();
+    let tls = crate::tls::server_config(resolver.clone()).map_err(anyhow::Error::msg)?;
+    let acme = Acme::new(resolver, metrics.clone());
     let gateway = Gateway {
-        runtime,
+        runtime: runtime.clone(),
         metrics: metrics.clone(),
+        acme: acme.clone(),
     };
     let header_timeout = Duration::from_secs(s.server.header_timeout_seconds);
     let limits =
         |listener| conn::Limits::new(listener, s.server.max_connections, header_timeout, &metrics);
     // Pingora's default 64 KiB read buffer per connection stays resident (zero-filled); a
-    // TLS record is at most 16 KiB, so that is all a client connection needs.
+    // TLS record is at most 16 KiB, so that is all a client connection needs. TLS itself is
+    // done by `Guarded` (see conn.rs), so the listener is plain TCP.
     let buffers = L4BufferSettings {
         read: Some(s.server.read_buffer_bytes),
         write: None,
@@ -99,13 +100,10 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         Guarded::new(
             pingora::proxy::http_proxy(&server.configuration, gateway.clone()),
             https_limits.clone(),
+            Some(tls),
         ),
     );
-    proxy.add_listener(
-        ListenerConfig::tcp(&s.listen.https)
-            .tls(tls)
-            .l4_buffer(buffers),
-    );
+    proxy.add_listener(ListenerConfig::tcp(&s.listen.https).l4_buffer(buffers));
     proxy.set_connection_filter(https_limits);
     server.add_service(proxy);
 
@@ -117,7 +115,13 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
                 .parse::<std::net::SocketAddr>()
                 .map(|a| a.port())
                 .unwrap_or(443);
-            let mut redirect = Service::new("gateway http".to_string(), Redirect { https_port });
+            let mut redirect = Service::new(
+                "gateway http".to_string(),
+                Redirect {
+                    https_port,
+                    acme: acme.clone(),
+                },
+            );
             redirect.add_tcp(&s.listen.http);
             server.add_service(redirect);
         }
@@ -128,6 +132,7 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
                 Guarded::new(
                     pingora::proxy::http_proxy(&server.configuration, gateway),
                     http_limits.clone(),
+                    None,
                 ),
             );
             plain.add_listener(ListenerConfig::tcp(&s.listen.http).l4_buffer(buffers));
@@ -145,6 +150,13 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     admin.add_tcp(&s.listen.admin);
     server.add_service(admin);
 
+    server.add_service(background_service(
+        "acme",
+        AcmeService {
+            acme,
+            runtime: runtime.clone(),
+        },
+    ));
     server.add_service(background_service("housekeeping", Housekeeping { shared }));
 
     tracing::info!(https = %s.listen.https, http = %s.listen.http, admin = %s.listen.admin, env = %config.env, "gateway starting");
@@ -208,9 +220,27 @@ impl Shared {
     }
 }
 
-/// `:80`: ACME HTTP-01 (later) and a permanent redirect to HTTPS for everything else.
+/// `:80`: ACME HTTP-01 answers and a permanent redirect to HTTPS for everything else.
 struct Redirect {
     https_port: u16,
+    acme: Arc<Acme>,
+}
+
+/// Runs the ACME manager (idle unless `tls.source = "acme"`).
+struct AcmeService {
+    acme: Arc<Acme>,
+    runtime: Arc<ArcSwap<Runtime>>,
+}
+
+#[async_trait]
+impl BackgroundService for AcmeService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let runtime = self.runtime.clone();
+        self.acme
+            .clone()
+            .run(move || runtime.load().settings.tls.clone(), shutdown)
+            .await;
+    }
 }
 
 fn plain(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -226,8 +256,11 @@ fn plain(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 impl ServeHttp for Redirect {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        if req.uri.path().starts_with("/.well-known/acme-challenge/") {
-            return plain(404, "text/plain", b"no such challenge\n".to_vec());
+        if req.uri.path().starts_with(CHALLENGE_PREFIX) {
+            return match self.acme.http01(req.uri.path()).await {
+                Some(answer) => plain(200, "application/octet-stream", answer.into_bytes()),
+                None => plain(404, "text/plain", b"no such challenge\n".to_vec()),
+            };
         }
         let host = req
             .headers

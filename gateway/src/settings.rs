@@ -101,6 +101,81 @@ pub enum TlsSource {
     #[default]
     Files,
     SelfSigned,
+    Acme,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcmeChallenge {
+    /// TLS-ALPN-01 first, HTTP-01 on the next attempt after a failure, and so on.
+    #[default]
+    Auto,
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcmeStorage {
+    #[default]
+    Files,
+    Postgres,
+}
+
+/// `[tls.acme]`: certificates obtained and renewed by the gateway (RFC 8555).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Acme {
+    /// The CA's directory URL, e.g. Let's Encrypt staging
+    /// `https://acme-staging-v02.api.letsencrypt.org/directory`.
+    pub directory: String,
+    /// `mailto:` addresses for the account.
+    pub contact: Vec<String>,
+    /// One certificate per name, each renewed on its own schedule.
+    pub domains: Vec<String>,
+    pub challenge: AcmeChallenge,
+    pub storage: AcmeStorage,
+    /// `files` storage: account, certificates and keys (mode 0600) live here.
+    pub dir: String,
+    /// `postgres` storage: shared by every gateway instance (libpq URL, sslmode honoured).
+    pub database_url: String,
+    /// PEM CA certificate that signed the directory's HTTPS certificate, when it is not a
+    /// public one (Pebble, a private CA). Empty: the system roots.
+    pub ca_file: String,
+    /// External account binding, when the CA requires one (key: base64url).
+    pub eab_kid: String,
+    pub eab_hmac_key: String,
+    /// Renew when this fraction of the lifetime remains (1/3: day 60 of a 90-day certificate),
+    /// or earlier when the CA's renewal information (ARI) says so.
+    pub renew_remaining_fraction: f64,
+    /// Failed attempts are retried after this, doubling (with jitter) up to `retry_max_seconds`.
+    pub retry_min_seconds: u64,
+    pub retry_max_seconds: u64,
+    /// How often storage is read again: certificates another instance renewed are picked up.
+    pub poll_seconds: u64,
+}
+
+impl Default for Acme {
+    fn default() -> Self {
+        Self {
+            directory: String::new(),
+            contact: Vec::new(),
+            domains: Vec::new(),
+            challenge: AcmeChallenge::Auto,
+            storage: AcmeStorage::Files,
+            dir: "certs/acme".into(),
+            database_url: String::new(),
+            ca_file: String::new(),
+            eab_kid: String::new(),
+            eab_hmac_key: String::new(),
+            renew_remaining_fraction: 1.0 / 3.0,
+            retry_min_seconds: 60,
+            retry_max_seconds: 6 * 3600,
+            poll_seconds: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +195,7 @@ pub struct Tls {
     /// Where the `self-signed` source writes its certificate.
     pub self_signed_dir: String,
     pub hsts_max_age_seconds: u64,
+    pub acme: Acme,
 }
 
 impl Default for Tls {
@@ -130,6 +206,7 @@ impl Default for Tls {
             self_signed_names: vec!["localhost".into(), "127.0.0.1".into()],
             self_signed_dir: "certs/dev".into(),
             hsts_max_age_seconds: 31_536_000,
+            acme: Acme::default(),
         }
     }
 }
@@ -380,6 +457,53 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
                 "tls.certificates",
                 "the files source needs at least one [[tls.certificates]]".into(),
             );
+        }
+        TlsSource::Acme => {
+            let a = &s.tls.acme;
+            if !a.directory.starts_with("https://") {
+                bad(
+                    "tls.acme.directory",
+                    "must be the CA's https:// directory URL".into(),
+                );
+            }
+            if a.domains.is_empty() {
+                bad("tls.acme.domains", "name at least one domain".into());
+            }
+            for (i, d) in a.domains.iter().enumerate() {
+                if let Err(e) = crate::acme::check_domain(d) {
+                    bad(&format!("tls.acme.domains.{i}"), format!("{d:?}: {e}"));
+                }
+            }
+            if a.storage == AcmeStorage::Postgres && a.database_url.is_empty() {
+                bad(
+                    "tls.acme.database_url",
+                    "postgres storage needs a database URL".into(),
+                );
+            }
+            if a.storage == AcmeStorage::Files && a.dir.is_empty() {
+                bad("tls.acme.dir", "files storage needs a directory".into());
+            }
+            if !(a.renew_remaining_fraction > 0.0 && a.renew_remaining_fraction < 1.0) {
+                bad(
+                    "tls.acme.renew_remaining_fraction",
+                    "must be between 0 and 1".into(),
+                );
+            }
+            if a.retry_min_seconds == 0 || a.retry_max_seconds < a.retry_min_seconds {
+                bad(
+                    "tls.acme.retry_min_seconds",
+                    "must be at least 1 and at most retry_max_seconds".into(),
+                );
+            }
+            if a.poll_seconds == 0 {
+                bad("tls.acme.poll_seconds", "must be at least 1".into());
+            }
+            if a.eab_kid.is_empty() != a.eab_hmac_key.is_empty() {
+                bad(
+                    "tls.acme.eab_kid",
+                    "external account binding needs both eab_kid and eab_hmac_key".into(),
+                );
+            }
         }
         TlsSource::SelfSigned if env != Environment::Development => {
             bad(

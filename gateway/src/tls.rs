@@ -1,7 +1,10 @@
-//! TLS certificates: one rustls `ResolvesServerCert` behind a swappable pointer, so new
-//! certificates serve new handshakes at once while existing connections keep theirs (the ACME
-//! source will swap through the same pointer). Sources: PEM `files`, and `self-signed`
-//! (development: a throwaway CA + leaf written under `certs/dev/`).
+//! TLS: the server configuration (TLS 1.2/1.3, forward-secret AEAD suites only, ALPN h2,
+//! http/1.1 and `acme-tls/1`) and one rustls `ResolvesServerCert` whose certificates sit behind
+//! swappable pointers, so a new certificate serves new handshakes at once while existing
+//! connections keep theirs. Three layers, first match wins: TLS-ALPN-01 challenge certificates
+//! (only for handshakes that offer `acme-tls/1`), ACME-issued certificates by name, and the
+//! configured store — PEM `files` (also the fallback while ACME has not issued yet) or
+//! `self-signed` (development: a throwaway CA + leaf written under `certs/dev/`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -60,28 +63,108 @@ impl CertStore {
     }
 }
 
-/// The resolver handed to the TLS listener; `replace` swaps every certificate atomically.
+/// The ALPN protocol of TLS-ALPN-01 validation handshakes (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+type ByName = HashMap<String, Arc<CertifiedKey>>;
+
+/// The resolver of the HTTPS listener; every layer swaps atomically on its own.
 #[derive(Debug, Default)]
 pub struct Resolver {
     store: ArcSwap<CertStore>,
+    issued: ArcSwap<ByName>,
+    challenges: ArcSwap<ByName>,
 }
 
 impl Resolver {
     pub fn new(store: CertStore) -> Self {
         Self {
             store: ArcSwap::from_pointee(store),
+            ..Self::default()
         }
     }
 
+    /// Swaps the configured certificates (reload); issued ones stay.
     pub fn replace(&self, store: CertStore) {
         self.store.store(Arc::new(store));
+    }
+
+    /// Serves `key` for `name` from the next handshake on.
+    pub fn install(&self, name: &str, key: Arc<CertifiedKey>) {
+        self.issued.rcu(|m| {
+            let mut m = ByName::clone(m);
+            m.insert(name.to_ascii_lowercase(), key.clone());
+            m
+        });
+    }
+
+    /// The certificate served for `name` now, if it was issued.
+    pub fn issued(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.issued.load().get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    /// Answers TLS-ALPN-01 handshakes for `name` with `key` (None: stop answering).
+    pub fn set_challenge(&self, name: &str, key: Option<Arc<CertifiedKey>>) {
+        self.challenges.rcu(|m| {
+            let mut m = ByName::clone(m);
+            match &key {
+                Some(k) => m.insert(name.to_ascii_lowercase(), k.clone()),
+                None => m.remove(&name.to_ascii_lowercase()),
+            };
+            m
+        });
     }
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.store.load().lookup(hello.server_name())
+        let sni = hello.server_name().map(str::to_ascii_lowercase);
+        if hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN))
+        {
+            // A validation handshake only ever gets a challenge certificate.
+            return self.challenges.load().get(sni.as_deref()?).cloned();
+        }
+        if let Some(name) = &sni
+            && let Some(key) = self.issued.load().get(name)
+        {
+            return Some(key.clone());
+        }
+        self.store.load().lookup(sni.as_deref())
     }
+}
+
+/// The rustls configuration of the HTTPS listener.
+pub fn server_config(resolver: Arc<Resolver>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    // Stateless resumption (TLS 1.3 tickets, keys rotated every 6 h): a returning client skips
+    // the full handshake's signature and key exchange.
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// A rustls signing key and chain from PEM text (as ACME issues and storage keeps them).
+pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in the chain".into());
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| format!("private key: {e}"))?
+        .ok_or("no private key")?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("private key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signer)))
 }
 
 fn subject_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
@@ -135,7 +218,8 @@ pub fn read_pem(
 pub fn load(tls: &Tls) -> Result<CertStore, String> {
     let mut store = CertStore::default();
     match tls.source {
-        TlsSource::Files => {
+        // With ACME, configured files serve until (and for names without) an issued certificate.
+        TlsSource::Files | TlsSource::Acme => {
             for (i, c) in tls.certificates.iter().enumerate() {
                 let (chain, key) =
                     read_pem(&c.cert, &c.key).map_err(|e| format!("tls.certificates.{i}: {e}"))?;
@@ -194,7 +278,7 @@ pub fn self_signed(
     Ok((vec![leaf.der().clone(), ca.der().clone()], key))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;

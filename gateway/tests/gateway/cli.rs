@@ -102,3 +102,36 @@ fn errors_name_file_line_and_key() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn acme_settings_errors_name_the_key_and_line() {
+    let dir = std::env::temp_dir().join(format!("gw-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[tls]\nsource = \"acme\"\n\n[tls.acme]\ndirectory = \"http://ca.example/dir\"\ndomains = [\"*.example.com\", \"127.0.0.1\"]\nstorage = \"postgres\"\n\n[jwt]\nissuer = \"https://api.example.com\"\n",
+    )
+    .unwrap();
+    let (ok, text) = run(gateway()
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("APP_ENV", "development"));
+    assert!(!ok);
+    for needle in [
+        "tls.acme.directory",
+        "https://",
+        "tls.acme.domains.0",
+        "wildcards need DNS-01",
+        "tls.acme.domains.1",
+        "IP addresses",
+        "tls.acme.database_url",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    assert!(
+        text.contains("gateway.toml:5"),
+        "line of tls.acme.directory: {text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

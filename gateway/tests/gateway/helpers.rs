@@ -331,9 +331,17 @@ impl Gateway {
 
     /// Like `start`, with a last edit of the generated configuration text.
     pub async fn start_with(o: Options, edit: impl FnOnce(String) -> String) -> Self {
+        Self::start_on((free_port(), free_port(), free_port()), o, edit).await
+    }
+
+    /// Like `start_with`, on the given (https, http, admin) ports.
+    pub async fn start_on(
+        (https, http, admin): (u16, u16, u16),
+        o: Options,
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("gw-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (https, http, admin) = (free_port(), free_port(), free_port());
         let config = dir.join("gateway.toml");
         std::fs::write(&config, edit(config_text(&o, https, http, admin, &dir))).unwrap();
         let mut gw = Self {
@@ -377,6 +385,20 @@ impl Gateway {
         cmd
     }
 
+    /// Stops the process (SIGTERM, graceful) and starts it again with the same configuration.
+    pub async fn restart(&mut self) {
+        self.signal("TERM");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        let _ = std::fs::rename(
+            self.dir.join("gateway.log"),
+            self.dir.join("gateway-before-restart.log"),
+        );
+        self.spawn(false);
+        self.wait_ready().await;
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or_default()
     }
@@ -413,12 +435,14 @@ impl Gateway {
     }
 
     pub fn https_client(&self, http2_only: bool) -> reqwest::Client {
-        let ca = std::fs::read(self.dir.join("certs/ca.pem")).unwrap();
         let mut b = reqwest::Client::builder()
             .no_proxy()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
             .tls_built_in_root_certs(false)
             .redirect(reqwest::redirect::Policy::none());
+        // The development CA, when the configuration uses self-signed certificates.
+        if let Ok(ca) = std::fs::read(self.dir.join("certs/ca.pem")) {
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap());
+        }
         if http2_only {
             b = b.http2_prior_knowledge();
         } else {

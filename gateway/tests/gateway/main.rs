@@ -2,10 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acme;
 mod cli;
 mod connections;
 mod e2e;
 mod edge;
 mod helpers;
+mod pebble;
 mod reload;
 mod upstreams;

@@ -1,0 +1,767 @@
+//! Automatic certificates (RFC 8555) with instant-acme: one certificate per configured name,
+//! obtained with HTTP-01 (answered on the plain-HTTP listener) or TLS-ALPN-01 (RFC 8737,
+//! answered by the HTTPS listener's resolver), renewed when a fraction of the lifetime remains
+//! or earlier when the CA's renewal information (ARI, RFC 9773) says so. Failures are retried
+//! with exponential backoff and jitter while the current certificate keeps serving. With
+//! `postgres` storage several gateways share account, certificates and HTTP-01 answers, and an
+//! advisory lock lets one of them order at a time; the others pick the result up.
+
+mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use tokio::sync::Mutex;
+
+pub use store::{FileStore, PgStore, Store, Stored};
+
+use crate::metrics::Metrics;
+use crate::settings::{self, AcmeChallenge, AcmeStorage, TlsSource};
+use crate::tls::Resolver;
+
+/// The HTTP-01 path prefix (RFC 8555 §8.3).
+pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Checks a configured name: a DNS name the gateway can validate by itself (no wildcard: that
+/// needs DNS-01; no IP address).
+pub fn check_domain(d: &str) -> Result<(), &'static str> {
+    if d.is_empty() || d.len() > 253 {
+        return Err("not a DNS name");
+    }
+    if d.starts_with("*.") {
+        return Err("wildcards need DNS-01, which the gateway does not do");
+    }
+    if d.parse::<std::net::IpAddr>().is_ok() {
+        return Err("IP addresses are not supported; name a DNS name");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if !d.split('.').all(label_ok) {
+        return Err("not a DNS name (letters, digits, '-' and '.' only)");
+    }
+    Ok(())
+}
+
+/// Why an attempt failed, as counted in `acme_renewal_failures_total{reason}`.
+#[derive(Debug)]
+struct Failure {
+    reason: &'static str,
+    detail: String,
+}
+
+fn fail(reason: &'static str, detail: impl Into<String>) -> Failure {
+    Failure {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Maps an instant-acme error at `stage` to a reason and a message naming the cause.
+fn classify(stage: &str, e: instant_acme::Error) -> Failure {
+    use instant_acme::Error as E;
+    match e {
+        E::Api(p) => fail("ca_rejected", format!("{stage}: the CA refused: {p}")),
+        E::Timeout(_) => fail("timeout", format!("{stage}: the CA did not finish in time")),
+        E::Http(_) | E::Hyper(_) | E::Other(_) => fail(
+            "ca_unreachable",
+            format!("{stage}: cannot reach the CA: {}", error_chain(&e)),
+        ),
+        other => fail("protocol", format!("{stage}: {}", error_chain(&other))),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// A certificate being served, and when it should be replaced.
+struct Served {
+    chain_pem: String,
+    renew_at: SystemTime,
+}
+
+#[derive(Default)]
+struct NameState {
+    served: Option<Served>,
+    failures: u32,
+    next_attempt: Option<Instant>,
+}
+
+impl NameState {
+    fn due(&self, now: SystemTime, clock: Instant) -> bool {
+        let wanted = self.served.as_ref().is_none_or(|s| now >= s.renew_at);
+        wanted && self.next_attempt.is_none_or(|t| clock >= t)
+    }
+}
+
+struct Storage {
+    kind: (AcmeStorage, String, String),
+    store: Box<dyn Store>,
+}
+
+/// The ACME side of the gateway: the background manager and the HTTP-01 answers.
+pub struct Acme {
+    resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
+    /// HTTP-01 answers of this instance's own orders (token → key authorization).
+    answers: RwLock<HashMap<String, String>>,
+    storage: ArcSwapOption<Storage>,
+    account: Mutex<Option<(String, Arc<Account>)>>,
+    names: Mutex<HashMap<String, NameState>>,
+}
+
+impl Acme {
+    pub fn new(resolver: Arc<Resolver>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            resolver,
+            metrics,
+            answers: RwLock::default(),
+            storage: ArcSwapOption::empty(),
+            account: Mutex::new(None),
+            names: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The HTTP-01 answer for a request path under [`CHALLENGE_PREFIX`], if there is one.
+    pub async fn http01(&self, path: &str) -> Option<String> {
+        let token = path.strip_prefix(CHALLENGE_PREFIX)?;
+        // Tokens are base64url (RFC 8555 §8.3); anything else is not worth a lookup.
+        if token.is_empty()
+            || token.len() > 256
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        if let Some(a) = self
+            .answers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+        {
+            return Some(a.clone());
+        }
+        let storage = self.storage.load_full()?;
+        if !storage.store.shared() {
+            return None;
+        }
+        match storage.store.challenge(token).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP-01 lookup in shared storage failed");
+                None
+            }
+        }
+    }
+
+    /// The storage for the current settings (rebuilt when a reload changed where it is).
+    fn storage(&self, a: &settings::Acme) -> Arc<Storage> {
+        let kind = (a.storage, a.dir.clone(), a.database_url.clone());
+        if let Some(s) = self.storage.load_full()
+            && s.kind == kind
+        {
+            return s;
+        }
+        let store: Box<dyn Store> = match a.storage {
+            AcmeStorage::Files => Box::new(FileStore::new(&a.dir)),
+            AcmeStorage::Postgres => Box::new(PgStore::new(&a.database_url)),
+        };
+        let s = Arc::new(Storage { kind, store });
+        self.storage.store(Some(s.clone()));
+        s
+    }
+
+    /// Runs until shutdown: loads stored certificates, orders and renews what is due, picks
+    /// up what other instances stored. Reads the live settings on every round, so a reload
+    /// that adds a name gets it a certificate.
+    pub async fn run(
+        self: Arc<Self>,
+        settings: impl Fn() -> settings::Tls,
+        mut shutdown: pingora::server::ShutdownWatch,
+    ) {
+        let mut next_poll = Instant::now();
+        loop {
+            let tls = settings();
+            if tls.source == TlsSource::Acme {
+                let a = &tls.acme;
+                let storage = self.storage(a);
+                if Instant::now() >= next_poll {
+                    self.pick_up(a, storage.store.as_ref()).await;
+                    next_poll = Instant::now() + Duration::from_secs(a.poll_seconds);
+                }
+                self.order_due(a, storage.store.as_ref()).await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Installs stored certificates that differ from what is served (start-up, restarts,
+    /// another instance's renewal).
+    async fn pick_up(&self, a: &settings::Acme, store: &dyn Store) {
+        for name in &a.domains {
+            match store.certificate(name).await {
+                Ok(Some(stored)) => {
+                    let current =
+                        self.names.lock().await.get(name).and_then(|n| {
+                            n.served.as_ref().map(|s| s.chain_pem == stored.chain_pem)
+                        });
+                    if current != Some(true) {
+                        match self.install(a, name, &stored).await {
+                            Ok(()) => tracing::info!(name, "certificate loaded from storage"),
+                            Err(e) => {
+                                tracing::error!(name, error = %e, "stored certificate unusable; ordering a new one")
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.count_failure(name, "storage");
+                    tracing::error!(name, error = %e, "cannot read certificate storage");
+                }
+            }
+        }
+    }
+
+    async fn order_due(&self, a: &settings::Acme, store: &dyn Store) {
+        let now = SystemTime::now();
+        let clock = Instant::now();
+        let due: Vec<String> = {
+            let mut names = self.names.lock().await;
+            a.domains
+                .iter()
+                .filter(|d| names.entry((*d).clone()).or_default().due(now, clock))
+                .cloned()
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        match store.try_lock().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!("another gateway instance is ordering; waiting for its result");
+                return;
+            }
+            Err(e) => {
+                for name in &due {
+                    self.record_failure(a, name, fail("storage", e.clone()))
+                        .await;
+                }
+                return;
+            }
+        }
+        for name in &due {
+            // Another instance may have renewed while we waited for the lock.
+            if let Ok(Some(stored)) = store.certificate(name).await {
+                let fresh = self.names.lock().await.get(name).is_some_and(|n| {
+                    n.served
+                        .as_ref()
+                        .is_some_and(|s| s.chain_pem == stored.chain_pem)
+                });
+                if !fresh && self.install(a, name, &stored).await.is_ok() {
+                    let still_due = self
+                        .names
+                        .lock()
+                        .await
+                        .get(name)
+                        .is_some_and(|n| n.due(SystemTime::now(), Instant::now()));
+                    if !still_due {
+                        tracing::info!(name, "certificate renewed by another instance");
+                        continue;
+                    }
+                }
+            }
+            self.attempt(a, store, name).await;
+        }
+        store.unlock().await;
+    }
+
+    async fn attempt(&self, a: &settings::Acme, store: &dyn Store, name: &str) {
+        self.metrics.acme_attempts.with_label_values(&[name]).inc();
+        let failures = self.names.lock().await.get(name).map_or(0, |n| n.failures);
+        let kind = match a.challenge {
+            AcmeChallenge::Http01 => ChallengeType::Http01,
+            AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            AcmeChallenge::Auto if failures % 2 == 0 => ChallengeType::TlsAlpn01,
+            AcmeChallenge::Auto => ChallengeType::Http01,
+        };
+        tracing::info!(name, challenge = ?kind, directory = %a.directory, "ordering a certificate");
+        let issued = self.order(a, store, name, kind.clone()).await;
+        let result = match issued {
+            Ok(stored) => {
+                let saved = store.save_certificate(name, &stored).await;
+                let installed = self.install(a, name, &stored).await;
+                match (saved, installed) {
+                    (_, Err(e)) => Err(fail("bad_certificate", e)),
+                    (Err(e), Ok(())) => {
+                        // Serving it anyway; the next start orders again.
+                        tracing::error!(name, error = %e, "issued certificate not stored");
+                        self.count_failure(name, "storage");
+                        Ok(())
+                    }
+                    (Ok(()), Ok(())) => Ok(()),
+                }
+            }
+            Err(f) => Err(f),
+        };
+        match result {
+            Ok(()) => {
+                let mut names = self.names.lock().await;
+                let state = names.entry(name.to_string()).or_default();
+                state.failures = 0;
+                state.next_attempt = None;
+                self.metrics
+                    .acme_last_success
+                    .with_label_values(&[name])
+                    .set(unix_now() as i64);
+                tracing::info!(name, "certificate issued and serving");
+            }
+            Err(f) => self.record_failure(a, name, f).await,
+        }
+    }
+
+    fn count_failure(&self, name: &str, reason: &str) {
+        self.metrics
+            .acme_failures
+            .with_label_values(&[name, reason])
+            .inc();
+    }
+
+    async fn record_failure(&self, a: &settings::Acme, name: &str, f: Failure) {
+        self.count_failure(name, f.reason);
+        let mut names = self.names.lock().await;
+        let state = names.entry(name.to_string()).or_default();
+        state.failures = state.failures.saturating_add(1);
+        let wait = backoff(
+            Duration::from_secs(a.retry_min_seconds),
+            Duration::from_secs(a.retry_max_seconds),
+            state.failures,
+        );
+        state.next_attempt = Some(Instant::now() + wait);
+        tracing::error!(
+            name,
+            reason = f.reason,
+            error = %f.detail,
+            failures = state.failures,
+            retry_in_seconds = wait.as_secs_f64(),
+            serving = state.served.is_some(),
+            "certificate order failed; the current certificate keeps serving"
+        );
+    }
+
+    /// Makes `stored` the certificate served for `name` and schedules its renewal.
+    async fn install(&self, a: &settings::Acme, name: &str, stored: &Stored) -> Result<(), String> {
+        let key = crate::tls::certified_key(&stored.chain_pem, &stored.key_pem)?;
+        let leaf = key.cert.first().ok_or("empty chain")?.clone();
+        let (not_before, not_after) = validity(&leaf)?;
+        if !covers(&leaf, name) {
+            return Err(format!("the certificate does not name {name}"));
+        }
+        if not_after <= SystemTime::now() {
+            return Err("the certificate has expired".into());
+        }
+        let lifetime = not_after
+            .duration_since(not_before)
+            .unwrap_or(Duration::ZERO);
+        let mut renew_at = not_after - lifetime.mul_f64(a.renew_remaining_fraction);
+        if let Some(ari) = self.renewal_window(&leaf).await
+            && ari < renew_at
+        {
+            tracing::info!(
+                name,
+                "the CA's renewal information asks for an earlier renewal"
+            );
+            renew_at = ari;
+        }
+        self.resolver.install(name, key);
+        self.metrics
+            .certificate_expiry
+            .with_label_values(&[name])
+            .set(unix(not_after) as i64);
+        let mut names = self.names.lock().await;
+        let state = names.entry(name.to_string()).or_default();
+        state.served = Some(Served {
+            chain_pem: stored.chain_pem.clone(),
+            renew_at,
+        });
+        tracing::info!(
+            name,
+            not_after = unix(not_after),
+            renew_in_seconds = renew_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+                .as_secs(),
+            "certificate serving"
+        );
+        Ok(())
+    }
+
+    /// A time inside the CA's suggested renewal window (ARI), when the CA has one and an
+    /// account is already open.
+    async fn renewal_window(&self, leaf: &CertificateDer<'static>) -> Option<SystemTime> {
+        let account = self.account.lock().await.as_ref().map(|(_, a)| a.clone())?;
+        let id = CertificateIdentifier::try_from(leaf).ok()?;
+        match account.renewal_info(&id).await {
+            Ok((info, _)) => {
+                let start = info.suggested_window.start.unix_timestamp();
+                let end = info.suggested_window.end.unix_timestamp().max(start);
+                let pick = start + ((end - start) as f64 * rand_unit()) as i64;
+                Some(UNIX_EPOCH + Duration::from_secs(pick.max(0) as u64))
+            }
+            Err(instant_acme::Error::Unsupported(_)) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "renewal information unavailable");
+                None
+            }
+        }
+    }
+
+    /// The account for the configured directory: from storage, or created once and stored.
+    /// `fresh`: the CA no longer knows the stored one (a CA reset); create and store another.
+    async fn account(
+        &self,
+        a: &settings::Acme,
+        store: &dyn Store,
+        fresh: bool,
+    ) -> Result<Arc<Account>, Failure> {
+        let mut cached = self.account.lock().await;
+        if let Some((dir, account)) = cached.as_ref()
+            && dir == &a.directory
+            && !fresh
+        {
+            return Ok(account.clone());
+        }
+        let builder = || {
+            if a.ca_file.is_empty() {
+                Account::builder()
+            } else {
+                Account::builder_with_root(&a.ca_file)
+            }
+            .map_err(|e| fail("tls_setup", format!("tls.acme.ca_file: {e}")))
+        };
+        let stored = if fresh {
+            None
+        } else {
+            store
+                .account(&a.directory)
+                .await
+                .map_err(|e| fail("storage", e))?
+        };
+        let account = match stored {
+            Some(json) => {
+                let creds: AccountCredentials = serde_json::from_str(&json)
+                    .map_err(|e| fail("storage", format!("stored account unreadable: {e}")))?;
+                builder()?
+                    .from_credentials(creds)
+                    .await
+                    .map_err(|e| classify("account", e))?
+            }
+            None => {
+                let contact: Vec<&str> = a.contact.iter().map(String::as_str).collect();
+                let eab = if a.eab_kid.is_empty() {
+                    None
+                } else {
+                    use base64::Engine;
+                    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(a.eab_hmac_key.trim_end_matches('='))
+                        .map_err(|_| fail("config", "tls.acme.eab_hmac_key is not base64url"))?;
+                    Some(ExternalAccountKey::new(a.eab_kid.clone(), &key))
+                };
+                let (account, creds) = builder()?
+                    .create(
+                        &NewAccount {
+                            contact: &contact,
+                            terms_of_service_agreed: true,
+                            only_return_existing: false,
+                        },
+                        a.directory.clone(),
+                        eab.as_ref(),
+                    )
+                    .await
+                    .map_err(|e| classify("account", e))?;
+                let json =
+                    serde_json::to_string(&creds).map_err(|e| fail("storage", e.to_string()))?;
+                store
+                    .save_account(&a.directory, &json)
+                    .await
+                    .map_err(|e| fail("storage", e))?;
+                tracing::info!(account = account.id(), directory = %a.directory, "ACME account created");
+                account
+            }
+        };
+        let account = Arc::new(account);
+        *cached = Some((a.directory.clone(), account.clone()));
+        Ok(account)
+    }
+
+    /// One order for `name`: challenges published, validated, finalized, downloaded. Published
+    /// challenge answers are withdrawn whatever the outcome.
+    async fn order(
+        &self,
+        a: &settings::Acme,
+        store: &dyn Store,
+        name: &str,
+        kind: ChallengeType,
+    ) -> Result<Stored, Failure> {
+        let identifiers = [Identifier::Dns(name.to_string())];
+        let new_order = NewOrder::new(&identifiers);
+        let account = self.account(a, store, false).await?;
+        let mut order = match account.new_order(&new_order).await {
+            Err(instant_acme::Error::Api(p))
+                if p
+                    .r#type
+                    .as_deref()
+                    .is_some_and(|t| t.ends_with(":accountDoesNotExist")) =>
+            {
+                tracing::warn!(directory = %a.directory, "the CA no longer knows the stored account; creating a new one");
+                self.account(a, store, true)
+                    .await?
+                    .new_order(&new_order)
+                    .await
+            }
+            other => other,
+        }
+        .map_err(|e| classify("new order", e))?;
+        let url = order.url().to_string();
+        tracing::info!(name, order = %url, "ACME order created");
+        let mut tokens = Vec::new();
+        let mut alpn = false;
+        let result = async {
+            let mut authorizations = order.authorizations();
+            while let Some(authz) = authorizations.next().await {
+                let mut authz = authz.map_err(|e| classify("authorization", e))?;
+                match authz.status {
+                    AuthorizationStatus::Pending => {}
+                    AuthorizationStatus::Valid => continue,
+                    other => {
+                        return Err(fail(
+                            "challenge_failed",
+                            format!("authorization is {other:?}"),
+                        ));
+                    }
+                }
+                let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
+                    fail(
+                        "challenge_unavailable",
+                        format!("the CA offers no {kind:?} challenge for {name}"),
+                    )
+                })?;
+                let key_auth = challenge.key_authorization();
+                if kind == ChallengeType::Http01 {
+                    let token = challenge.token.clone();
+                    self.answers
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(token.clone(), key_auth.as_str().to_string());
+                    tokens.push(token.clone());
+                    store
+                        .put_challenge(&token, key_auth.as_str())
+                        .await
+                        .map_err(|e| fail("storage", e))?;
+                } else {
+                    let cert = alpn_certificate(name, key_auth.digest().as_ref())
+                        .map_err(|e| fail("challenge_setup", e))?;
+                    self.resolver.set_challenge(name, Some(cert));
+                    alpn = true;
+                }
+                challenge
+                    .set_ready()
+                    .await
+                    .map_err(|e| classify("challenge", e))?;
+                tracing::info!(name, order = %url, challenge = ?kind, "challenge ready for validation");
+            }
+            let retry = RetryPolicy::new()
+                .initial_delay(Duration::from_millis(250))
+                .timeout(Duration::from_secs(90));
+            let status = order
+                .poll_ready(&retry)
+                .await
+                .map_err(|e| classify("validation", e))?;
+            if status != OrderStatus::Ready {
+                let why = challenge_errors(&mut order).await;
+                return Err(fail(
+                    "challenge_failed",
+                    format!("validation failed ({status:?}): {why}"),
+                ));
+            }
+            tracing::info!(name, order = %url, "validated; finalizing");
+            let key_pem = order
+                .finalize()
+                .await
+                .map_err(|e| classify("finalize", e))?;
+            let chain_pem = order
+                .poll_certificate(&retry)
+                .await
+                .map_err(|e| classify("certificate download", e))?;
+            Ok(Stored { chain_pem, key_pem })
+        }
+        .await;
+        for token in &tokens {
+            self.answers
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(token);
+            if let Err(e) = store.remove_challenge(token).await {
+                tracing::warn!(error = %e, "HTTP-01 answer not removed from storage");
+            }
+        }
+        if alpn {
+            self.resolver.set_challenge(name, None);
+        }
+        result
+    }
+}
+
+/// What the CA said about failed challenges of `order`.
+async fn challenge_errors(order: &mut instant_acme::Order) -> String {
+    let mut out = Vec::new();
+    if let Some(p) = &order.state().error {
+        out.push(p.to_string());
+    }
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(mut authz)) = authorizations.next().await {
+        if let Ok(state) = authz.refresh().await {
+            for c in &state.challenges {
+                if let Some(p) = &c.error {
+                    out.push(p.to_string());
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        "no detail from the CA".into()
+    } else {
+        out.join("; ")
+    }
+}
+
+/// The RFC 8737 validation certificate: self-signed, `name` as its only SAN, the critical
+/// acmeIdentifier extension holding the SHA-256 of the key authorization.
+fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let mut params =
+        rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
+}
+
+fn validity(leaf: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| format!("certificate: {e}"))?;
+    let at = |t: i64| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    Ok((
+        at(cert.validity().not_before.timestamp()),
+        at(cert.validity().not_after.timestamp()),
+    ))
+}
+
+fn covers(leaf: &CertificateDer<'_>, name: &str) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return false;
+    };
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .is_some_and(|san| {
+            san.value.general_names.iter().any(|n| {
+                matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if d.eq_ignore_ascii_case(name))
+            })
+        })
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn unix_now() -> u64 {
+    unix(SystemTime::now())
+}
+
+/// A number in [0, 1) that differs between instances and calls (jitter only).
+fn rand_unit() -> f64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// `min · 2^(failures-1)`, at most `max`, times a jitter factor in [0.75, 1.25).
+fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
+    let exp = min.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    exp.min(max).mul_f64(0.75 + rand_unit() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_the_gateway_can_validate() {
+        assert!(check_domain("api.example.com").is_ok());
+        assert!(check_domain("localhost").is_ok());
+        assert!(check_domain("*.example.com").is_err());
+        assert!(check_domain("127.0.0.1").is_err());
+        assert!(check_domain("bad_name.example").is_err());
+        assert!(check_domain("-x.example").is_err());
+        assert!(check_domain("").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let min = Duration::from_secs(10);
+        let max = Duration::from_secs(100);
+        for (failures, base) in [(1, 10.0), (2, 20.0), (3, 40.0), (4, 80.0), (9, 100.0)] {
+            let b = backoff(min, max, failures).as_secs_f64();
+            assert!(b >= base * 0.75 && b < base * 1.25, "{failures}: {b}");
+        }
+    }
+
+    #[test]
+    fn alpn_certificate_names_only_the_domain_and_carries_the_digest() {
+        let digest = [7u8; 32];
+        let key = alpn_certificate("acme.test", &digest).unwrap_or_else(|e| panic!("{e}"));
+        let leaf = &key.cert[0];
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(covers(leaf, "acme.test"));
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .unwrap_or_else(|| panic!("acmeIdentifier extension"));
+        assert!(ext.critical);
+        assert_eq!(&ext.value[2..], &digest, "DER OCTET STRING of the digest");
+    }
+}

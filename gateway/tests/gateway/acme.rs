@@ -1,0 +1,494 @@
+//! Automatic certificates against a real ACME server (Pebble): first issuance over HTTP-01 and
+//! TLS-ALPN-01, renewal of short-lived certificates under load, the CA going away and coming
+//! back, restarts from storage, two gateways sharing PostgreSQL storage, and bad inputs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::helpers::{Echo, Gateway, Options, TestKey, free_port};
+use crate::pebble::Pebble;
+
+const NAME: &str = "a.gatehouse.test";
+
+struct Ports {
+    https: u16,
+    http: u16,
+    admin: u16,
+}
+
+impl Ports {
+    fn new() -> Self {
+        Self {
+            https: free_port(),
+            http: free_port(),
+            admin: free_port(),
+        }
+    }
+
+    fn tuple(&self) -> (u16, u16, u16) {
+        (self.https, self.http, self.admin)
+    }
+}
+
+fn scratch(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{label}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The test configuration with `tls.source = "acme"` against `pebble`.
+fn acme_config(
+    pebble: &Pebble,
+    challenge: &str,
+    storage: &str,
+    extra: &str,
+) -> impl FnOnce(String) -> String {
+    let table = format!(
+        r#"
+[tls.acme]
+directory = "{directory}"
+ca_file = "{ca}"
+domains = ["{NAME}"]
+challenge = "{challenge}"
+retry_min_seconds = 1
+retry_max_seconds = 4
+poll_seconds = 1
+{storage}
+{extra}
+"#,
+        directory = pebble.directory,
+        ca = pebble.ca_file.display(),
+    );
+    // ACME steps log at info.
+    move |t| {
+        t.replace("source = \"self-signed\"", "source = \"acme\"")
+            .replace(
+                "level = \"warn\"",
+                "level = \"info,access=warn,rustls=error\"",
+            )
+            + &table
+    }
+}
+
+fn files_storage(dir: &Path) -> String {
+    format!("storage = \"files\"\ndir = \"{}\"", dir.display())
+}
+
+/// Handshakes with `name` as SNI, verifying against `root_pem`; the leaf's serial (hex).
+async fn served_serial(port: u16, name: &str, root_pem: &str) -> Result<String, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("no certificate")?
+        .clone();
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
+    Ok(cert.raw_serial_as_string())
+}
+
+/// Waits until the gateway serves a certificate for `NAME` that verifies against Pebble's
+/// root and differs from `previous`; its serial.
+async fn wait_for_certificate(gw: &Gateway, pebble: &Pebble, previous: Option<&str>) -> String {
+    let root = pebble.root().await;
+    let mut last = String::new();
+    for _ in 0..300 {
+        match served_serial(gw.https, NAME, &root).await {
+            Ok(serial) if Some(serial.as_str()) != previous => return serial,
+            Ok(_) => last = "still the previous certificate".into(),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "no (new) certificate served: {last}\n--- gateway ---\n{}",
+        gw.log()
+    );
+}
+
+/// A client that trusts Pebble's root and resolves `NAME` to the gateway.
+fn client_for(gw: &Gateway, root: &str, keep_alive: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(root.as_bytes()).unwrap())
+        .resolve(NAME, ([127, 0, 0, 1], gw.https).into())
+        .http1_only();
+    if !keep_alive {
+        b = b.pool_max_idle_per_host(0);
+    }
+    b.build().unwrap()
+}
+
+async fn metric(gw: &Gateway, needle: &str) -> f64 {
+    gw.admin("/metrics")
+        .await
+        .text
+        .lines()
+        .filter(|l| l.starts_with(needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn start_gateway(ports: &Ports, echo: &Echo, edit: impl FnOnce(String) -> String) -> Gateway {
+    Gateway::start_on(ports.tuple(), Options::echo(echo), edit).await
+}
+
+#[tokio::test]
+async fn first_certificate_over_http01_verifies_against_the_ca() {
+    let ports = Ports::new();
+    let pebble = Pebble::start(ports.http, ports.https, 3600, &[]).await;
+    let echo = Echo::start(TestKey::new(31).jwks.clone()).await;
+    let store = scratch("acme-files");
+    let gw = start_gateway(
+        &ports,
+        &echo,
+        acme_config(&pebble, "http-01", &files_storage(&store), ""),
+    )
+    .await;
+    wait_for_certificate(&gw, &pebble, None).await;
+    let root = pebble.root().await;
+    let r = client_for(&gw, &root, true)
+        .get(format!("https://{NAME}:{}/open/x", gw.https))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(gw.log().contains("ACME order created"));
+    assert_eq!(
+        metric(&gw, "gatehouse_gateway_acme_renewal_attempts_total").await,
+        1.0
+    );
+    assert!(metric(&gw, "gatehouse_gateway_certificate_expiry_seconds").await > 0.0);
+    // Stored for the next start: chain and a private key only its owner can read.
+    use std::os::unix::fs::PermissionsExt;
+    let key = std::fs::metadata(store.join(NAME).join("key.pem")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    assert!(store.join(NAME).join("cert.pem").exists());
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+#[tokio::test]
+async fn first_certificate_over_tls_alpn01_with_port_80_closed() {
+    let ports = Ports::new();
+    // Pebble's HTTP-01 port points nowhere: only TLS-ALPN-01 on the HTTPS port can work.
+    let pebble = Pebble::start(free_port(), ports.https, 3600, &[]).await;
+    let echo = Echo::start(TestKey::new(32).jwks.clone()).await;
+    let store = scratch("acme-files");
+    let gw = start_gateway(
+        &ports,
+        &echo,
+        acme_config(&pebble, "tls-alpn-01", &files_storage(&store), ""),
+    )
+    .await;
+    wait_for_certificate(&gw, &pebble, None).await;
+    assert_eq!(
+        metric(&gw, "gatehouse_gateway_acme_renewal_failures_total").await,
+        0.0
+    );
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+/// The `retry_in_seconds` of every failed attempt in the log, in order.
+fn retry_waits(log: &str) -> Vec<f64> {
+    log.split("\"retry_in_seconds\":")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split([',', '}'])
+                .next()
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn short_lived_certificates_renew_under_load_without_a_failed_request() {
+    let ports = Ports::new();
+    let pebble = Pebble::start(ports.http, ports.https, 20, &[]).await;
+    let echo = Echo::start(TestKey::new(33).jwks.clone()).await;
+    let store = scratch("acme-files");
+    // Renew when 3/4 of a 20-second lifetime remain: 5 s after issuance.
+    let gw = start_gateway(
+        &ports,
+        &echo,
+        acme_config(
+            &pebble,
+            "http-01",
+            &files_storage(&store),
+            "renew_remaining_fraction = 0.75",
+        ),
+    )
+    .await;
+    let first = wait_for_certificate(&gw, &pebble, None).await;
+    let root = pebble.root().await;
+    let keep_alive = client_for(&gw, &root, true);
+    let fresh = client_for(&gw, &root, false);
+    let url = format!("https://{NAME}:{}/open/loop", gw.https);
+    let mut renewed = None;
+    let mut requests = 0;
+    for _ in 0..400 {
+        for (kind, client) in [("keep-alive", &keep_alive), ("new connection", &fresh)] {
+            let r = client.get(&url).send().await;
+            let status = r
+                .as_ref()
+                .map(|r| r.status().as_u16())
+                .map_err(|e| e.to_string());
+            assert_eq!(status, Ok(200), "{kind} request {requests} during renewal");
+            requests += 1;
+        }
+        let serial = served_serial(gw.https, NAME, &root).await.unwrap();
+        if serial != first {
+            renewed = Some(serial);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(renewed.is_some(), "the certificate was renewed");
+    assert!(metric(&gw, "gatehouse_gateway_acme_renewal_attempts_total").await >= 2.0);
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+#[tokio::test]
+async fn ca_outage_keeps_the_certificate_serving_backs_off_and_recovers() {
+    let ports = Ports::new();
+    let mut pebble = Pebble::start(ports.http, ports.https, 3600, &[]).await;
+    let echo = Echo::start(TestKey::new(34).jwks.clone()).await;
+    let store = scratch("acme-files");
+    // Renew almost at once (when 99.9 % of the hour remains: after 3.6 s).
+    let gw = start_gateway(
+        &ports,
+        &echo,
+        acme_config(
+            &pebble,
+            "http-01",
+            &files_storage(&store),
+            "renew_remaining_fraction = 0.999",
+        ),
+    )
+    .await;
+    let first = wait_for_certificate(&gw, &pebble, None).await;
+    let old_root = pebble.root().await;
+    pebble.stop();
+    let failures = "gatehouse_gateway_acme_renewal_failures_total{name=\"a.gatehouse.test\",reason=\"ca_unreachable\"}";
+    for _ in 0..300 {
+        if metric(&gw, failures).await >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&gw, failures).await >= 3.0, "{}", gw.log());
+    // The certificate in hand keeps serving while the CA is away.
+    assert_eq!(
+        served_serial(gw.https, NAME, &old_root).await,
+        Ok(first.clone())
+    );
+    let waits = retry_waits(&gw.log());
+    assert!(waits.len() >= 3, "{waits:?}");
+    assert!(
+        waits[0] < waits[1] && waits[1] < waits[2],
+        "the backoff grows: {waits:?}"
+    );
+    assert!(gw.log().contains("cannot reach the CA"));
+    // The CA comes back (a fresh Pebble: new root, no accounts) and renewal succeeds.
+    pebble.restart().await;
+    wait_for_certificate(&gw, &pebble, Some(&first)).await;
+    assert!(gw.log().contains("no longer knows the stored account"));
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+#[tokio::test]
+async fn a_restart_serves_the_stored_certificate_without_a_new_order() {
+    let ports = Ports::new();
+    let pebble = Pebble::start(ports.http, ports.https, 3600, &[]).await;
+    let echo = Echo::start(TestKey::new(35).jwks.clone()).await;
+    let store = scratch("acme-files");
+    let mut gw = start_gateway(
+        &ports,
+        &echo,
+        acme_config(&pebble, "http-01", &files_storage(&store), ""),
+    )
+    .await;
+    let serial = wait_for_certificate(&gw, &pebble, None).await;
+    assert_eq!(pebble.orders(), 1);
+    gw.restart().await;
+    assert_eq!(wait_for_certificate(&gw, &pebble, None).await, serial);
+    assert_eq!(
+        metric(&gw, "gatehouse_gateway_acme_renewal_attempts_total").await,
+        0.0
+    );
+    assert_eq!(pebble.orders(), 1, "no new order after the restart");
+    assert!(gw.log().contains("certificate loaded from storage"));
+    // The account was reused too: Pebble saw one account created.
+    assert_eq!(pebble.log().matches("POST /sign-me-up").count(), 1);
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+#[tokio::test]
+async fn two_gateways_share_postgres_storage_with_one_order_per_renewal() {
+    let url = acme_database().await;
+    let (a_ports, b_ports) = (Ports::new(), Ports::new());
+    // Pebble validates against B; A may be the one that orders.
+    let pebble = Pebble::start(b_ports.http, b_ports.https, 30, &[]).await;
+    let echo = Echo::start(TestKey::new(36).jwks.clone()).await;
+    let storage = format!("storage = \"postgres\"\ndatabase_url = \"{url}\"");
+    let extra = "renew_remaining_fraction = 0.5";
+    let (a, b) = tokio::join!(
+        start_gateway(
+            &a_ports,
+            &echo,
+            acme_config(&pebble, "http-01", &storage, extra)
+        ),
+        start_gateway(
+            &b_ports,
+            &echo,
+            acme_config(&pebble, "http-01", &storage, extra)
+        ),
+    );
+    let first = wait_for_certificate(&a, &pebble, None).await;
+    assert_eq!(
+        wait_for_certificate(&b, &pebble, None).await,
+        first,
+        "both serve it"
+    );
+    let attempts = |gw| metric(gw, "gatehouse_gateway_acme_renewal_attempts_total");
+    assert_eq!(attempts(&a).await + attempts(&b).await, 1.0, "one order");
+    assert_eq!(pebble.orders(), 1);
+
+    // An HTTP-01 answer stored by one instance is served by every instance.
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    db.execute(
+        "INSERT INTO gatehouse_acme_challenges (token, key_authorization) VALUES ('tok-en_1', 'tok-en_1.thumb')",
+        &[],
+    )
+    .await
+    .unwrap();
+    for gw in [&a, &b] {
+        let r = reqwest::get(format!(
+            "http://127.0.0.1:{}/.well-known/acme-challenge/tok-en_1",
+            gw.http
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "tok-en_1.thumb");
+    }
+
+    // Renewal after 15 s: again exactly one order, and both serve the new certificate.
+    let renewed = wait_for_certificate(&a, &pebble, Some(&first)).await;
+    let mut same = false;
+    for _ in 0..50 {
+        if wait_for_certificate(&b, &pebble, Some(&first)).await == renewed {
+            same = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(same, "B picks up A's renewal (or the other way round)");
+    assert_eq!(
+        attempts(&a).await + attempts(&b).await,
+        2.0,
+        "one order per renewal"
+    );
+    assert_eq!(pebble.orders(), 2);
+}
+
+/// A fresh database on the test cluster for the shared ACME storage.
+async fn acme_database() -> String {
+    let base = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL is set by make test");
+    let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let name = format!("acme_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    format!("{}/{name}", &base[..base.rfind('/').unwrap()])
+}
+
+#[tokio::test]
+async fn unreachable_ca_and_rejected_name_are_reported_while_the_fallback_serves() {
+    let ports = Ports::new();
+    let echo = Echo::start(TestKey::new(37).jwks.clone()).await;
+    let fallback = scratch("acme-fallback");
+    gateway::tls::self_signed(&[NAME.into()], &fallback).unwrap();
+    let fallback_table = format!(
+        "\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
+        fallback.join("gateway.pem").display(),
+        fallback.join("gateway.key").display()
+    );
+    let store = scratch("acme-files");
+    let storage = files_storage(&store);
+    let unreachable = format!("https://127.0.0.1:{}/dir", free_port());
+    let gw = start_gateway(&ports, &echo, move |t| {
+        t.replace("source = \"self-signed\"", "source = \"acme\"")
+            .replace("level = \"warn\"", "level = \"info,access=warn,rustls=error\"")
+            + &format!(
+                "{fallback_table}\n[tls.acme]\ndirectory = \"{unreachable}\"\ndomains = [\"{NAME}\"]\nretry_min_seconds = 1\n{storage}\n"
+            )
+    })
+    .await;
+    let reason = "gatehouse_gateway_acme_renewal_failures_total{name=\"a.gatehouse.test\",reason=\"ca_unreachable\"}";
+    for _ in 0..100 {
+        if metric(&gw, reason).await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&gw, reason).await >= 1.0, "{}", gw.log());
+    assert!(gw.log().contains("cannot reach the CA"), "{}", gw.log());
+    // The configured fallback certificate serves meanwhile, and the gateway is healthy.
+    let ca = std::fs::read_to_string(fallback.join("ca.pem")).unwrap();
+    assert!(served_serial(gw.https, NAME, &ca).await.is_ok());
+    assert_eq!(gw.admin("/healthz").await.status, 200);
+    drop(gw);
+
+    // The CA refuses the name (Pebble's block list): the reason and the CA's words are logged.
+    let ports = Ports::new();
+    let pebble = Pebble::start(ports.http, ports.https, 3600, &["gatehouse.test"]).await;
+    let gw = start_gateway(
+        &ports,
+        &echo,
+        acme_config(&pebble, "http-01", &files_storage(&store), ""),
+    )
+    .await;
+    let rejected = "gatehouse_gateway_acme_renewal_failures_total{name=\"a.gatehouse.test\",reason=\"ca_rejected\"}";
+    for _ in 0..100 {
+        if metric(&gw, rejected).await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&gw, rejected).await >= 1.0, "{}", gw.log());
+    assert!(gw.log().contains("the CA refused"), "{}", gw.log());
+    assert_eq!(gw.admin("/healthz").await.status, 200);
+    let _ = std::fs::remove_dir_all(&store);
+    let _ = std::fs::remove_dir_all(&fallback);
+}
