@@ -3,8 +3,9 @@
 # Idempotent and quiet: prints a single "deps: ok" when nothing had to change.
 set -euo pipefail
 
-# pebble: Let's Encrypt's ACME test server (with pebble-challtestsrv), for the ACME tests.
-APT_PACKAGES=(postgresql postgresql-contrib openssl cmake build-essential pkg-config curl ca-certificates pebble)
+# pebble: Let's Encrypt's ACME test server (with pebble-challtestsrv), for the ACME tests;
+# prometheus: promtool, for the alert rule tests.
+APT_PACKAGES=(postgresql postgresql-contrib openssl cmake build-essential pkg-config curl ca-certificates pebble prometheus)
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -22,7 +23,7 @@ missing=()
 for tool in initdb pg_ctl psql; do
   have_pg_tool "$tool" || missing+=("$tool")
 done
-for tool in openssl cmake cc pkg-config curl pebble pebble-challtestsrv; do
+for tool in openssl cmake cc pkg-config curl pebble pebble-challtestsrv promtool; do
   have "$tool" || missing+=("$tool")
 done
 # pg.sh runs the cluster as the postgres OS user when we are root; the
@@ -41,7 +42,14 @@ if ((${#missing[@]} > 0)); then
   fi
   # Keep apt's chatter out of the way, but show it if something goes wrong.
   apt_log=$(mktemp)
-  trap 'rm -f "$apt_log"' EXIT
+  # Packages would start their daemons (prometheus on :9090, the gateway's admin port; a
+  # system-wide PostgreSQL): only the binaries are wanted. policy-rc.d = 101 forbids starts.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+  fi
+  trap 'rm -f "$apt_log"; if ((own_policy)); then rm -f "$policy"; fi' EXIT
   export DEBIAN_FRONTEND=noninteractive
   echo "deps: missing ${missing[*]}; running apt-get update"
   if ! apt-get update -q >"$apt_log" 2>&1; then

@@ -41,6 +41,12 @@ if ! pg_start "$pg_tmp"; then
 fi
 echo "DATABASE_URL=$DATABASE_URL"
 
+step "alert rules: promtool check + unit tests (deploy/prometheus)"
+promtool check rules deploy/prometheus/*.yml
+for t in deploy/prometheus/tests/*.test.yml; do
+  promtool test rules "$t"
+done
+
 step "cargo fmt --all --check"
 cargo fmt --all --check
 

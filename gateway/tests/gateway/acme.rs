@@ -43,7 +43,7 @@ fn acme_config(
     challenge: &str,
     storage: &str,
     extra: &str,
-) -> impl FnOnce(String) -> String {
+) -> impl FnOnce(String) -> String + use<> {
     let table = format!(
         r#"
 [tls.acme]
@@ -157,20 +157,44 @@ async fn start_gateway(ports: &Ports, echo: &Echo, edit: impl FnOnce(String) -> 
     Gateway::start_on(ports.tuple(), Options::echo(echo), edit).await
 }
 
+const OTHER: &str = "b.gatehouse.test";
+
 #[tokio::test]
-async fn first_certificate_over_http01_verifies_against_the_ca() {
+async fn first_certificates_over_http01_verify_against_the_ca_and_follow_sni() {
     let ports = Ports::new();
-    let pebble = Pebble::start(ports.http, ports.https, 3600, &[]).await;
+    // The CA requires external account binding (as ZeroSSL, Google Trust Services do).
+    let (kid, hmac) = (
+        "kid-1",
+        "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W",
+    );
+    let pebble = Pebble::start_with(ports.http, ports.https, 3600, &[], Some((kid, hmac))).await;
     let echo = Echo::start(TestKey::new(31).jwks.clone()).await;
     let store = scratch("acme-files");
-    let gw = start_gateway(
-        &ports,
-        &echo,
-        acme_config(&pebble, "http-01", &files_storage(&store), ""),
-    )
+    let config = acme_config(
+        &pebble,
+        "http-01",
+        &files_storage(&store),
+        &format!("eab_kid = \"{kid}\"\neab_hmac_key = \"{hmac}\""),
+    );
+    let gw = start_gateway(&ports, &echo, move |t| {
+        config(t).replace(
+            &format!("domains = [\"{NAME}\"]"),
+            &format!("domains = [\"{NAME}\", \"{OTHER}\"]"),
+        )
+    })
     .await;
-    wait_for_certificate(&gw, &pebble, None).await;
+    let first = wait_for_certificate(&gw, &pebble, None).await;
     let root = pebble.root().await;
+    // One certificate per name, chosen by SNI.
+    let mut other = Err(String::new());
+    for _ in 0..100 {
+        other = served_serial(gw.https, OTHER, &root).await;
+        if other.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(other.unwrap(), first);
     let r = client_for(&gw, &root, true)
         .get(format!("https://{NAME}:{}/open/x", gw.https))
         .send()
@@ -180,9 +204,14 @@ async fn first_certificate_over_http01_verifies_against_the_ca() {
     assert!(gw.log().contains("ACME order created"));
     assert_eq!(
         metric(&gw, "gatehouse_gateway_acme_renewal_attempts_total").await,
-        1.0
+        2.0
     );
     assert!(metric(&gw, "gatehouse_gateway_certificate_expiry_seconds").await > 0.0);
+    assert_eq!(
+        pebble.log().matches("POST /sign-me-up").count(),
+        1,
+        "one account"
+    );
     // Stored for the next start: chain and a private key only its owner can read.
     use std::os::unix::fs::PermissionsExt;
     let key = std::fs::metadata(store.join(NAME).join("key.pem")).unwrap();

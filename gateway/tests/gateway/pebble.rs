@@ -32,6 +32,18 @@ impl Pebble {
         validity_seconds: u64,
         blocked: &[&str],
     ) -> Self {
+        Self::start_with(http_port, tls_port, validity_seconds, blocked, None).await
+    }
+
+    /// Like `start`; with `eab` = (key id, base64url HMAC key) the CA requires external
+    /// account binding.
+    pub async fn start_with(
+        http_port: u16,
+        tls_port: u16,
+        validity_seconds: u64,
+        blocked: &[&str],
+        eab: Option<(&str, &str)>,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("pebble-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         // Its listener certificate: a throwaway CA + leaf for localhost / 127.0.0.1.
@@ -51,13 +63,18 @@ impl Pebble {
   "httpPort": {http_port},
   "tlsPort": {tls_port},
   "ocspResponderURL": "",
-  "externalAccountBindingRequired": false,
+  "externalAccountBindingRequired": {eab_required},
+  "externalAccountMACKeys": {{{eab_keys}}},
   "domainBlocklist": [{blocklist}],
   "certificateValidityPeriod": {validity_seconds}
 }}}}"#,
                 cert = dir.join("gateway.pem").display(),
                 key = dir.join("gateway.key").display(),
                 blocklist = blocklist.join(", "),
+                eab_required = eab.is_some(),
+                eab_keys = eab
+                    .map(|(kid, key)| format!("\"{kid}\": \"{key}\""))
+                    .unwrap_or_default(),
             ),
         )
         .unwrap();
