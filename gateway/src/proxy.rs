@@ -41,6 +41,7 @@ pub struct UpstreamRt {
     pub read: Duration,
     pub write: Duration,
     pub idle: Duration,
+    pub total: Option<Duration>,
     health_loop: AtomicBool,
     targets_state: Mutex<HashMap<SocketAddr, TargetState>>,
 }
@@ -80,6 +81,7 @@ impl UpstreamRt {
             read: Duration::from_millis(u.read_timeout_ms),
             write: Duration::from_millis(u.write_timeout_ms),
             idle: Duration::from_millis(u.idle_timeout_ms),
+            total: (u.total_timeout_ms > 0).then(|| Duration::from_millis(u.total_timeout_ms)),
             health_loop: AtomicBool::new(false),
             targets_state: Mutex::default(),
         })
@@ -807,13 +809,22 @@ impl ProxyHttp for Gateway {
         };
         ctx.target = Some(target);
         let mut peer = HttpPeer::new(target, false, String::new());
-        peer.options.connection_timeout = Some(up.connect);
         let route_timeout = self
             .route(ctx)
             .and_then(|r| r.cfg.timeout_ms)
             .map(Duration::from_millis);
-        peer.options.read_timeout = Some(route_timeout.unwrap_or(up.read));
-        peer.options.write_timeout = Some(route_timeout.unwrap_or(up.write));
+        // What the total deadline leaves caps every wait of this attempt.
+        let left = up
+            .total
+            .map(|t| t.saturating_sub(ctx.started.elapsed()))
+            .unwrap_or(Duration::MAX);
+        if left.is_zero() {
+            ctx.failure = Some((504, "upstream_timeout", "Upstream timed out"));
+            return Err(Error::explain(HTTPStatus(504), "total upstream timeout"));
+        }
+        peer.options.connection_timeout = Some(up.connect.min(left));
+        peer.options.read_timeout = Some(route_timeout.unwrap_or(up.read).min(left));
+        peer.options.write_timeout = Some(route_timeout.unwrap_or(up.write).min(left));
         peer.options.idle_timeout = Some(up.idle);
         Ok(Box::new(peer))
     }
@@ -864,6 +875,24 @@ impl ProxyHttp for Gateway {
             upstream.insert_header("x-user-id", sub.as_str())?;
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let total = self.route(ctx).and_then(|r| r.upstream.total);
+        if !end_of_stream && total.is_some_and(|t| ctx.started.elapsed() > t) {
+            ctx.decision = "upstream_total_timeout";
+            return Err(Error::explain(
+                ReadTimedout,
+                "the response outlived the upstream's total_timeout_ms",
+            ));
+        }
+        Ok(None)
     }
 
     async fn upstream_response_filter(

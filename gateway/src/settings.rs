@@ -67,7 +67,8 @@ pub struct Server {
     /// number of concurrent upstream requests (h2 clients multiplex many streams onto one
     /// downstream connection, each needing its own HTTP/1.1 upstream connection).
     pub upstream_keepalive_pool: usize,
-    /// Read buffer per client connection (idle connections keep it).
+    /// Extra read buffer per client connection, kept while it idles. 0 (the default): none —
+    /// rustls and Pingora's HTTP/1 parser read into their own buffers anyway.
     pub read_buffer_bytes: usize,
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` and `X-Request-Id` are believed.
     pub trusted_proxies: Vec<String>,
@@ -87,7 +88,7 @@ impl Default for Server {
             max_uri_bytes: 8192,
             max_header_bytes: 16 * 1024,
             upstream_keepalive_pool: 1024,
-            read_buffer_bytes: 16 * 1024,
+            read_buffer_bytes: 0,
             trusted_proxies: Vec::new(),
             max_connections: 20_000,
             header_timeout_seconds: 10,
@@ -276,6 +277,10 @@ pub struct Upstream {
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
     pub write_timeout_ms: u64,
+    /// Whole attempt, from the request's arrival to the last response byte (0 = no limit):
+    /// read/write waits are cut to what is left, and a response still streaming when it runs
+    /// out is aborted.
+    pub total_timeout_ms: u64,
     /// Idle pooled connections are closed after this; keep it below the upstream's own idle
     /// timeout so a reused connection is never one the upstream just closed.
     pub idle_timeout_ms: u64,
@@ -293,6 +298,7 @@ impl Default for Upstream {
             connect_timeout_ms: 1_000,
             read_timeout_ms: 30_000,
             write_timeout_ms: 30_000,
+            total_timeout_ms: 60_000,
             idle_timeout_ms: 50_000,
             health_path: "/healthz".into(),
             health_interval_ms: 1_000,
@@ -431,8 +437,11 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
             "the admin listener must be on a loopback address".into(),
         );
     }
-    if s.server.read_buffer_bytes < 4096 {
-        bad("server.read_buffer_bytes", "must be at least 4096".into());
+    if s.server.read_buffer_bytes != 0 && s.server.read_buffer_bytes < 4096 {
+        bad(
+            "server.read_buffer_bytes",
+            "must be 0 (none) or at least 4096".into(),
+        );
     }
     if s.server.threads == 0 {
         bad("server.threads", "must be at least 1".into());

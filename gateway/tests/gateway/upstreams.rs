@@ -127,3 +127,22 @@ async fn route_timeout_gives_504() {
     assert_eq!(r.body["type"], "upstream_timeout");
     assert_eq!(gw.get("/slowroute/x?delay_ms=10", None).await.status, 200);
 }
+
+/// `total_timeout_ms` bounds the whole attempt even when every single read is within
+/// `read_timeout_ms`.
+#[tokio::test]
+async fn the_total_upstream_timeout_answers_504() {
+    let key = TestKey::new(5);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let gw = Gateway::start_with(Options::echo(&echo), |t| {
+        t.replace(
+            "[upstreams.echo]\n",
+            "[upstreams.echo]\ntotal_timeout_ms = 300\n",
+        )
+    })
+    .await;
+    let r = gw.get("/open/slow?delay_ms=2000", None).await;
+    assert_eq!(r.status, 504, "{}", r.text);
+    assert_eq!(r.body["type"], "upstream_timeout");
+    assert_eq!(gw.get("/open/fast", None).await.status, 200);
+}
