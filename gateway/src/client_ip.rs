@@ -52,9 +52,19 @@ impl Net {
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies(Vec<Net>);
 
+/// The networks of a `trusted_proxies` list. An entry may hold several, comma-separated, so
+/// one environment variable can carry the whole list (`["${TRUSTED_PROXIES:-}"]`); empty
+/// pieces are ignored.
+pub fn entries(list: &[String]) -> impl Iterator<Item = &str> {
+    list.iter()
+        .flat_map(|e| e.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
 impl TrustedProxies {
     pub fn new(list: &[String]) -> Self {
-        Self(list.iter().filter_map(|s| parse_net(s)).collect())
+        Self(entries(list).filter_map(parse_net).collect())
     }
 
     pub fn trusts(&self, ip: IpAddr) -> bool {
@@ -112,5 +122,10 @@ mod tests {
         );
         assert!(parse_net("10.0.0.0/33").is_none());
         assert!(parse_net("nonsense").is_none());
+        let list = vec!["10.0.0.0/8, 192.0.2.1".to_string(), String::new()];
+        let t = TrustedProxies::new(&list);
+        assert!(t.trusts("10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
+        assert!(t.trusts("192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
+        assert_eq!(entries(&list).count(), 2);
     }
 }

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     };
     gatehouse_common::telemetry::init(config.settings.log.format, &config.settings.log.level);
     match cli.command {
-        Command::Check => match gateway::tls::load(&config.settings.tls) {
+        Command::Check => match gateway::tls::load_for(&config.settings) {
             Ok(_) => {
                 let files: Vec<String> = config
                     .files

@@ -50,6 +50,9 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
             ("listen.http", &s.listen.http),
             ("listen.admin", &s.listen.admin),
         ] {
+            if addr.is_empty() {
+                continue;
+            }
             std::net::TcpListener::bind(addr)
                 .map_err(|e| anyhow::anyhow!("{key} = {addr}: {e}"))?;
         }
@@ -66,7 +69,7 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         Runtime::compile(s, None, &metrics).map_err(anyhow::Error::msg)?,
     ));
     let resolver = Arc::new(Resolver::new(
-        crate::tls::load(&s.tls).map_err(anyhow::Error::msg)?,
+        crate::tls::load_for(s).map_err(anyhow::Error::msg)?,
     ));
     let shared = Arc::new(Shared {
         runtime: runtime.clone(),
@@ -94,18 +97,20 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         read: Some(s.server.read_buffer_bytes),
         write: None,
     };
-    let https_limits = limits("https");
-    let mut proxy = Service::new(
-        "gateway https".to_string(),
-        Guarded::new(
-            pingora::proxy::http_proxy(&server.configuration, gateway.clone()),
-            https_limits.clone(),
-            Some(tls),
-        ),
-    );
-    proxy.add_listener(ListenerConfig::tcp(&s.listen.https).l4_buffer(buffers));
-    proxy.set_connection_filter(https_limits);
-    server.add_service(proxy);
+    if s.listen.https_enabled() {
+        let https_limits = limits("https");
+        let mut proxy = Service::new(
+            "gateway https".to_string(),
+            Guarded::new(
+                pingora::proxy::http_proxy(&server.configuration, gateway.clone()),
+                https_limits.clone(),
+                Some(tls),
+            ),
+        );
+        proxy.add_listener(ListenerConfig::tcp(&s.listen.https).l4_buffer(buffers));
+        proxy.set_connection_filter(https_limits);
+        server.add_service(proxy);
+    }
 
     match s.listen.http_mode {
         HttpMode::Redirect => {
@@ -203,7 +208,7 @@ impl Shared {
                 "listener addresses and threads change only on restart or binary upgrade"
             );
         }
-        let store = crate::tls::load(&config.settings.tls)?;
+        let store = crate::tls::load_for(&config.settings)?;
         let next = Runtime::compile(&config.settings, Some(&current), &self.metrics)?;
         if !Arc::ptr_eq(&next.jwks, &current.jwks) {
             next.jwks

@@ -54,6 +54,13 @@ impl Default for Listen {
     }
 }
 
+impl Listen {
+    /// `listen.https = ""` turns the HTTPS listener off (TLS ends at a platform in front).
+    pub fn https_enabled(&self) -> bool {
+        !self.https.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Server {
@@ -410,6 +417,21 @@ pub fn load(base: &Path, env: Environment) -> Result<Config, ConfigError> {
 
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
+/// `IP:port`, or `host:port` with a DNS name (resolved when the configuration is loaded:
+/// at start-up and on every reload).
+fn is_target(t: &str) -> bool {
+    if t.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    t.rsplit_once(':').is_some_and(|(host, port)| {
+        port.parse::<u16>().is_ok_and(|p| p > 0)
+            && !host.is_empty()
+            && host
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    })
+}
+
 fn is_http_url(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
 }
@@ -423,9 +445,24 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
         ("listen.http", &s.listen.http),
         ("listen.admin", &s.listen.admin),
     ] {
+        if key == "listen.https" && addr.is_empty() {
+            continue; // HTTPS off: a platform terminates TLS in front
+        }
         if addr.parse::<SocketAddr>().is_err() {
             bad(key, format!("{addr:?} is not an address like 0.0.0.0:443"));
         }
+    }
+    if !s.listen.https_enabled() && s.listen.http_mode != HttpMode::Proxy {
+        bad(
+            "listen.https",
+            "with the HTTPS listener off, listen.http_mode must be \"proxy\" (nothing would answer the redirect)".into(),
+        );
+    }
+    if !s.listen.https_enabled() && s.tls.source == TlsSource::Acme {
+        bad(
+            "tls.source",
+            "acme certificates need the HTTPS listener (listen.https)".into(),
+        );
     }
     if s.listen
         .admin
@@ -452,8 +489,11 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
     if s.server.header_timeout_seconds == 0 {
         bad("server.header_timeout_seconds", "must be at least 1".into());
     }
-    for (i, p) in s.server.trusted_proxies.iter().enumerate() {
-        if crate::client_ip::parse_net(p).is_none() {
+    for (i, entry) in s.server.trusted_proxies.iter().enumerate() {
+        for p in crate::client_ip::entries(std::slice::from_ref(entry)) {
+            if crate::client_ip::parse_net(p).is_some() {
+                continue;
+            }
             bad(
                 &format!("server.trusted_proxies.{i}"),
                 format!("{p:?} is not an IP address or CIDR"),
@@ -461,6 +501,8 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
         }
     }
     match s.tls.source {
+        // Without an HTTPS listener no certificate is loaded.
+        _ if !s.listen.https_enabled() => {}
         TlsSource::Files if s.tls.certificates.is_empty() => {
             bad(
                 "tls.certificates",
@@ -564,10 +606,10 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
             );
         }
         for (i, t) in u.targets.iter().enumerate() {
-            if t.parse::<SocketAddr>().is_err() {
+            if !is_target(t) {
                 bad(
                     &format!("upstreams.{name}.targets.{i}"),
-                    format!("{t:?} is not an IP:port"),
+                    format!("{t:?} is not IP:port or host:port"),
                 );
             }
         }

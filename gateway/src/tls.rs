@@ -214,6 +214,15 @@ pub fn read_pem(
     Ok((chain, key))
 }
 
+/// The certificate store of these settings: none when the HTTPS listener is off.
+pub fn load_for(settings: &crate::settings::Settings) -> Result<CertStore, String> {
+    if settings.listen.https_enabled() {
+        load(&settings.tls)
+    } else {
+        Ok(CertStore::default())
+    }
+}
+
 /// Builds the certificate store the configuration asks for.
 pub fn load(tls: &Tls) -> Result<CertStore, String> {
     let mut store = CertStore::default();
@@ -221,6 +230,15 @@ pub fn load(tls: &Tls) -> Result<CertStore, String> {
         // With ACME, configured files serve until (and for names without) an issued certificate.
         TlsSource::Files | TlsSource::Acme => {
             for (i, c) in tls.certificates.iter().enumerate() {
+                // With ACME an unset fallback (`${TLS_CERT_FILE:-}`) means: no fallback.
+                if tls.source == TlsSource::Acme && c.cert.is_empty() && c.key.is_empty() {
+                    continue;
+                }
+                if c.cert.is_empty() || c.key.is_empty() {
+                    return Err(format!(
+                        "tls.certificates.{i}: cert and key must name PEM files (the shipped configuration reads TLS_CERT_FILE and TLS_KEY_FILE)"
+                    ));
+                }
                 let (chain, key) =
                     read_pem(&c.cert, &c.key).map_err(|e| format!("tls.certificates.{i}: {e}"))?;
                 store

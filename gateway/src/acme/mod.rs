@@ -482,7 +482,13 @@ impl Acme {
                     .map_err(|e| classify("account", e))?
             }
             None => {
-                let contact: Vec<&str> = a.contact.iter().map(String::as_str).collect();
+                // `["${ACME_CONTACT:-}"]` leaves an empty entry when the variable is unset.
+                let contact: Vec<&str> = a
+                    .contact
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|c| !c.is_empty())
+                    .collect();
                 let eab = if a.eab_kid.is_empty() {
                     None
                 } else {

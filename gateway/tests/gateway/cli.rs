@@ -20,6 +20,18 @@ fn gateway() -> Command {
         "TLS_KEY_FILE",
         "JWKS_URL",
         "RUST_LOG",
+        "GATEWAY_HTTPS_LISTEN",
+        "GATEWAY_HTTP_MODE",
+        "PORT",
+        "TLS_SOURCE",
+        "API_UPSTREAM",
+        "TRUSTED_PROXIES",
+        "ACME_DOMAIN",
+        "ACME_CONTACT",
+        "ACME_DIRECTORY",
+        "ACME_STORAGE",
+        "ACME_DIR",
+        "ACME_DATABASE_URL",
     ] {
         c.env_remove(v);
     }
@@ -65,7 +77,7 @@ fn errors_name_file_line_and_key() {
         .arg(repo_config())
         .env("APP_ENV", "production"));
     assert!(!ok);
-    assert!(text.contains("gateway.production.toml:4: cors.web.origins.0: environment variable FRONTEND_ORIGIN is not set"), "{text}");
+    assert!(text.contains("gateway.production.toml:5: cors.web.origins.0: environment variable FRONTEND_ORIGIN is not set"), "{text}");
     assert!(
         text.contains("jwt.issuer: environment variable JWT_ISSUER is not set"),
         "{text}"
@@ -134,4 +146,51 @@ fn acme_settings_errors_name_the_key_and_line() {
         "line of tls.acme.directory: {text}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shipped configuration in the shapes the deployment files use: TLS at a platform (HTTPS
+/// off, plain-HTTP proxy on $PORT), ACME, files; and the mistakes each can carry.
+#[test]
+fn shipped_config_for_platforms_acme_and_files() {
+    let base = |env: &str| {
+        let mut c = gateway();
+        c.args(["check", "--config"])
+            .arg(repo_config())
+            .env("APP_ENV", env)
+            .env("JWT_ISSUER", "https://api.example.com")
+            .env("FRONTEND_ORIGIN", "https://app.example.com");
+        c
+    };
+    let (ok, text) = run(base("production")
+        .env("GATEWAY_HTTPS_LISTEN", "")
+        .env("GATEWAY_HTTP_MODE", "proxy")
+        .env("PORT", "10000")
+        .env("API_UPSTREAM", "gatehouse-api:8000")
+        .env("TRUSTED_PROXIES", "10.0.0.0/8, 172.16.0.0/12"));
+    assert!(ok, "behind a platform: {text}");
+    let (ok, text) = run(base("production").env("GATEWAY_HTTPS_LISTEN", ""));
+    assert!(
+        !ok && text.contains("http_mode must be \"proxy\""),
+        "{text}"
+    );
+    let (ok, text) = run(base("staging")
+        .env("TLS_SOURCE", "acme")
+        .env("ACME_DOMAIN", "api.example.com")
+        .env("ACME_CONTACT", "mailto:ops@example.com"));
+    assert!(ok, "acme: {text}");
+    let (ok, text) = run(base("staging").env("TLS_SOURCE", "acme"));
+    assert!(!ok && text.contains("tls.acme.domains.0"), "{text}");
+    let (ok, text) = run(&mut base("production"));
+    assert!(
+        !ok && text.contains("TLS_CERT_FILE"),
+        "files without a certificate: {text}"
+    );
+    let (ok, text) = run(base("production")
+        .env("GATEWAY_HTTPS_LISTEN", "")
+        .env("GATEWAY_HTTP_MODE", "proxy")
+        .env("TRUSTED_PROXIES", "10.0.0.0/8,not-an-ip"));
+    assert!(
+        !ok && text.contains("server.trusted_proxies.0") && text.contains("not-an-ip"),
+        "{text}"
+    );
 }

@@ -158,14 +158,24 @@ async fn connections_beyond_the_cap_are_refused_and_slots_come_back() {
 async fn plain_http_proxy_mode_behind_a_tls_terminator() {
     let key = TestKey::new(23);
     let echo = Echo::start(key.jwks.clone()).await;
+    // TLS ends at the platform: the HTTPS listener is off.
     let gw = Gateway::start_with(Options::echo(&echo), |t| {
-        t.replace("[listen]\n", "[listen]\nhttp_mode = \"proxy\"\n")
+        let https = t
+            .lines()
+            .find(|l| l.starts_with("https = "))
+            .unwrap_or_default()
+            .to_string();
+        t.replace(&https, "https = \"\"\nhttp_mode = \"proxy\"")
             .replace(
                 "[server]\n",
                 "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
             )
     })
     .await;
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", gw.https)).is_err(),
+        "no HTTPS listener"
+    );
     let plain = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{}/open/p", gw.http);
     let r = crate::helpers::Resp::from(plain.get(&url).send().await.unwrap()).await;
