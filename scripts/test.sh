@@ -42,7 +42,7 @@ fi
 echo "DATABASE_URL=$DATABASE_URL"
 
 step "alert rules: promtool check + unit tests (deploy/prometheus)"
-promtool check rules deploy/prometheus/*.yml
+promtool check config deploy/prometheus/prometheus.yml
 for t in deploy/prometheus/tests/*.test.yml; do
   promtool test rules "$t"
 done

@@ -311,7 +311,16 @@ async fn handle(
     let result = tokio::time::timeout(deadline, routes::dispatch(&state, req, &mut ctx))
         .await
         .unwrap_or(Err(ApiError::Timeout));
-    let mut resp = result.unwrap_or_else(|e| e.into_response(&ctx.request_id));
+    let mut resp = result.unwrap_or_else(|e| {
+        if e.status().is_server_error() {
+            state
+                .metrics
+                .server_errors
+                .with_label_values(&[e.problem().kind])
+                .inc();
+        }
+        e.into_response(&ctx.request_id)
+    });
     let status = resp.status();
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {

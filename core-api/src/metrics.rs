@@ -2,7 +2,8 @@
 
 use deadpool_postgres::Pool;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -11,6 +12,10 @@ pub struct Metrics {
     pub latency: HistogramVec,
     pub auth_failures: IntCounterVec,
     pub refresh_reuse: IntCounterVec,
+    /// 5xx answers by problem type (database_unavailable, overloaded, timeout, internal_error).
+    pub server_errors: IntCounterVec,
+    /// 1 when `SELECT 1` through the pool answered at the last scrape.
+    pub db_up: IntGauge,
     pool: IntGaugeVec,
 }
 
@@ -45,6 +50,17 @@ impl Metrics {
             ),
             &["event"],
         )?;
+        let server_errors = IntCounterVec::new(
+            Opts::new(
+                "server_errors_total",
+                "5xx answers by problem type (database_unavailable, overloaded, timeout, internal_error).",
+            ),
+            &["type"],
+        )?;
+        let db_up = IntGauge::new(
+            "db_up",
+            "1 when SELECT 1 through the pool answered within 1 s at this scrape.",
+        )?;
         let pool = IntGaugeVec::new(
             Opts::new(
                 "db_pool_connections",
@@ -57,12 +73,16 @@ impl Metrics {
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(refresh_reuse.clone()))?;
         registry.register(Box::new(pool.clone()))?;
+        registry.register(Box::new(server_errors.clone()))?;
+        registry.register(Box::new(db_up.clone()))?;
         Ok(Self {
             registry,
             requests,
             latency,
             auth_failures,
             refresh_reuse,
+            server_errors,
+            db_up,
             pool,
         })
     }

@@ -49,6 +49,7 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
             ("listen.https", &s.listen.https),
             ("listen.http", &s.listen.http),
             ("listen.admin", &s.listen.admin),
+            ("listen.metrics", &s.listen.metrics),
         ] {
             if addr.is_empty() {
                 continue;
@@ -150,10 +151,23 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         "gateway admin".to_string(),
         Admin {
             shared: shared.clone(),
+            read_only: false,
         },
     );
     admin.add_tcp(&s.listen.admin);
     server.add_service(admin);
+    if !s.listen.metrics.is_empty() {
+        // Reachable by Prometheus and orchestrator probes (pod IP); read-only.
+        let mut metrics_only = Service::new(
+            "gateway metrics".to_string(),
+            Admin {
+                shared: shared.clone(),
+                read_only: true,
+            },
+        );
+        metrics_only.add_tcp(&s.listen.metrics);
+        server.add_service(metrics_only);
+    }
 
     server.add_service(background_service(
         "acme",
@@ -302,6 +316,8 @@ impl ServeHttp for Redirect {
 /// upstream has a healthy target).
 struct Admin {
     shared: Arc<Shared>,
+    /// The `listen.metrics` listener: no `/reload`.
+    read_only: bool,
 }
 
 #[async_trait]
@@ -316,22 +332,24 @@ impl ServeHttp for Admin {
                 self.shared.metrics.render(),
             ),
             "/healthz" => plain(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
-            "/reload" if method == http::Method::POST => match self.shared.reload().await {
-                Ok(()) => plain(
-                    200,
-                    "application/json",
-                    br#"{"status":"reloaded"}"#.to_vec(),
-                ),
-                Err(e) => {
-                    let p = gatehouse_common::problem::Problem::new(
-                        422,
-                        "reload_refused",
-                        "Configuration reload refused",
-                    )
-                    .detail(e);
-                    plain(422, gatehouse_common::problem::CONTENT_TYPE, p.to_bytes())
+            "/reload" if method == http::Method::POST && !self.read_only => {
+                match self.shared.reload().await {
+                    Ok(()) => plain(
+                        200,
+                        "application/json",
+                        br#"{"status":"reloaded"}"#.to_vec(),
+                    ),
+                    Err(e) => {
+                        let p = gatehouse_common::problem::Problem::new(
+                            422,
+                            "reload_refused",
+                            "Configuration reload refused",
+                        )
+                        .detail(e);
+                        plain(422, gatehouse_common::problem::CONTENT_TYPE, p.to_bytes())
+                    }
                 }
-            },
+            }
             "/readyz" => {
                 let keys = !rt.jwks.verifier().keys().is_empty();
                 let down: Vec<&str> = rt

@@ -33,6 +33,9 @@ pub struct Listen {
     /// `proxy` (the full gateway without TLS, for platforms that terminate TLS in front of it
     /// — Render, Railway, Fly, a Kubernetes ingress).
     pub http_mode: HttpMode,
+    /// `/metrics`, `/healthz`, `/readyz` (no `/reload`) on an address Prometheus and
+    /// orchestrator probes can reach, e.g. `0.0.0.0:9091`; "" (default): off.
+    pub metrics: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -50,6 +53,7 @@ impl Default for Listen {
             http: "0.0.0.0:80".into(),
             admin: "127.0.0.1:9090".into(),
             http_mode: HttpMode::Redirect,
+            metrics: String::new(),
         }
     }
 }
@@ -444,9 +448,10 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
         ("listen.https", &s.listen.https),
         ("listen.http", &s.listen.http),
         ("listen.admin", &s.listen.admin),
+        ("listen.metrics", &s.listen.metrics),
     ] {
-        if key == "listen.https" && addr.is_empty() {
-            continue; // HTTPS off: a platform terminates TLS in front
+        if matches!(key, "listen.https" | "listen.metrics") && addr.is_empty() {
+            continue; // off (HTTPS: a platform terminates TLS in front)
         }
         if addr.parse::<SocketAddr>().is_err() {
             bad(key, format!("{addr:?} is not an address like 0.0.0.0:443"));

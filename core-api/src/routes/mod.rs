@@ -118,7 +118,7 @@ pub async fn dispatch(
         },
         Route::Healthz => system::healthz(),
         Route::Readyz => system::readyz(state).await,
-        Route::Metrics if state.settings.server.metrics => Ok(system::metrics(state)),
+        Route::Metrics if state.settings.server.metrics => Ok(system::metrics(state).await),
         Route::Metrics => Err(ApiError::NotFound),
         Route::OpenApi => Ok(system::openapi()),
     }

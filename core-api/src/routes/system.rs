@@ -47,7 +47,12 @@ pub fn jwks(state: &AppState) -> Response<Body> {
     )
 }
 
-pub fn metrics(state: &AppState) -> Response<Body> {
+/// The exposition, after one `SELECT 1` through the pool (at most 1 s) for `db_up`.
+pub async fn metrics(state: &AppState) -> Response<Body> {
+    let up = tokio::time::timeout(std::time::Duration::from_secs(1), state.db.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    state.metrics.db_up.set(i64::from(up));
     bytes(
         "text/plain; version=0.0.4",
         "no-store",

@@ -32,6 +32,12 @@ async fn exhausted_pool_answers_503_within_the_wait() {
         app.get(&app.tasks_path(u.id), Some(&u.access)).await.status,
         200
     );
+    // Counted for the pool-saturation alert (deploy/prometheus).
+    let metrics = app.get("/metrics", None).await.text;
+    assert!(
+        metrics.contains("gatehouse_api_server_errors_total{type=\"database_unavailable\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// A TCP relay in front of PostgreSQL that can be cut (connections reset, new ones refused)
@@ -112,8 +118,14 @@ async fn database_outage_gives_503_then_recovers_without_restart() {
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.problem()["type"], "database_unavailable");
     assert_eq!(app.get("/readyz", None).await.status, 503);
-    // Liveness does not depend on the database.
+    // Liveness does not depend on the database; the unreachable-database alert's signal drops.
     assert_eq!(app.get("/healthz", None).await.status, 200);
+    assert!(
+        app.get("/metrics", None)
+            .await
+            .text
+            .contains("gatehouse_api_db_up 0")
+    );
 
     relay.restore().await;
     let mut recovered = false;
@@ -129,6 +141,12 @@ async fn database_outage_gives_503_then_recovers_without_restart() {
         "service resumed by itself once the database was back"
     );
     assert_eq!(app.get("/readyz", None).await.status, 200);
+    assert!(
+        app.get("/metrics", None)
+            .await
+            .text
+            .contains("gatehouse_api_db_up 1")
+    );
 }
 
 /// `sslmode=verify-full` with the cluster's CA connects over TLS; without that CA the

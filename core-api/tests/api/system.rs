@@ -117,6 +117,7 @@ async fn metrics_count_requests_and_pool() {
         "{}",
         r.text
     );
+    assert!(r.text.contains("gatehouse_api_db_up 1"), "{}", r.text);
     assert!(
         r.text
             .contains("gatehouse_api_http_request_duration_seconds_bucket")

@@ -324,3 +324,33 @@ async fn https_jwks(jwks: serde_json::Value, ca_path: &std::path::Path) -> std::
     });
     addr
 }
+
+#[tokio::test]
+async fn the_metrics_listener_serves_metrics_and_health_but_no_reload() {
+    let key = TestKey::new(26);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let port = crate::helpers::free_port();
+    let gw = Gateway::start_with(Options::echo(&echo), move |t| {
+        t.replace(
+            "[listen]\n",
+            &format!("[listen]\nmetrics = \"127.0.0.1:{port}\"\n"),
+        )
+    })
+    .await;
+    let plain = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let r = plain.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("gatehouse_gateway_"));
+    for path in ["/healthz", "/readyz"] {
+        let r = plain.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let r = plain.post(format!("{base}/reload")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "reload only on the loopback admin listener"
+    );
+    assert_eq!(gw.admin("/healthz").await.status, 200);
+}
