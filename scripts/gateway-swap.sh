@@ -12,14 +12,14 @@
 #
 # Environment: GATEWAY_DIR (default /opt/gatehouse; holds gateway, gateway.previous, the pid
 # file, the upgrade socket and gateway.log), GATEWAY_CONFIG (default
-# /etc/gatehouse/config/gateway.toml), GATEWAY_ADMIN (default 127.0.0.1:9090), APP_ENV and the
+# /etc/gatehouse/config/gateway.toml), GATEWAY_ADMIN_LISTEN (default 127.0.0.1:9090), APP_ENV and the
 # gateway's own variables. Exits non-zero, with the running process untouched, when the new
 # binary rejects the configuration or does not come up.
 set -euo pipefail
 
 dir=${GATEWAY_DIR:-/opt/gatehouse}
 config=${GATEWAY_CONFIG:-/etc/gatehouse/config/gateway.toml}
-admin=${GATEWAY_ADMIN:-127.0.0.1:9090}
+admin=${GATEWAY_ADMIN_LISTEN:-127.0.0.1:9090}
 export GATEWAY_PID_FILE=${GATEWAY_PID_FILE:-$dir/gateway.pid}
 export GATEWAY_UPGRADE_SOCK=${GATEWAY_UPGRADE_SOCK:-$dir/upgrade.sock}
 log=$dir/gateway.log

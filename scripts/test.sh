@@ -56,4 +56,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test --workspace --locked${*:+ $*}"
 cargo test --workspace --locked "$@"
 
+step "runtime image layout (scripts/image-test.sh): both binaries in a distroless-like root filesystem"
+"$repo/scripts/image-test.sh" "$repo/target/debug"
+
 step "all checks passed"

@@ -45,7 +45,7 @@ enum Command {
     Check,
     /// Exit 0 when the admin listener's /healthz answers 200 (container HEALTHCHECK).
     Healthcheck {
-        #[arg(long, default_value = "127.0.0.1:9090")]
+        #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
         admin: String,
     },
 }

@@ -239,7 +239,7 @@ async fn the_swap_script_upgrades_and_rolls_back_under_load() {
                 .args(&args)
                 .env("GATEWAY_DIR", &dir)
                 .env("GATEWAY_CONFIG", dir.join("gateway.toml"))
-                .env("GATEWAY_ADMIN", format!("127.0.0.1:{admin}"))
+                .env("GATEWAY_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
                 .env("APP_ENV", "development")
                 .env_remove("RUST_LOG")
                 .output()
