@@ -6,6 +6,24 @@ use http::{HeaderMap, Method};
 
 use crate::settings::Cors;
 
+/// Hosting domains where anyone can get a subdomain: a wildcard under them is never safe.
+const SHARED_HOSTING: &[&str] = &[
+    "vercel.app",
+    "netlify.app",
+    "pages.dev",
+    "workers.dev",
+    "onrender.com",
+    "fly.dev",
+    "up.railway.app",
+    "herokuapp.com",
+    "github.io",
+    "web.app",
+    "firebaseapp.com",
+    "azurewebsites.net",
+    "cloudfront.net",
+    "amplifyapp.com",
+];
+
 /// An allowed origin: exact, or `scheme://*.domain[:port]` matching exactly one more label.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OriginPattern {
@@ -30,6 +48,13 @@ impl OriginPattern {
             return Err(format!("{raw:?} can never be allowed"));
         }
         match rest.strip_prefix("*.") {
+            Some(suffix)
+                if SHARED_HOSTING.contains(&suffix.split(':').next().unwrap_or(suffix)) =>
+            {
+                Err(format!(
+                    "{raw:?}: every customer of {suffix} gets a name there, so this admits other people's sites; name your own origins (for previews: a wildcard under a domain you own)"
+                ))
+            }
             Some(suffix) if !suffix.contains('*') && suffix.contains('.') => Ok(Self::Subdomain {
                 scheme: scheme.into(),
                 suffix: format!(".{suffix}"),
@@ -213,6 +238,9 @@ mod tests {
         assert!(OriginPattern::parse("https://*").is_err());
         assert!(OriginPattern::parse("https://a.com/path").is_err());
         assert!(OriginPattern::parse("https://*.*.com").is_err());
+        assert!(OriginPattern::parse("https://*.vercel.app").is_err());
+        assert!(OriginPattern::parse("https://*.preview.example.com").is_ok());
+        assert!(OriginPattern::parse("https://gatehouse.vercel.app").is_ok());
         let p = OriginPattern::parse("https://*.example.com")
             .unwrap_or(OriginPattern::Exact(String::new()));
         assert!(p.matches("https://app.example.com"));
