@@ -3,7 +3,7 @@
 //! → limits (URI, body) → route → CORS (preflight answered here) → per-IP rate limits → JWT →
 //! path claim → per-subject rate limits → forward.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +42,9 @@ pub struct UpstreamRt {
     pub write: Duration,
     pub idle: Duration,
     pub total: Option<Duration>,
+    /// What the targets resolved to when this upstream was built (names are looked up again
+    /// periodically; a change rebuilds the upstream).
+    pub addresses: BTreeSet<SocketAddr>,
     health_loop: AtomicBool,
     targets_state: Mutex<HashMap<SocketAddr, TargetState>>,
 }
@@ -54,12 +57,23 @@ struct TargetState {
     consecutive_5xx: u32,
 }
 
+/// The addresses `targets` stand for now (`host:port` names through the system resolver).
+pub fn resolve(targets: &[String]) -> Result<BTreeSet<SocketAddr>, String> {
+    let mut out = BTreeSet::new();
+    for t in targets {
+        let addrs = std::net::ToSocketAddrs::to_socket_addrs(t.as_str())
+            .map_err(|e| format!("{t}: cannot resolve: {e}"))?;
+        out.extend(addrs);
+    }
+    Ok(out)
+}
+
 impl UpstreamRt {
     pub fn new(name: &str, u: &Upstream) -> Result<Self, String> {
         let err = |e: &dyn std::fmt::Display| format!("upstreams.{name}: {e}");
-        let mut lb =
-            LoadBalancer::<RoundRobin>::try_from_iter(u.targets.iter().map(String::as_str))
-                .map_err(|e| err(&e))?;
+        let addresses = resolve(&u.targets).map_err(|e| err(&e))?;
+        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addresses.iter().copied())
+            .map_err(|e| err(&e))?;
         let mut hc = HttpHealthCheck::new("localhost", false);
         let mut req =
             RequestHeader::build("GET", u.health_path.as_bytes(), None).map_err(|e| err(&e))?;
@@ -82,9 +96,18 @@ impl UpstreamRt {
             write: Duration::from_millis(u.write_timeout_ms),
             idle: Duration::from_millis(u.idle_timeout_ms),
             total: (u.total_timeout_ms > 0).then(|| Duration::from_millis(u.total_timeout_ms)),
+            addresses,
             health_loop: AtomicBool::new(false),
             targets_state: Mutex::default(),
         })
+    }
+
+    /// Whether some target is a host name (its addresses can change).
+    pub fn has_names(&self) -> bool {
+        self.settings
+            .targets
+            .iter()
+            .any(|t| t.parse::<SocketAddr>().is_err())
     }
 
     /// The target for the next attempt: healthy (active checks), not passively ejected, and
@@ -224,9 +247,14 @@ impl Runtime {
     ) -> Result<Self, String> {
         let mut upstreams = HashMap::new();
         for (name, u) in &s.upstreams {
+            // Same settings and, for host names, the same addresses as now: keep it (its
+            // health state and connections). A name that fails to resolve now keeps the old.
             let reused = previous
                 .and_then(|p| p.upstreams.get(name))
                 .filter(|old| old.settings == *u)
+                .filter(|old| {
+                    !old.has_names() || resolve(&u.targets).map_or(true, |now| now == old.addresses)
+                })
                 .cloned();
             let up = match reused {
                 Some(up) => up,

@@ -25,6 +25,9 @@ use crate::proxy::{Gateway, Runtime};
 use crate::settings::{Config, HttpMode};
 use crate::tls::Resolver;
 
+/// How often host-name upstream targets are looked up again.
+const RESOLVE_EVERY_SECONDS: u64 = 15;
+
 /// Where the graceful-upgrade socket lives unless `GATEWAY_UPGRADE_SOCK` says otherwise.
 const UPGRADE_SOCK: &str = "/tmp/gatehouse-gateway-upgrade.sock";
 
@@ -210,6 +213,59 @@ impl Shared {
             }
         }
         result
+    }
+
+    /// Looks up host-name targets again; when one now stands for other addresses (a
+    /// redeployed API on Fly, a recreated compose service), rebuilds the upstreams from the
+    /// running settings. Unchanged upstreams keep their health state and connections.
+    async fn follow_upstream_names(&self) {
+        let current = self.runtime.load_full();
+        let named: Vec<(
+            String,
+            Vec<String>,
+            std::collections::BTreeSet<std::net::SocketAddr>,
+        )> = current
+            .upstreams
+            .values()
+            .filter(|u| u.has_names())
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    u.settings.targets.clone(),
+                    u.addresses.clone(),
+                )
+            })
+            .collect();
+        if named.is_empty() {
+            return;
+        }
+        let changed = tokio::task::spawn_blocking(move || {
+            named.into_iter().find_map(|(name, targets, before)| {
+                crate::proxy::resolve(&targets)
+                    .ok()
+                    .filter(|now| *now != before)
+                    .map(|now| (name, now))
+            })
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some((name, now)) = changed else {
+            return;
+        };
+        let _one_at_a_time = self.reloading.lock().await;
+        match Runtime::compile(&current.settings, Some(&current), &self.metrics) {
+            Ok(next) => {
+                for up in next.upstreams.values() {
+                    up.ensure_health_loop();
+                }
+                self.runtime.store(Arc::new(next));
+                tracing::info!(upstream = %name, addresses = ?now, "upstream host names resolve to new addresses; upstreams rebuilt");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream addresses changed but the rebuild failed; keeping the old ones")
+            }
+        }
     }
 
     async fn try_reload(&self) -> Result<(), String> {
@@ -426,6 +482,9 @@ impl BackgroundService for Housekeeping {
                     }
                     if n.is_multiple_of(10) {
                         rt.limits.prune();
+                    }
+                    if n.is_multiple_of(RESOLVE_EVERY_SECONDS) {
+                        shared.follow_upstream_names().await;
                     }
                 }
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {

@@ -146,3 +146,26 @@ async fn the_total_upstream_timeout_answers_504() {
     assert_eq!(r.body["type"], "upstream_timeout");
     assert_eq!(gw.get("/open/fast", None).await.status, 200);
 }
+
+/// Targets may be host names (compose services, Kubernetes Services, platform private names);
+/// they are resolved when the configuration is built and looked up again periodically.
+#[tokio::test]
+async fn a_host_name_target_is_resolved() {
+    let key = TestKey::new(6);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let port = echo.addr.port();
+    let gw = Gateway::start_with(Options::echo(&echo), move |t| {
+        t.replace(
+            &format!("targets = [\"127.0.0.1:{port}\"]"),
+            &format!("targets = [\"localhost:{port}\"]"),
+        )
+    })
+    .await;
+    assert!(
+        std::fs::read_to_string(&gw.config)
+            .unwrap()
+            .contains(&format!("localhost:{port}"))
+    );
+    let r = gw.get("/open/by-name", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
