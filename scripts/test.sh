@@ -46,6 +46,7 @@ promtool check config deploy/prometheus/prometheus.yml
 for t in deploy/prometheus/tests/*.test.yml; do
   promtool test rules "$t"
 done
+python3 deploy/grafana/check_dashboard.py
 
 step "cargo fmt --all --check"
 cargo fmt --all --check
