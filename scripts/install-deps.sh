@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # pebble: Let's Encrypt's ACME test server (with pebble-challtestsrv), for the ACME tests;
-# prometheus: promtool, for the alert rule tests.
-APT_PACKAGES=(postgresql postgresql-contrib openssl cmake build-essential pkg-config curl ca-certificates pebble prometheus)
+# prometheus: promtool, for the alert rule tests; redis-server: the shared rate-limit store;
+# python3 + venv: the deployment-file checks (scripts/check-deploy.sh) and small helpers.
+APT_PACKAGES=(postgresql postgresql-contrib openssl cmake build-essential pkg-config curl ca-certificates pebble prometheus redis-server python3 python3-venv)
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -23,9 +24,12 @@ missing=()
 for tool in initdb pg_ctl psql; do
   have_pg_tool "$tool" || missing+=("$tool")
 done
-for tool in openssl cmake cc pkg-config curl pebble pebble-challtestsrv promtool; do
+for tool in openssl cmake cc pkg-config curl pebble pebble-challtestsrv promtool redis-server; do
   have "$tool" || missing+=("$tool")
 done
+if [[ ! -x /usr/bin/python3 ]] || ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null; then
+  missing+=("python3-venv")
+fi
 # pg.sh runs the cluster as the postgres OS user when we are root; the
 # Debian package creates that user.
 if [[ $(id -u) -eq 0 ]] && ! id -u postgres >/dev/null 2>&1; then

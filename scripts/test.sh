@@ -48,6 +48,9 @@ for t in deploy/prometheus/tests/*.test.yml; do
 done
 python3 deploy/grafana/check_dashboard.py
 
+step "deployment files (scripts/check-deploy.sh): Kubernetes schemas, compose-spec, hadolint, project rules"
+"$repo/scripts/check-deploy.sh"
+
 step "cargo fmt --all --check"
 cargo fmt --all --check
 

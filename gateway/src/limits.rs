@@ -1,7 +1,14 @@
-//! Rate limits (governor, GCRA): named limits keyed by client IP, token subject or one global
-//! bucket. 429 answers carry `Retry-After` and `RateLimit-Limit/Remaining/Reset`. The keyed
-//! state is pruned periodically (idle keys whose bucket refilled are dropped) and hard-capped,
-//! so clients with many addresses cannot grow memory without bound.
+//! Rate limits (GCRA): named limits keyed by client IP, token subject or one global bucket.
+//! 429 answers carry `Retry-After` and `RateLimit-Limit/Remaining/Reset`.
+//!
+//! `store = "local"` (governor): this process's buckets. The keyed state is pruned periodically
+//! (idle keys whose bucket refilled are dropped) and hard-capped, so clients with many
+//! addresses cannot grow memory without bound.
+//!
+//! `store = "redis"`: one bucket per key across every gateway instance — the same GCRA, run
+//! atomically by a Lua script on Redis's clock, with keys that expire when their bucket is
+//! full again. When Redis fails or is slower than `redis.timeout_ms`, the local bucket decides
+//! (each instance still limits; counted in `rate_limit_store_errors_total`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -12,8 +19,9 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use redis::aio::ConnectionManager;
 
-use crate::settings::{Limit, LimitKey};
+use crate::settings::{Limit, LimitKey, LimitStore};
 
 /// Past this many tracked keys a limiter starts over (after pruning did not help).
 const MAX_KEYS: usize = 1_000_000;
@@ -25,6 +33,9 @@ pub struct Named {
     pub name: String,
     pub key: LimitKey,
     pub burst: u32,
+    store: LimitStore,
+    /// Milliseconds between two tokens (GCRA emission interval).
+    interval_ms: u64,
     quota: Quota,
     limiter: ArcSwap<Keyed>,
 }
@@ -44,6 +55,8 @@ impl Named {
             name: name.to_string(),
             key: l.key,
             burst: l.burst,
+            store: l.store,
+            interval_ms: (1000 / u64::from(per_second.get())).max(1),
             quota,
             limiter: ArcSwap::from_pointee(Self::fresh(quota)),
         }
@@ -53,7 +66,30 @@ impl Named {
         RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>()
     }
 
-    pub fn check(&self, key: &str) -> Verdict {
+    /// The verdict for one request from `key`: from Redis when this limit is shared and
+    /// Redis answers in time, from this process's bucket otherwise.
+    pub async fn check(&self, key: &str, shared: Option<&RedisLimits>) -> Verdict {
+        if self.store == LimitStore::Redis
+            && let Some(redis) = shared
+        {
+            match redis
+                .gcra(&self.name, key, self.interval_ms, self.burst)
+                .await
+            {
+                Ok(None) => return Verdict::Allowed,
+                Ok(Some(wait_ms)) => {
+                    return Verdict::Limited {
+                        limit: self.burst,
+                        retry_after_secs: wait_ms.div_ceil(1000).max(1),
+                    };
+                }
+                Err(e) => redis.failed(&self.name, &e),
+            }
+        }
+        self.check_local(key)
+    }
+
+    fn check_local(&self, key: &str) -> Verdict {
         match self.limiter.load().check_key(&key.to_string()) {
             Ok(_) => Verdict::Allowed,
             Err(not_until) => {
@@ -113,6 +149,137 @@ pub fn headers(limit: u32, retry_after_secs: u64) -> Vec<(&'static str, String)>
     ]
 }
 
+/// GCRA on Redis: the key holds the theoretical arrival time (TAT, ms on Redis's clock). A
+/// request is allowed when the new TAT is at most `burst` intervals ahead of now; the key
+/// expires when the bucket would be full again. Returns 0, or the milliseconds to wait.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local ahead = new_tat - now
+if ahead > interval * burst then
+  return ahead - interval * burst
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', ahead)
+return 0
+";
+
+/// The Redis connection shared by every `store = "redis"` limit.
+pub struct RedisLimits {
+    pub url: String,
+    client: redis::Client,
+    /// Dropped after a failure, so the next try starts from a fresh connection.
+    conn: arc_swap::ArcSwapOption<redis::aio::ConnectionManager>,
+    script: redis::Script,
+    timeout: std::time::Duration,
+    errors: prometheus::IntCounterVec,
+    last_warning: std::sync::Mutex<Option<std::time::Instant>>,
+    /// After a failure Redis is not asked again until then: requests do not each wait for
+    /// the timeout while it is down.
+    skip_until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long a failed Redis is left alone before the next try.
+const RETRY_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl RedisLimits {
+    pub fn new(
+        s: &crate::settings::Redis,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, String> {
+        let client = redis::Client::open(s.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
+        Ok(Self {
+            url: s.url.clone(),
+            client,
+            conn: arc_swap::ArcSwapOption::empty(),
+            script: redis::Script::new(GCRA),
+            timeout: std::time::Duration::from_millis(s.timeout_ms.max(1)),
+            errors: metrics.rate_limit_store_errors.clone(),
+            last_warning: std::sync::Mutex::new(None),
+            skip_until: std::sync::Mutex::new(None),
+        })
+    }
+
+    async fn gcra(
+        &self,
+        limit: &str,
+        key: &str,
+        interval_ms: u64,
+        burst: u32,
+    ) -> Result<Option<u64>, String> {
+        if self
+            .skip_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            return Err("skipped after a recent failure".into());
+        }
+        let redis_key = format!("gatehouse:rl:{limit}:{key}");
+        let attempt = async {
+            // A kept connection may have died with an earlier Redis (restart, failover): on
+            // its first error, one more try on a fresh connection.
+            let kept = self.conn.load_full();
+            let tries = if kept.is_some() { 2 } else { 1 };
+            let mut last = String::new();
+            for n in 0..tries {
+                let mut conn = match (n, &kept) {
+                    (0, Some(c)) => ConnectionManager::clone(c),
+                    _ => {
+                        let c = self
+                            .client
+                            .get_connection_manager()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        self.conn.store(Some(Arc::new(c.clone())));
+                        c
+                    }
+                };
+                match self
+                    .script
+                    .key(&redis_key)
+                    .arg(interval_ms)
+                    .arg(burst)
+                    .invoke_async::<u64>(&mut conn)
+                    .await
+                {
+                    Ok(wait) => return Ok((wait > 0).then_some(wait)),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(last)
+        };
+        let result = tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))
+            .and_then(|r| r);
+        if result.is_err() {
+            self.conn.store(None);
+            *self.skip_until.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(std::time::Instant::now() + RETRY_AFTER_FAILURE);
+        }
+        result
+    }
+
+    /// Counts the failure; warns at most every 10 s.
+    fn failed(&self, limit: &str, error: &str) {
+        self.errors.with_label_values(&[limit]).inc();
+        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(10)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(
+                limit,
+                error,
+                "rate limit store (Redis) failed; this instance's own buckets decide meanwhile"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,18 +292,19 @@ mod tests {
                 key: LimitKey::Ip,
                 per_second: 1,
                 burst: 3,
+                store: LimitStore::Local,
             },
         );
         for _ in 0..3 {
-            assert_eq!(n.check("a"), Verdict::Allowed);
+            assert_eq!(n.check_local("a"), Verdict::Allowed);
         }
         assert!(matches!(
-            n.check("a"),
+            n.check_local("a"),
             Verdict::Limited {
                 limit: 3,
                 retry_after_secs: 1
             }
         ));
-        assert_eq!(n.check("b"), Verdict::Allowed, "keys are independent");
+        assert_eq!(n.check_local("b"), Verdict::Allowed, "keys are independent");
     }
 }

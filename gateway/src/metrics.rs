@@ -19,6 +19,7 @@ pub struct Metrics {
     pub acme_attempts: IntCounterVec,
     pub acme_failures: IntCounterVec,
     pub acme_last_success: IntGaugeVec,
+    pub rate_limit_store_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -107,7 +108,15 @@ impl Metrics {
             ),
             &["name"],
         )?;
+        let rate_limit_store_errors = IntCounterVec::new(
+            Opts::new(
+                "rate_limit_store_errors_total",
+                "Redis rate-limit checks that failed or timed out (the local bucket decided), by limit.",
+            ),
+            &["limit"],
+        )?;
         for c in [
+            &rate_limit_store_errors,
             &acme_attempts,
             &acme_failures,
             &requests,
@@ -139,6 +148,7 @@ impl Metrics {
             acme_attempts,
             acme_failures,
             acme_last_success,
+            rate_limit_store_errors,
         })
     }
 

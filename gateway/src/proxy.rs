@@ -230,6 +230,8 @@ pub struct Runtime {
     pub upstreams: HashMap<String, Arc<UpstreamRt>>,
     pub routes: Vec<RouteRt>,
     pub limits: Limits,
+    /// The store of `store = "redis"` limits (kept across reloads while the URL is the same).
+    pub redis: Option<Arc<crate::limits::RedisLimits>>,
     pub trusted: TrustedProxies,
     pub hsts: String,
     pub max_uri: usize,
@@ -267,6 +269,16 @@ impl Runtime {
             None => Arc::new(Jwks::from_settings(&s.jwt, metrics.clone())?),
         };
         let limits = Limits::new(&s.limits);
+        let redis = match previous
+            .and_then(|p| p.redis.clone())
+            .filter(|r| r.url == s.redis.url)
+        {
+            Some(r) => Some(r),
+            None if s.redis.url.is_empty() => None,
+            None => Some(Arc::new(crate::limits::RedisLimits::new(
+                &s.redis, metrics,
+            )?)),
+        };
         let mut routes = Vec::new();
         for (i, r) in s.routes.iter().enumerate() {
             let cors = match &r.cors {
@@ -307,6 +319,7 @@ impl Runtime {
             upstreams,
             routes,
             limits,
+            redis,
             trusted: TrustedProxies::new(&s.server.trusted_proxies),
             hsts: headers::hsts_value(s.tls.hsts_max_age_seconds),
             max_uri: s.server.max_uri_bytes,
@@ -452,16 +465,24 @@ impl Gateway {
         self.respond(session, ctx, status, Some(p), extra).await
     }
 
-    fn check_limits(&self, route: &RouteRt, key: LimitKey, value: &str) -> Option<(u32, u64)> {
-        route.limits.iter().filter(|l| l.key == key).find_map(|l| {
-            match l.check(if key == LimitKey::Global { "" } else { value }) {
-                Verdict::Allowed => None,
-                Verdict::Limited {
-                    limit,
-                    retry_after_secs,
-                } => Some((limit, retry_after_secs)),
+    async fn check_limits(
+        &self,
+        rt: &Runtime,
+        route: &RouteRt,
+        key: LimitKey,
+        value: &str,
+    ) -> Option<(u32, u64)> {
+        let value = if key == LimitKey::Global { "" } else { value };
+        for l in route.limits.iter().filter(|l| l.key == key) {
+            if let Verdict::Limited {
+                limit,
+                retry_after_secs,
+            } = l.check(value, rt.redis.as_deref()).await
+            {
+                return Some((limit, retry_after_secs));
             }
-        })
+        }
+        None
     }
 
     async fn verify(&self, jwks: &Jwks, token: &str) -> std::result::Result<String, Rejection> {
@@ -714,7 +735,7 @@ impl ProxyHttp for Gateway {
 
         let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
         for key in [LimitKey::Ip, LimitKey::Global] {
-            if let Some((limit, retry)) = self.check_limits(route, key, &ip) {
+            if let Some((limit, retry)) = self.check_limits(&rt, route, key, &ip).await {
                 let (p, h) = rate_limited(limit, retry);
                 return self.reject(session, ctx, "rate_limited", p, &h).await;
             }
@@ -786,7 +807,9 @@ impl ProxyHttp for Gateway {
                 );
                 return self.reject(session, ctx, "path_claim", p, &[]).await;
             }
-            if let Some((limit, retry)) = self.check_limits(route, LimitKey::Subject, &sub) {
+            if let Some((limit, retry)) =
+                self.check_limits(&rt, route, LimitKey::Subject, &sub).await
+            {
                 ctx.user_id = Some(sub);
                 let (p, h) = rate_limited(limit, retry);
                 return self.reject(session, ctx, "rate_limited", p, &h).await;

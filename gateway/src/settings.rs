@@ -21,6 +21,37 @@ pub struct Settings {
     pub limits: BTreeMap<String, Limit>,
     pub routes: Vec<Route>,
     pub log: LogSettings,
+    pub redis: Redis,
+}
+
+/// `[redis]`: where limits with `store = "redis"` keep their counters, shared by every
+/// gateway instance.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://[user:password@]host:port[/db]` (private network; "" = no Redis).
+    pub url: String,
+    /// A check slower than this counts as a Redis failure: the local limiter decides instead.
+    pub timeout_ms: u64,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            timeout_ms: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitStore {
+    /// This process only (each gateway instance has its own buckets).
+    #[default]
+    Local,
+    /// Redis: one bucket across all instances; this process's buckets while Redis fails.
+    Redis,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -373,6 +404,7 @@ pub struct Limit {
     pub key: LimitKey,
     pub per_second: u32,
     pub burst: u32,
+    pub store: LimitStore,
 }
 
 impl Default for Limit {
@@ -381,6 +413,7 @@ impl Default for Limit {
             key: LimitKey::Ip,
             per_second: 10,
             burst: 20,
+            store: LimitStore::Local,
         }
     }
 }
@@ -638,6 +671,18 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
                 "per_second and burst must be at least 1".into(),
             );
         }
+        if l.store == LimitStore::Redis && s.redis.url.is_empty() {
+            bad(
+                &format!("limits.{name}.store"),
+                "\"redis\" needs [redis] url".into(),
+            );
+        }
+    }
+    if !s.redis.url.is_empty() && !s.redis.url.starts_with("redis://") {
+        bad(
+            "redis.url",
+            "must be a redis://host:port URL (Redis on the private network)".into(),
+        );
     }
     if s.routes.is_empty() {
         bad("routes", "at least one [[routes]] is needed".into());

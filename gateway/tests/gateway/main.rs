@@ -10,4 +10,5 @@ mod edge;
 mod helpers;
 mod pebble;
 mod reload;
+mod shared_limits;
 mod upstreams;
