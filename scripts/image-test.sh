@@ -7,15 +7,15 @@
 # test PostgreSQL over verified TLS: migrate, serve, the images' HEALTHCHECK commands, and a
 # request through the gateway to the API. No shell, curl or package manager inside.
 #
-#   scripts/image-test.sh [BIN_DIR]     (default target/debug; the release build links the
-#                                        same libraries)
+#   scripts/image-test.sh [BIN_DIR]     (default target/release: what the images ship;
+#                                        make test builds it)
 #
 # Needs: root (chroot, uid switch) or unprivileged user namespaces (unshare -r), openssl,
 # curl, and DATABASE_URL / TEST_PG_CA_FILE from scripts/pg.sh (make test provides them).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin_dir=${1:-$repo/target/debug}
+bin_dir=${1:-$repo/target/release}
 say() { printf 'image-test: %s\n' "$*" >&2; }
 die() {
   say "$*"

@@ -60,7 +60,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test --workspace --locked${*:+ $*}"
 cargo test --workspace --locked "$@"
 
-step "runtime image layout (scripts/image-test.sh): both binaries in a distroless-like root filesystem"
-"$repo/scripts/image-test.sh" "$repo/target/debug"
+step "release build (what the images ship): cargo build --release -p core-api -p gateway"
+cargo build --release --locked -p core-api -p gateway
+
+step "runtime image layout (scripts/image-test.sh): the release binaries in a distroless-like root filesystem"
+"$repo/scripts/image-test.sh" "$repo/target/release"
 
 step "all checks passed"
