@@ -85,6 +85,21 @@ cargo build -p core-api -p gateway
 export APP_ENV=development DATABASE_URL
 export RUST_LOG=${RUST_LOG:-info}
 
+# await_ready WHAT PID URL [CURL_ARGS...]: until URL answers 2xx (30 s), or PID exits.
+await_ready() {
+  local what=$1 pid=$2 url=$3 _
+  for _ in $(seq 60); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "dev: $what: the process exited during startup" >&2
+      exit 1
+    fi
+    curl -fsS -o /dev/null "${@:4}" "$url" 2>/dev/null && return 0
+    sleep 0.5
+  done
+  echo "dev: $what not ready after 30 s ($url)" >&2
+  exit 1
+}
+
 echo "dev: core-api migrate"
 "$core_bin" migrate
 
@@ -92,22 +107,7 @@ echo "dev: core-api serve"
 "$core_bin" serve &
 core_pid=$!
 
-ready=0
-for _ in $(seq 60); do
-  if ! kill -0 "$core_pid" 2>/dev/null; then
-    echo "dev: core-api exited during startup" >&2
-    exit 1
-  fi
-  if curl -fsS -o /dev/null "$API/readyz" 2>/dev/null; then
-    ready=1
-    break
-  fi
-  sleep 0.5
-done
-if ((ready == 0)); then
-  echo "dev: core-api not ready after 30s ($API/readyz)" >&2
-  exit 1
-fi
+await_ready core-api "$core_pid" "$API/readyz"
 
 # The development CA the gateway generates (certs/dev/ca.pem), or with DEV_ACME=1 the root of
 # the local ACME CA: trust it instead of -k.
@@ -123,36 +123,10 @@ fi
 echo "dev: gateway run (https://localhost:8443, http :8080, admin 127.0.0.1:9090)"
 "$target_dir/debug/gateway" run &
 gw_pid=$!
-ready=0
-for _ in $(seq 60); do
-  if ! kill -0 "$gw_pid" 2>/dev/null; then
-    echo "dev: gateway exited during startup" >&2
-    exit 1
-  fi
-  if curl -fsS -o /dev/null http://127.0.0.1:9090/readyz 2>/dev/null; then
-    ready=1
-    break
-  fi
-  sleep 0.5
-done
-if ((ready == 0)); then
-  echo "dev: gateway not ready after 30s (http://127.0.0.1:9090/readyz)" >&2
-  exit 1
-fi
+await_ready gateway "$gw_pid" http://127.0.0.1:9090/readyz
 if [[ $acme == 1 ]]; then
   echo "dev: waiting for the ACME certificate for localhost"
-  issued=0
-  for _ in $(seq 60); do
-    if curl -fsS --cacert "$CA" -o /dev/null "$EDGE/.well-known/jwks.json" 2>/dev/null; then
-      issued=1
-      break
-    fi
-    sleep 0.5
-  done
-  if ((issued == 0)); then
-    echo "dev: no certificate after 30 s; the gateway log above says why" >&2
-    exit 1
-  fi
+  await_ready "the ACME certificate (the gateway log above says why)" "$gw_pid" "$EDGE/.well-known/jwks.json" --cacert "$CA"
   echo "dev: certificate issued by the local ACME CA (see .dev/pebble/pebble.log)"
 fi
 

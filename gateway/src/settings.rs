@@ -461,11 +461,7 @@ fn is_target(t: &str) -> bool {
         return true;
     }
     t.rsplit_once(':').is_some_and(|(host, port)| {
-        port.parse::<u16>().is_ok_and(|p| p > 0)
-            && !host.is_empty()
-            && host
-                .split('.')
-                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        port.parse::<u16>().is_ok_and(|p| p > 0) && crate::acme::check_domain(host).is_ok()
     })
 }
 

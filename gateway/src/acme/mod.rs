@@ -224,20 +224,13 @@ impl Acme {
     async fn pick_up(&self, a: &settings::Acme, store: &dyn Store) {
         for name in &a.domains {
             match store.certificate(name).await {
-                Ok(Some(stored)) => {
-                    let current =
-                        self.names.lock().await.get(name).and_then(|n| {
-                            n.served.as_ref().map(|s| s.chain_pem == stored.chain_pem)
-                        });
-                    if current != Some(true) {
-                        match self.install(a, name, &stored).await {
-                            Ok(()) => tracing::info!(name, "certificate loaded from storage"),
-                            Err(e) => {
-                                tracing::error!(name, error = %e, "stored certificate unusable; ordering a new one")
-                            }
-                        }
+                Ok(Some(stored)) => match self.adopt(a, name, &stored).await {
+                    Ok(true) => tracing::info!(name, "certificate loaded from storage"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(name, error = %e, "stored certificate unusable; ordering a new one")
                     }
-                }
+                },
                 Ok(None) => {}
                 Err(e) => {
                     self.count_failure(name, "storage");
@@ -245,6 +238,29 @@ impl Acme {
                 }
             }
         }
+    }
+
+    /// Installs `stored` unless `name` serves it already; whether it was installed.
+    async fn adopt(&self, a: &settings::Acme, name: &str, stored: &Stored) -> Result<bool, String> {
+        let serving = self
+            .names
+            .lock()
+            .await
+            .get(name)
+            .and_then(|n| n.served.as_ref())
+            .is_some_and(|s| s.chain_pem == stored.chain_pem);
+        if serving {
+            return Ok(false);
+        }
+        self.install(a, name, stored).await.map(|()| true)
+    }
+
+    async fn is_due(&self, name: &str) -> bool {
+        self.names
+            .lock()
+            .await
+            .get(name)
+            .is_none_or(|n| n.due(SystemTime::now(), Instant::now()))
     }
 
     async fn order_due(&self, a: &settings::Acme, store: &dyn Store) {
@@ -277,24 +293,12 @@ impl Acme {
         }
         for name in &due {
             // Another instance may have renewed while we waited for the lock.
-            if let Ok(Some(stored)) = store.certificate(name).await {
-                let fresh = self.names.lock().await.get(name).is_some_and(|n| {
-                    n.served
-                        .as_ref()
-                        .is_some_and(|s| s.chain_pem == stored.chain_pem)
-                });
-                if !fresh && self.install(a, name, &stored).await.is_ok() {
-                    let still_due = self
-                        .names
-                        .lock()
-                        .await
-                        .get(name)
-                        .is_some_and(|n| n.due(SystemTime::now(), Instant::now()));
-                    if !still_due {
-                        tracing::info!(name, "certificate renewed by another instance");
-                        continue;
-                    }
-                }
+            if let Ok(Some(stored)) = store.certificate(name).await
+                && self.adopt(a, name, &stored).await == Ok(true)
+                && !self.is_due(name).await
+            {
+                tracing::info!(name, "certificate renewed by another instance");
+                continue;
             }
             self.attempt(a, store, name).await;
         }

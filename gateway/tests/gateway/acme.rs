@@ -3,10 +3,9 @@
 //! back, restarts from storage, two gateways sharing PostgreSQL storage, and bad inputs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::helpers::{Echo, Gateway, Options, TestKey, free_port};
+use crate::helpers::{Echo, Gateway, Options, TestKey, free_port, rustls_client};
 use crate::pebble::Pebble;
 
 const NAME: &str = "a.gatehouse.test";
@@ -77,24 +76,11 @@ fn files_storage(dir: &Path) -> String {
 
 /// Handshakes with `name` as SNI, verifying against `root_pem`; the leaf's serial (hex).
 async fn served_serial(port: u16, name: &str, root_pem: &str) -> Result<String, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
-        roots
-            .add(c.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
     let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(rustls_client(root_pem.as_bytes()))
         .connect(server_name, tcp)
         .await
         .map_err(|e| e.to_string())?;
@@ -141,16 +127,6 @@ fn client_for(gw: &Gateway, root: &str, keep_alive: bool) -> reqwest::Client {
         b = b.pool_max_idle_per_host(0);
     }
     b.build().unwrap()
-}
-
-async fn metric(gw: &Gateway, needle: &str) -> f64 {
-    gw.admin("/metrics")
-        .await
-        .text
-        .lines()
-        .filter(|l| l.starts_with(needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 async fn start_gateway(ports: &Ports, echo: &Echo, edit: impl FnOnce(String) -> String) -> Gateway {
@@ -203,10 +179,15 @@ async fn first_certificates_over_http01_verify_against_the_ca_and_follow_sni() {
     assert_eq!(r.status(), 200);
     assert!(gw.log().contains("ACME order created"));
     assert_eq!(
-        metric(&gw, "gatehouse_gateway_acme_renewal_attempts_total").await,
+        gw.metric("gatehouse_gateway_acme_renewal_attempts_total")
+            .await,
         2.0
     );
-    assert!(metric(&gw, "gatehouse_gateway_certificate_expiry_seconds").await > 0.0);
+    assert!(
+        gw.metric("gatehouse_gateway_certificate_expiry_seconds")
+            .await
+            > 0.0
+    );
     assert_eq!(
         pebble.log().matches("POST /sign-me-up").count(),
         1,
@@ -235,7 +216,8 @@ async fn first_certificate_over_tls_alpn01_with_port_80_closed() {
     .await;
     wait_for_certificate(&gw, &pebble, None).await;
     assert_eq!(
-        metric(&gw, "gatehouse_gateway_acme_renewal_failures_total").await,
+        gw.metric("gatehouse_gateway_acme_renewal_failures_total")
+            .await,
         0.0
     );
     let _ = std::fs::remove_dir_all(&store);
@@ -296,7 +278,11 @@ async fn short_lived_certificates_renew_under_load_without_a_failed_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(renewed.is_some(), "the certificate was renewed");
-    assert!(metric(&gw, "gatehouse_gateway_acme_renewal_attempts_total").await >= 2.0);
+    assert!(
+        gw.metric("gatehouse_gateway_acme_renewal_attempts_total")
+            .await
+            >= 2.0
+    );
     let _ = std::fs::remove_dir_all(&store);
 }
 
@@ -322,13 +308,7 @@ async fn ca_outage_keeps_the_certificate_serving_backs_off_and_recovers() {
     let old_root = pebble.root().await;
     pebble.stop();
     let failures = "gatehouse_gateway_acme_renewal_failures_total{name=\"a.gatehouse.test\",reason=\"ca_unreachable\"}";
-    for _ in 0..300 {
-        if metric(&gw, failures).await >= 3.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(metric(&gw, failures).await >= 3.0, "{}", gw.log());
+    gw.wait_metric(failures, 3.0, 30).await;
     // The certificate in hand keeps serving while the CA is away.
     assert_eq!(
         served_serial(gw.https, NAME, &old_root).await,
@@ -365,7 +345,8 @@ async fn a_restart_serves_the_stored_certificate_without_a_new_order() {
     gw.restart().await;
     assert_eq!(wait_for_certificate(&gw, &pebble, None).await, serial);
     assert_eq!(
-        metric(&gw, "gatehouse_gateway_acme_renewal_attempts_total").await,
+        gw.metric("gatehouse_gateway_acme_renewal_attempts_total")
+            .await,
         0.0
     );
     assert_eq!(pebble.orders(), 1, "no new order after the restart");
@@ -402,8 +383,12 @@ async fn two_gateways_share_postgres_storage_with_one_order_per_renewal() {
         first,
         "both serve it"
     );
-    let attempts = |gw| metric(gw, "gatehouse_gateway_acme_renewal_attempts_total");
-    assert_eq!(attempts(&a).await + attempts(&b).await, 1.0, "one order");
+    const ATTEMPTS: &str = "gatehouse_gateway_acme_renewal_attempts_total";
+    assert_eq!(
+        a.metric(ATTEMPTS).await + b.metric(ATTEMPTS).await,
+        1.0,
+        "one order"
+    );
     assert_eq!(pebble.orders(), 1);
 
     // An HTTP-01 answer stored by one instance is served by every instance.
@@ -440,7 +425,7 @@ async fn two_gateways_share_postgres_storage_with_one_order_per_renewal() {
     }
     assert!(same, "B picks up A's renewal (or the other way round)");
     assert_eq!(
-        attempts(&a).await + attempts(&b).await,
+        a.metric(ATTEMPTS).await + b.metric(ATTEMPTS).await,
         2.0,
         "one order per renewal"
     );
@@ -485,13 +470,7 @@ async fn unreachable_ca_and_rejected_name_are_reported_while_the_fallback_serves
     })
     .await;
     let reason = "gatehouse_gateway_acme_renewal_failures_total{name=\"a.gatehouse.test\",reason=\"ca_unreachable\"}";
-    for _ in 0..100 {
-        if metric(&gw, reason).await >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(metric(&gw, reason).await >= 1.0, "{}", gw.log());
+    gw.wait_metric(reason, 1.0, 10).await;
     assert!(gw.log().contains("cannot reach the CA"), "{}", gw.log());
     // The configured fallback certificate serves meanwhile, and the gateway is healthy.
     let ca = std::fs::read_to_string(fallback.join("ca.pem")).unwrap();
@@ -509,13 +488,7 @@ async fn unreachable_ca_and_rejected_name_are_reported_while_the_fallback_serves
     )
     .await;
     let rejected = "gatehouse_gateway_acme_renewal_failures_total{name=\"a.gatehouse.test\",reason=\"ca_rejected\"}";
-    for _ in 0..100 {
-        if metric(&gw, rejected).await >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(metric(&gw, rejected).await >= 1.0, "{}", gw.log());
+    gw.wait_metric(rejected, 1.0, 10).await;
     assert!(gw.log().contains("the CA refused"), "{}", gw.log());
     assert_eq!(gw.admin("/healthz").await.status, 200);
     let _ = std::fs::remove_dir_all(&store);

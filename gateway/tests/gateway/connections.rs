@@ -34,15 +34,6 @@ async fn read_to_close(
     Ok(out)
 }
 
-async fn metric(gw: &Gateway, needle: &str) -> u64 {
-    let text = gw.admin("/metrics").await.text;
-    text.lines()
-        .find(|l| l.starts_with(needle))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 #[tokio::test]
 async fn a_header_dribbled_slowly_is_cut_off_but_idle_keepalive_is_not() {
     let key = TestKey::new(21);
@@ -82,7 +73,7 @@ async fn a_header_dribbled_slowly_is_cut_off_but_idle_keepalive_is_not() {
         "nothing was forwarded"
     );
     assert!(
-        metric(&gw, "gatehouse_gateway_connections_rejected_total{listener=\"https\",reason=\"header_timeout\"}").await >= 1
+        gw.metric("gatehouse_gateway_connections_rejected_total{listener=\"https\",reason=\"header_timeout\"}").await >= 1.0
     );
 
     // A keep-alive connection that idles longer than the header deadline between requests is
@@ -131,15 +122,12 @@ async fn connections_beyond_the_cap_are_refused_and_slots_come_back() {
         }
     }
     assert!(
-        metric(&gw, "gatehouse_gateway_connections_rejected_total{listener=\"https\",reason=\"max_connections\"}").await >= 1
+        gw.metric("gatehouse_gateway_connections_rejected_total{listener=\"https\",reason=\"max_connections\"}").await >= 1.0
     );
     assert_eq!(
-        metric(
-            &gw,
-            "gatehouse_gateway_connections_active{listener=\"https\"}"
-        )
-        .await,
-        2
+        gw.metric("gatehouse_gateway_connections_active{listener=\"https\"}")
+            .await,
+        2.0
     );
     drop(held.pop());
     // The freed slot is usable again (the close reaches the gateway asynchronously).

@@ -467,6 +467,29 @@ impl Gateway {
         Resp::from(r.send().await.expect("request")).await
     }
 
+    /// The sum of the admin `/metrics` samples whose line starts with `series` (a metric
+    /// name, or a name with its labels).
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.admin("/metrics")
+            .await
+            .text
+            .lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits up to `seconds` for `metric(series)` to reach `at_least`; fails with the log.
+    pub async fn wait_metric(&self, series: &str, at_least: f64, seconds: u64) {
+        for _ in 0..seconds * 10 {
+            if self.metric(series).await >= at_least {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{series} stayed below {at_least}:\n{}", self.log());
+    }
+
     pub async fn admin(&self, path: &str) -> Resp {
         let plain = reqwest::Client::builder().no_proxy().build().unwrap();
         Resp::from(
@@ -543,23 +566,29 @@ pub async fn raw_tls(gw: &Gateway, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A rustls client trusting only the certificates in `roots_pem`.
+pub fn rustls_client(roots_pem: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &*roots_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
 /// A TLS connection to the gateway's HTTPS listener, trusting its development CA.
 pub async fn tls_connect(
     gw: &Gateway,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let ca = std::fs::read(gw.dir.join("certs/ca.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca.as_slice()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(rustls_client(&ca));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.https))
         .await
         .unwrap();

@@ -56,16 +56,6 @@ impl Drop for Redis {
     }
 }
 
-async fn metric(gw: &Gateway, needle: &str) -> f64 {
-    gw.admin("/metrics")
-        .await
-        .text
-        .lines()
-        .filter(|l| l.starts_with(needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn a_redis_limit_is_one_bucket_across_gateways_and_local_when_redis_fails() {
     let mut redis = Redis::start().await;
@@ -108,7 +98,8 @@ timeout_ms = 200
         assert!(r.header("retry-after").is_some());
     }
     assert_eq!(
-        metric(&a, "gatehouse_gateway_rate_limit_store_errors_total").await,
+        a.metric("gatehouse_gateway_rate_limit_store_errors_total")
+            .await,
         0.0
     );
 
@@ -121,7 +112,11 @@ timeout_ms = 200
     }
     assert_eq!(&statuses[..4], &[200, 200, 200, 200], "{statuses:?}");
     assert_eq!(&statuses[4..], &[429, 429], "{statuses:?}");
-    assert!(metric(&a, "gatehouse_gateway_rate_limit_store_errors_total").await >= 6.0);
+    assert!(
+        a.metric("gatehouse_gateway_rate_limit_store_errors_total")
+            .await
+            >= 6.0
+    );
     assert!(
         a.log().contains("rate limit store (Redis) failed"),
         "{}",
@@ -132,7 +127,9 @@ timeout_ms = 200
     // again by both gateways.
     let _redis = Redis::start_on(redis.port).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let errors = metric(&a, "gatehouse_gateway_rate_limit_store_errors_total").await;
+    let errors = a
+        .metric("gatehouse_gateway_rate_limit_store_errors_total")
+        .await;
     let mut statuses = Vec::new();
     for i in 0..6 {
         let gw = if i % 2 == 0 { &a } else { &b };
@@ -141,7 +138,8 @@ timeout_ms = 200
     }
     assert_eq!(statuses, [200, 200, 200, 200, 429, 429], "shared again");
     assert_eq!(
-        metric(&a, "gatehouse_gateway_rate_limit_store_errors_total").await,
+        a.metric("gatehouse_gateway_rate_limit_store_errors_total")
+            .await,
         errors
     );
 }
