@@ -5,17 +5,16 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use gatehouse_common::config::Environment;
 use gatehouse_common::jwt::{Policy, Verifier};
 use gatehouse_common::request_id;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{CACHE_CONTROL, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -28,6 +27,8 @@ use uuid::Uuid;
 
 use crate::auth::keys::{self, Signer};
 use crate::auth::password::Hasher;
+use crate::auth::throttle::LoginThrottle;
+use crate::client::{ClientKey, Peer, TrustedProxies, client_key};
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::http::Body;
@@ -53,7 +54,8 @@ pub struct AppState {
     pub router: Router,
     pub jwks_body: Bytes,
     signer: Signer,
-    login_limiter: DefaultKeyedRateLimiter<String>,
+    login_throttle: LoginThrottle,
+    trusted_proxies: TrustedProxies,
 }
 
 impl AppState {
@@ -85,17 +87,14 @@ impl AppState {
         Ok(sub)
     }
 
-    /// Per-account login attempt limit (SECURITY.md: repeated failures are rate-limited).
-    pub fn check_login_rate(&self, account: &str) -> Result<(), ApiError> {
-        self.login_limiter
-            .check_key(&account.to_string())
-            .map_err(|not_until| {
-                self.metrics.auth_failure("login_rate_limited");
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                ApiError::RateLimited {
-                    retry_after_secs: wait.as_secs() + 1,
-                }
-            })
+    /// The client a request comes from (for throttling): see `client.rs`.
+    pub fn client_of(&self, req: &Request<Incoming>) -> ClientKey {
+        let peer = req.extensions().get::<Peer>().map(|p| p.0);
+        client_key(peer, req.headers(), &self.trusted_proxies)
+    }
+
+    pub fn login_throttle(&self) -> &LoginThrottle {
+        &self.login_throttle
     }
 }
 
@@ -173,9 +172,12 @@ impl Application {
             Err(e) => tracing::warn!(error = %e, "could not check the database role"),
         }
 
-        let per_minute =
-            NonZeroU32::new(settings.auth.login_attempts_per_minute).unwrap_or(NonZeroU32::MIN);
-        let login_limiter = RateLimiter::keyed(Quota::per_minute(per_minute));
+        let login_throttle = LoginThrottle::new(
+            settings.auth.login_attempts_per_minute,
+            settings.auth.login_account_failures_per_hour,
+        );
+        let trusted_proxies =
+            TrustedProxies::parse(&settings.server.trusted_proxies).map_err(anyhow::Error::msg)?;
         let jwks_body = Bytes::from(serde_json::to_vec(&keys.jwks)?);
         let listener = TcpListener::bind(settings.listen_addr())
             .await
@@ -190,7 +192,8 @@ impl Application {
             router: routes::router()?,
             jwks_body,
             signer: keys.signer,
-            login_limiter,
+            login_throttle,
+            trusted_proxies,
         });
         Ok(Self { listener, state })
     }
@@ -227,7 +230,7 @@ impl Application {
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let (stream, _peer) = match accepted {
+                    let (stream, peer) = match accepted {
                         Ok(a) => a,
                         Err(e) => {
                             // Out of file descriptors and the like: back off, keep serving.
@@ -238,7 +241,10 @@ impl Application {
                     };
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
-                    let svc = service_fn(move |req| handle(state.clone(), req));
+                    let svc = service_fn(move |mut req: Request<Incoming>| {
+                        req.extensions_mut().insert(Peer(peer));
+                        handle(state.clone(), req)
+                    });
                     let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
@@ -266,14 +272,22 @@ impl Application {
     }
 }
 
-/// Keeps the per-account limiter bounded: forget accounts whose bucket is full again.
+/// Keeps the login throttle bounded: forget drained buckets and expired known clients.
 async fn evict_idle_limiter_keys(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        state.login_limiter.retain_recent();
-        state.login_limiter.shrink_to_fit();
+        state.login_throttle.evict();
     }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Extension methods are folded into one label so clients cannot grow the metric set.
@@ -308,9 +322,21 @@ async fn handle(
     };
     let method = req.method().clone();
     let deadline = Duration::from_secs(state.settings.server.request_timeout_seconds);
-    let result = tokio::time::timeout(deadline, routes::dispatch(&state, req, &mut ctx))
-        .await
-        .unwrap_or(Err(ApiError::Timeout));
+    // Panic boundary: a panic anywhere in a handler becomes a 500 problem for this request
+    // only. What the handler held is dropped while unwinding; a database connection inside an
+    // open transaction is closed rather than pooled (`db::InTransaction`).
+    let handler = AssertUnwindSafe(routes::dispatch(&state, req, &mut ctx)).catch_unwind();
+    let result = match tokio::time::timeout(deadline, handler).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(payload)) => {
+            state.metrics.panics.inc();
+            Err(ApiError::Internal(format!(
+                "handler panicked: {}",
+                panic_message(payload.as_ref())
+            )))
+        }
+        Err(_) => Err(ApiError::Timeout),
+    };
     let mut resp = result.unwrap_or_else(|e| {
         if e.status().is_server_error() {
             state

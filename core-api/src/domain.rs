@@ -5,8 +5,8 @@ use std::fmt;
 
 use gatehouse_common::problem::FieldError;
 use secrecy::{ExposeSecret, SecretString};
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
 
 pub const PASSWORD_MIN_CHARS: usize = 8;
 pub const PASSWORD_MAX_CHARS: usize = 256;
@@ -79,19 +79,20 @@ impl Password {
     }
 }
 
-/// Task title: trimmed, 1–200 characters, no control characters.
+/// Task title: at most 200 characters as sent, no control characters, stored trimmed and
+/// never empty once trimmed. The length is counted before trimming so that the rule is the
+/// OpenAPI document's `maxLength` exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskTitle(String);
 
 impl TaskTitle {
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
-        let t = raw.trim();
-        let n = t.chars().count();
-        if n == 0 {
-            return Err(FieldError::new("title", "must not be empty"));
-        }
-        if n > TITLE_MAX_CHARS {
+        if raw.chars().count() > TITLE_MAX_CHARS {
             return Err(FieldError::new("title", "must be at most 200 characters"));
+        }
+        let t = raw.trim();
+        if t.is_empty() {
+            return Err(FieldError::new("title", "must not be empty"));
         }
         if t.chars().any(char::is_control) {
             return Err(FieldError::new(
@@ -107,7 +108,9 @@ impl TaskTitle {
     }
 }
 
-/// Task description: at most 4000 characters.
+/// Task description: at most 4000 characters, no control characters other than tab and line
+/// breaks. PostgreSQL's `text` cannot hold NUL at all; the other C0/C1 controls are refused so
+/// that a stored description can never carry terminal escapes into someone's log viewer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskDescription(String);
 
@@ -119,6 +122,15 @@ impl TaskDescription {
                 "must be at most 4000 characters",
             ));
         }
+        if raw
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        {
+            return Err(FieldError::new(
+                "description",
+                "must not contain control characters other than tab and line breaks",
+            ));
+        }
         Ok(Self(raw))
     }
 
@@ -127,14 +139,42 @@ impl TaskDescription {
     }
 }
 
-/// An RFC 3339 timestamp.
+/// First and last year a client may write in a timestamp. Whatever the offset, the instant
+/// then falls in UTC years 0000–9999: what RFC 3339 (four-digit years) can write back, what
+/// the `time` crate converts to UTC without overflowing, and well inside PostgreSQL's
+/// `timestamptz` range. The OpenAPI document states the same rule as a pattern.
+pub const MIN_YEAR: i32 = 1;
+pub const MAX_YEAR: i32 = 9998;
+
+/// Whether an instant (already in UTC) can be stored and written back as RFC 3339: the range
+/// a stored timestamp or a cursor position must stay in.
+pub fn representable(t: OffsetDateTime) -> bool {
+    (0..=9999).contains(&t.year())
+}
+
+/// An RFC 3339 date-time with a year from 0001 to 9998, as an instant in UTC truncated to
+/// microseconds (PostgreSQL's precision, so that what is stored is what is returned).
 pub fn parse_rfc3339(raw: &str, field: &str) -> Result<OffsetDateTime, FieldError> {
-    OffsetDateTime::parse(raw.trim(), &Rfc3339).map_err(|_| {
+    let parsed = OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| {
         FieldError::new(
             field,
             "must be an RFC 3339 date-time like 2026-01-31T17:00:00Z",
         )
-    })
+    })?;
+    if !(MIN_YEAR..=MAX_YEAR).contains(&parsed.year()) {
+        return Err(FieldError::new(
+            field,
+            "must be a date-time in the years 0001 to 9998",
+        ));
+    }
+    // The year bound keeps the UTC conversion in range; checked anyway, never a panic.
+    let utc = parsed
+        .checked_to_offset(UtcOffset::UTC)
+        .filter(|t| representable(*t))
+        .ok_or_else(|| FieldError::new(field, "must be a date-time in the years 0001 to 9998"))?;
+    let micros = utc.nanosecond() / 1_000 * 1_000;
+    utc.replace_nanosecond(micros)
+        .map_err(|_| FieldError::new(field, "is not a valid date-time"))
 }
 
 /// Collects the outcome of several field parses, so one response lists every problem.

@@ -9,6 +9,7 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::auth::password::HashError;
+use crate::auth::refresh::RefreshError;
 use crate::db::DbError;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,15 @@ impl From<DbError> for ApiError {
         match e {
             DbError::Unavailable(why) => Self::DatabaseUnavailable(why),
             DbError::Query(e) => Self::Internal(format!("database: {e}")),
+        }
+    }
+}
+
+impl From<RefreshError> for ApiError {
+    fn from(e: RefreshError) -> Self {
+        match e {
+            RefreshError::Db(e) => e.into(),
+            RefreshError::Random(e) => Self::Internal(format!("refresh token: {e}")),
         }
     }
 }

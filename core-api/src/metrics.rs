@@ -2,8 +2,8 @@
 
 use deadpool_postgres::Pool;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -14,6 +14,8 @@ pub struct Metrics {
     pub refresh_reuse: IntCounterVec,
     /// 5xx answers by problem type (database_unavailable, overloaded, timeout, internal_error).
     pub server_errors: IntCounterVec,
+    /// Requests whose handler panicked (each answered 500 internal_error).
+    pub panics: IntCounter,
     /// 1 when `SELECT 1` through the pool answered at the last scrape.
     pub db_up: IntGauge,
     pool: IntGaugeVec,
@@ -57,6 +59,11 @@ impl Metrics {
             ),
             &["type"],
         )?;
+        let panics = IntCounter::new(
+            "panics_total",
+            "Requests whose handler panicked; each was answered 500 internal_error and any \
+             database transaction it held was rolled back by closing its connection.",
+        )?;
         let db_up = IntGauge::new(
             "db_up",
             "1 when SELECT 1 through the pool answered within 1 s at this scrape.",
@@ -75,6 +82,7 @@ impl Metrics {
         registry.register(Box::new(pool.clone()))?;
         registry.register(Box::new(server_errors.clone()))?;
         registry.register(Box::new(db_up.clone()))?;
+        registry.register(Box::new(panics.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -82,6 +90,7 @@ impl Metrics {
             auth_failures,
             refresh_reuse,
             server_errors,
+            panics,
             db_up,
             pool,
         })

@@ -11,6 +11,18 @@ use gatehouse_common::telemetry::LogSettings;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+/// Where the gateway can be when the API is deployed as intended (never public, reached only
+/// from the gateway over loopback or a private network: compose, Kubernetes, Fly 6PN,
+/// Railway/Render private networking).
+pub const DEFAULT_TRUSTED_PROXIES: &[&str] = &[
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+];
+
 /// Lowest bcrypt cost ever accepted (SECURITY.md).
 pub const MIN_BCRYPT_COST: u32 = 10;
 /// Lowest bcrypt cost accepted when `auth.insecure_test_bcrypt` is set: only the test suite
@@ -40,6 +52,9 @@ pub struct ServerSettings {
     pub request_timeout_seconds: u64,
     /// Serve `/metrics` (the gateway does not route it publicly).
     pub metrics: bool,
+    /// Peers (IPs or CIDRs, an entry may be a comma list) whose `X-Forwarded-For` names the
+    /// client: the gateway. Used to tell clients apart for login throttling.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerSettings {
@@ -50,6 +65,10 @@ impl Default for ServerSettings {
             shutdown_grace_seconds: 20,
             request_timeout_seconds: 30,
             metrics: true,
+            trusted_proxies: DEFAULT_TRUSTED_PROXIES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -165,8 +184,12 @@ pub struct AuthSettings {
     pub hash_concurrency: usize,
     /// How long a request waits for a hashing slot before 503.
     pub hash_queue_timeout_ms: u64,
-    /// Login attempts per account per minute before 429.
+    /// Failed sign-ins per account from one client (an IPv4 address or an IPv6 /64) per
+    /// minute; the next attempt from that client gets 429. Other clients are not affected.
     pub login_attempts_per_minute: u32,
+    /// Failed sign-ins per account from all clients per hour; past it only clients that signed
+    /// in to the account successfully in the last 30 days may try (no lockout of the owner).
+    pub login_account_failures_per_hour: u32,
     pub token_cache_capacity: usize,
     /// Test-suite switch that allows bcrypt cost 4; refused outside development.
     pub insecure_test_bcrypt: bool,
@@ -190,6 +213,7 @@ impl Default for AuthSettings {
             hash_concurrency: 0,
             hash_queue_timeout_ms: 5_000,
             login_attempts_per_minute: 10,
+            login_account_failures_per_hour: 100,
             token_cache_capacity: 10_000,
             insecure_test_bcrypt: false,
         }
@@ -233,6 +257,9 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
     }
     if s.server.body_limit_bytes < 1024 {
         bad("server.body_limit_bytes", "must be at least 1024".into());
+    }
+    if let Err(e) = crate::client::TrustedProxies::parse(&s.server.trusted_proxies) {
+        bad("server.trusted_proxies", e);
     }
     if s.server.request_timeout_seconds == 0 {
         bad(
@@ -330,6 +357,12 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
         bad(
             "auth.login_attempts_per_minute",
             "must be at least 1".into(),
+        );
+    }
+    if a.login_account_failures_per_hour < a.login_attempts_per_minute {
+        bad(
+            "auth.login_account_failures_per_hour",
+            "must be at least login_attempts_per_minute".into(),
         );
     }
     for (i, k) in a.previous_keys.iter().enumerate() {

@@ -1,8 +1,19 @@
 //! The database path: connection options (libpq URL with `sslmode`/`sslrootcert`), the pool,
 //! statement execution in both statement modes, and owner-scoped execution that sets the
 //! row-level-security identity for exactly one transaction.
+//!
+//! A pooled connection goes back to the pool only when no transaction of ours can still be
+//! open on it: [`InTransaction`] takes a connection whose transaction did not visibly end (a
+//! panic or a cancelled request between `BEGIN` and `COMMIT`) out of the pool and closes it,
+//! so PostgreSQL rolls the transaction back and no later statement (another user's, or an
+//! autocommitted write) can run inside it.
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -64,6 +75,40 @@ impl From<PoolError> for DbError {
 pub struct Db {
     pool: Pool,
     mode: StatementMode,
+    fault: Arc<AtomicBool>,
+}
+
+/// A connection on which a transaction may be open. [`InTransaction::ended`] hands it back
+/// once the transaction is known to be over; dropped otherwise (unwinding from a panic, or a
+/// request future cancelled by its deadline), it is detached from the pool and closed.
+struct InTransaction(Option<Object>);
+
+impl InTransaction {
+    fn client(&self) -> Result<&Object, DbError> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| DbError::Unavailable("connection already released".into()))
+    }
+
+    /// COMMIT (or the error that ended the transaction) has been answered: the connection
+    /// is clean and may be reused.
+    fn ended(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            tracing::warn!(
+                "a database transaction did not finish (panic or cancelled request); \
+                 closing its connection instead of reusing it"
+            );
+            // Detached from the pool: dropping the client closes the socket, and the server
+            // rolls the transaction back.
+            drop(Object::take(conn));
+        }
+    }
 }
 
 const SET_IDENTITY: &str = "SELECT set_config('app.user_id', $1, true)";
@@ -93,7 +138,22 @@ impl Db {
         Ok(Self {
             pool,
             mode: settings.statement_mode,
+            fault: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Test hook: the next owner-scoped statement panics after `BEGIN` and the identity have
+    /// been sent, the way a driver panic inside a handler would. Only reachable from Rust
+    /// (the integration tests), never from a request.
+    #[doc(hidden)]
+    pub fn inject_panic_in_next_transaction(&self) {
+        self.fault.store(true, Ordering::SeqCst);
+    }
+
+    fn fault_point(&self) {
+        if self.fault.swap(false, Ordering::SeqCst) {
+            panic!("injected fault: panic inside an open transaction");
+        }
     }
 
     pub fn pool(&self) -> &Pool {
@@ -138,15 +198,17 @@ impl Db {
     ///
     /// BEGIN, the identity, the statement and COMMIT are pipelined: tokio-postgres sends a
     /// request when its future is first polled, and `join!` polls them in order, so the four
-    /// go out back to back and cost one round trip. All four are queued before any await
-    /// returns, so a cancelled request can never leave the connection inside the transaction.
+    /// go out back to back and cost one round trip. Should anything stop this between BEGIN
+    /// and the answer to COMMIT (a panic while encoding a parameter, a cancelled request),
+    /// the connection is closed rather than returned to the pool ([`InTransaction`]).
     pub async fn scoped(
         &self,
         owner: Uuid,
         sql: &'static str,
         params: &[Param<'_>],
     ) -> Result<Vec<Row>, DbError> {
-        let client = self.client().await?;
+        let conn = InTransaction(Some(self.client().await?));
+        let client = conn.client()?;
         let owner = owner.to_string();
         let (begin, identity, rows, commit) = match self.mode {
             StatementMode::Cached => {
@@ -155,12 +217,15 @@ impl Db {
                 let set = client
                     .prepare_typed_cached(SET_IDENTITY, &[Type::TEXT])
                     .await?;
-                let (stmt, values) = prepare(&client, sql, params).await?;
+                let (stmt, values) = prepare(client, sql, params).await?;
                 let owner_param: [&(dyn ToSql + Sync); 1] = [&owner];
                 tokio::join!(
                     client.batch_execute("BEGIN"),
                     client.query(&set, &owner_param),
-                    client.query(&stmt, &values),
+                    async {
+                        self.fault_point();
+                        client.query(&stmt, &values).await
+                    },
                     client.batch_execute("COMMIT"),
                 )
             }
@@ -169,11 +234,16 @@ impl Db {
                 tokio::join!(
                     client.batch_execute("BEGIN"),
                     client.query_typed(SET_IDENTITY, &owner_param),
-                    client.query_typed(sql, params),
+                    async {
+                        self.fault_point();
+                        client.query_typed(sql, params).await
+                    },
                     client.batch_execute("COMMIT"),
                 )
             }
         };
+        // Every message was answered (or the connection broke): no transaction is open.
+        conn.ended();
         begin?;
         identity?;
         let rows = rows?;

@@ -83,6 +83,7 @@ pub async fn login(
     req: Request<Incoming>,
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, ApiError> {
+    let client = state.client_of(&req);
     let (parts, body) = req.into_parts();
     let body: Credentials = read_json(&parts.headers, body, state.body_limit()).await?;
     // Malformed e-mail or an impossible password cannot match an account; they take the
@@ -92,7 +93,19 @@ pub async fn login(
     let account_key = email
         .as_ref()
         .map_or_else(|| body.email.trim().to_lowercase(), |e| e.to_string());
-    state.check_login_rate(&account_key)?;
+    if let Err(t) = state.login_throttle().check(&account_key, client) {
+        state.metrics.auth_failure("login_rate_limited");
+        tracing::warn!(
+            request_id = %ctx.request_id,
+            account = %fingerprint(account_key.as_bytes()),
+            client = %client,
+            scope = t.scope.label(),
+            "login throttled"
+        );
+        return Err(ApiError::RateLimited {
+            retry_after_secs: t.retry_after.as_secs() + 1,
+        });
+    }
 
     let stored = match &email {
         Some(email) => state
@@ -125,6 +138,7 @@ pub async fn login(
     let user_id = match (verified, stored) {
         (true, Some((id, _))) => id,
         (_, stored) => {
+            state.login_throttle().failed(&account_key, client);
             state.metrics.auth_failure("invalid_credentials");
             tracing::warn!(
                 request_id = %ctx.request_id,
@@ -135,6 +149,7 @@ pub async fn login(
             return Err(ApiError::InvalidCredentials);
         }
     };
+    state.login_throttle().succeeded(&account_key, client);
     ctx.user_id = Some(user_id);
     let pair = start_family(state, user_id).await?;
     tracing::info!(request_id = %ctx.request_id, user_id = %user_id, "login succeeded");
@@ -144,34 +159,17 @@ pub async fn login(
 /// A new login: a new refresh family and its first token.
 async fn start_family(state: &AppState, user_id: Uuid) -> Result<TokenPair, ApiError> {
     let auth = &state.settings.auth;
-    let now = OffsetDateTime::now_utc();
-    let expires_at = now + time::Duration::seconds(auth.refresh_ttl_seconds as i64);
-    let family_expires_at = now + time::Duration::seconds(auth.refresh_family_ttl_seconds as i64);
-    let (token, hash) = refresh::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
-    let family = Uuid::new_v4();
-    state
-        .db
-        .query(
-            "INSERT INTO refresh_tokens (family_id, user_id, token_hash, expires_at, family_expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-            &[
-                (&family, Type::UUID),
-                (&user_id, Type::UUID),
-                (&hash.as_slice(), Type::BYTEA),
-                (&expires_at, Type::TIMESTAMPTZ),
-                (&family_expires_at, Type::TIMESTAMPTZ),
-            ],
-        )
-        .await?;
-    pair(state, user_id, token, expires_at)
+    let issued = refresh::start_family(
+        &state.db,
+        user_id,
+        time::Duration::seconds(auth.refresh_ttl_seconds as i64),
+        time::Duration::seconds(auth.refresh_family_ttl_seconds as i64),
+    )
+    .await?;
+    pair(state, user_id, issued)
 }
 
-fn pair(
-    state: &AppState,
-    user_id: Uuid,
-    refresh_token: String,
-    refresh_expires_at: OffsetDateTime,
-) -> Result<TokenPair, ApiError> {
+fn pair(state: &AppState, user_id: Uuid, refresh: refresh::Issued) -> Result<TokenPair, ApiError> {
     let (access_token, expires_in) = state
         .signer()
         .issue(user_id)
@@ -180,41 +178,12 @@ fn pair(
         access_token,
         token_type: "Bearer",
         expires_in,
-        refresh_token,
-        refresh_expires_in: (refresh_expires_at - OffsetDateTime::now_utc())
+        refresh_token: refresh.token,
+        refresh_expires_in: (refresh.expires_at - OffsetDateTime::now_utc())
             .whole_seconds()
             .max(0),
     })
 }
-
-/// Rotation (RFC 9700 §4.14.2). The spend is one compare-and-set UPDATE: of two concurrent
-/// refreshes with the same token, PostgreSQL's row lock lets exactly one see `used_at IS NULL`;
-/// the other re-checks the row after the winner commits and matches nothing. That is the
-/// `SELECT … FOR UPDATE` guarantee in one statement, with no transaction to leave open.
-const ROTATE: &str = "\
-WITH spent AS (
-    UPDATE refresh_tokens SET used_at = now()
-    WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL
-      AND expires_at > now() AND family_expires_at > now()
-    RETURNING family_id, user_id, family_expires_at
-)
-INSERT INTO refresh_tokens (family_id, user_id, token_hash, expires_at, family_expires_at)
-SELECT family_id, user_id, $2, LEAST($3::timestamptz, family_expires_at), family_expires_at
-FROM spent
-RETURNING user_id, expires_at";
-
-/// A spent token presented again: revoke its whole family. Autocommitted on its own, so the
-/// revocation persists although the request fails.
-const REVOKE_REUSED: &str = "\
-UPDATE refresh_tokens SET revoked_at = now()
-WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NOT NULL)
-  AND revoked_at IS NULL
-RETURNING user_id, family_id";
-
-const REVOKE_FAMILY: &str = "\
-UPDATE refresh_tokens SET revoked_at = now()
-WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)
-  AND revoked_at IS NULL";
 
 pub async fn refresh(
     state: &AppState,
@@ -223,57 +192,41 @@ pub async fn refresh(
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let body: RefreshBody = read_json(&parts.headers, body, state.body_limit()).await?;
-    if !refresh::looks_valid(&body.refresh_token) {
-        state.metrics.auth_failure("invalid_refresh_token");
-        return Err(ApiError::InvalidRefreshToken);
+    let ttl = time::Duration::seconds(state.settings.auth.refresh_ttl_seconds as i64);
+    match refresh::rotate(&state.db, &body.refresh_token, ttl).await? {
+        refresh::Rotation::Rotated { user_id, next } => {
+            ctx.user_id = Some(user_id);
+            state
+                .metrics
+                .refresh_reuse
+                .with_label_values(&["rotated"])
+                .inc();
+            json(StatusCode::OK, &pair(state, user_id, next)?)
+        }
+        refresh::Rotation::ReuseDetected {
+            user_id,
+            family_id,
+            revoked_tokens,
+        } => {
+            ctx.user_id = Some(user_id);
+            state
+                .metrics
+                .refresh_reuse
+                .with_label_values(&["reuse_detected"])
+                .inc();
+            tracing::warn!(
+                request_id = %ctx.request_id, user_id = %user_id, family = %family_id,
+                revoked = revoked_tokens,
+                "refresh token reuse detected: family revoked"
+            );
+            state.metrics.auth_failure("invalid_refresh_token");
+            Err(ApiError::InvalidRefreshToken)
+        }
+        refresh::Rotation::Invalid => {
+            state.metrics.auth_failure("invalid_refresh_token");
+            Err(ApiError::InvalidRefreshToken)
+        }
     }
-    let presented = refresh::hash(&body.refresh_token);
-    let (token, new_hash) = refresh::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
-    let expires_at = OffsetDateTime::now_utc()
-        + time::Duration::seconds(state.settings.auth.refresh_ttl_seconds as i64);
-    let rows = state
-        .db
-        .query(
-            ROTATE,
-            &[
-                (&presented.as_slice(), Type::BYTEA),
-                (&new_hash.as_slice(), Type::BYTEA),
-                (&expires_at, Type::TIMESTAMPTZ),
-            ],
-        )
-        .await?;
-    if let Some(row) = rows.first() {
-        let user_id: Uuid = row.get(0);
-        let expires_at: OffsetDateTime = row.get(1);
-        ctx.user_id = Some(user_id);
-        state
-            .metrics
-            .refresh_reuse
-            .with_label_values(&["rotated"])
-            .inc();
-        return json(StatusCode::OK, &pair(state, user_id, token, expires_at)?);
-    }
-    let revoked = state
-        .db
-        .query(REVOKE_REUSED, &[(&presented.as_slice(), Type::BYTEA)])
-        .await?;
-    if let Some(row) = revoked.first() {
-        let user_id: Uuid = row.get(0);
-        let family: Uuid = row.get(1);
-        ctx.user_id = Some(user_id);
-        state
-            .metrics
-            .refresh_reuse
-            .with_label_values(&["reuse_detected"])
-            .inc();
-        tracing::warn!(
-            request_id = %ctx.request_id, user_id = %user_id, family = %family,
-            revoked = revoked.len(),
-            "refresh token reuse detected: family revoked"
-        );
-    }
-    state.metrics.auth_failure("invalid_refresh_token");
-    Err(ApiError::InvalidRefreshToken)
 }
 
 pub async fn logout(
@@ -284,13 +237,7 @@ pub async fn logout(
     let (parts, body) = req.into_parts();
     let body: RefreshBody = read_json(&parts.headers, body, state.body_limit()).await?;
     // Always 204: logout must not tell whether a token existed.
-    if refresh::looks_valid(&body.refresh_token) {
-        let hash = refresh::hash(&body.refresh_token);
-        state
-            .db
-            .query(REVOKE_FAMILY, &[(&hash.as_slice(), Type::BYTEA)])
-            .await?;
-        tracing::info!(request_id = %ctx.request_id, "logout: refresh family revoked");
-    }
+    refresh::revoke_family(&state.db, &body.refresh_token).await?;
+    tracing::info!(request_id = %ctx.request_id, "logout: refresh family revoked");
     Ok(empty(StatusCode::NO_CONTENT))
 }

@@ -16,7 +16,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::app::{AppState, Ctx};
-use crate::domain::{Fields, TaskDescription, TaskTitle, parse_rfc3339};
+use crate::domain::{Fields, TaskDescription, TaskTitle, parse_rfc3339, representable};
 use crate::error::ApiError;
 use crate::http::{Body, empty, json, parse_query, read_json};
 
@@ -152,7 +152,15 @@ pub async fn list(
         Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
         Some(_) => Err(FieldError::new("limit", "must be an integer from 1 to 100")),
     });
-    let cursor = fields.take(q.cursor.as_deref().map(Cursor::decode).transpose());
+    // An empty cursor is the first page, like an absent one (`?cursor=` from a client that
+    // echoes a null next_cursor).
+    let cursor = fields.take(
+        q.cursor
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(Cursor::decode)
+            .transpose(),
+    );
     fields.finish().map_err(ApiError::Validation)?;
     let (Some(completed), Some(limit), Some(cursor)) = (completed, limit, cursor) else {
         return Err(ApiError::Internal("parsed fields missing".into()));
@@ -262,8 +270,11 @@ impl Cursor {
         let text = String::from_utf8(bytes).map_err(|_| bad())?;
         let (micros, id) = text.split_once('.').ok_or_else(bad)?;
         let micros: i128 = micros.parse().map_err(|_| bad())?;
-        let created_at =
-            OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).map_err(|_| bad())?;
+        let created_at = micros
+            .checked_mul(1_000)
+            .and_then(|nanos| OffsetDateTime::from_unix_timestamp_nanos(nanos).ok())
+            .filter(|t| representable(*t))
+            .ok_or_else(bad)?;
         let id = Uuid::parse_str(id).map_err(|_| bad())?;
         Ok(Self { created_at, id })
     }

@@ -370,8 +370,54 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        // Every test ends with the proof that no connection of the application is left inside
+        // a transaction (a pooled connection in an open transaction would run the next
+        // request's statements inside it).
+        if !std::thread::panicking() {
+            let db = self
+                .db_url
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let open = open_transactions(&db);
+            assert!(
+                open.is_empty(),
+                "connections of the application left inside a transaction: {open:?}"
+            );
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
     }
+}
+
+/// Sessions of the core API on database `db` that sit inside a transaction, as
+/// `pg_stat_activity` sees them (blocking: usable from `Drop`).
+pub fn open_transactions(db: &str) -> Vec<String> {
+    let db = db.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let admin = connect(&base_url()).await;
+            admin
+                .query(
+                    "SELECT pid::text || ' ' || state || ': ' || left(query, 80) \
+                     FROM pg_stat_activity \
+                     WHERE datname = $1 AND application_name = 'gatehouse-core-api' \
+                       AND state LIKE 'idle in transaction%'",
+                    &[&db],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect()
+        })
+    })
+    .join()
+    .expect("open_transactions thread")
 }

@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod faults;
 mod helpers;
+mod hostile;
 mod system;
 mod tasks;
 mod tokens;
