@@ -60,6 +60,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test --workspace --locked${*:+ $*}"
 cargo test --workspace --locked "$@"
 
+step "schemathesis: the core API against core-api/openapi.json, every check (scripts/schemathesis.sh)"
+"$repo/scripts/schemathesis.sh"
+
 step "release build (what the images ship): cargo build --release -p core-api -p gateway"
 cargo build --release --locked -p core-api -p gateway
 

@@ -253,4 +253,84 @@ mod tests {
         assert!(TaskTitle::parse(&"x".repeat(201)).is_err());
         assert!(TaskTitle::parse("a\u{0}b").is_err());
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use time::format_description::well_known::Rfc3339;
+
+        /// Strings that look like RFC 3339 date-times, with every part allowed to be out of
+        /// range, plus arbitrary text.
+        fn timestamps() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,12})?([Zz]|[+-][0-9]{2}:[0-9]{2})",
+                "(0000|0001|9998|9999)-(01|12)-(01|31)T(00|23):(00|59):(00|59|60)(\\.9{1,10})?(Z|[+-](00|23):(00|01|59))",
+                any::<String>(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn any_timestamp_is_a_storable_servable_instant_or_a_field_error(raw in timestamps()) {
+                match parse_rfc3339(&raw, "due_at") {
+                    Ok(t) => {
+                        prop_assert!(representable(t));
+                        prop_assert_eq!(t.offset(), UtcOffset::UTC);
+                        prop_assert_eq!(t.nanosecond() % 1_000, 0);
+                        // What is stored can always be written back.
+                        prop_assert!(t.format(&Rfc3339).is_ok());
+                    }
+                    Err(e) => prop_assert_eq!(e.field, "due_at"),
+                }
+            }
+
+            #[test]
+            fn any_title_is_trimmed_bounded_and_printable_or_a_field_error(raw in any::<String>()) {
+                match TaskTitle::parse(&raw) {
+                    Ok(t) => {
+                        let s = t.as_str();
+                        prop_assert!(!s.is_empty());
+                        prop_assert_eq!(s, s.trim());
+                        prop_assert!(s.chars().count() <= TITLE_MAX_CHARS);
+                        prop_assert!(!s.chars().any(char::is_control));
+                    }
+                    Err(e) => prop_assert_eq!(e.field, "title"),
+                }
+            }
+
+            #[test]
+            fn any_description_is_storable_or_a_field_error(raw in any::<String>()) {
+                match TaskDescription::parse(raw) {
+                    Ok(d) => {
+                        prop_assert!(!d.as_str().contains('\0'));
+                        prop_assert!(d.as_str().chars().count() <= DESCRIPTION_MAX_CHARS);
+                    }
+                    Err(e) => prop_assert_eq!(e.field, "description"),
+                }
+            }
+
+            #[test]
+            fn any_email_is_normalised_or_a_field_error(raw in prop_oneof![any::<String>(), "[a-zA-Z0-9.+\x00-\x1f]{1,20}@[a-z0-9.-]{1,20}"]) {
+                match Email::parse(&raw) {
+                    Ok(e) => {
+                        prop_assert_eq!(e.as_str(), e.as_str().trim().to_lowercase());
+                        prop_assert!(e.as_str().len() <= 254);
+                        prop_assert!(!e.as_str().chars().any(char::is_control));
+                    }
+                    Err(e) => prop_assert_eq!(e.field, "email"),
+                }
+            }
+
+            #[test]
+            fn any_password_is_accepted_by_length_alone(raw in any::<String>()) {
+                let n = raw.chars().count();
+                prop_assert_eq!(
+                    Password::parse(raw, "password").is_ok(),
+                    (PASSWORD_MIN_CHARS..=PASSWORD_MAX_CHARS).contains(&n)
+                );
+            }
+        }
+    }
 }

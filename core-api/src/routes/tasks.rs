@@ -75,24 +75,115 @@ struct CreateBody {
     due_at: Option<String>,
 }
 
-/// PATCH body: an absent field is left alone, `null` clears a nullable one.
+/// PATCH body: an absent field is left alone, `null` clears a nullable one. `title` and
+/// `completed` are not nullable, so `null` there is refused rather than read as "absent".
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
-    #[serde(default)]
-    title: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    title: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     description: Option<Option<String>>,
-    #[serde(default)]
-    completed: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    completed: Option<Option<bool>>,
     #[serde(default, deserialize_with = "nullable")]
     due_at: Option<Option<String>>,
+}
+
+/// A present, non-nullable PATCH field: `null` is a field error.
+fn required<T>(value: Option<Option<T>>, field: &str, what: &str) -> Result<Option<T>, FieldError> {
+    match value {
+        None => Ok(None),
+        Some(Some(v)) => Ok(Some(v)),
+        Some(None) => Err(FieldError::new(field, format!("must be {what}, not null"))),
+    }
 }
 
 fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// A valid new task.
+struct NewTask {
+    title: TaskTitle,
+    description: Option<TaskDescription>,
+    due_at: Option<OffsetDateTime>,
+}
+
+impl NewTask {
+    /// Every field checked, every problem reported.
+    fn parse(body: CreateBody) -> Result<Self, Vec<FieldError>> {
+        let mut fields = Fields::default();
+        let title = fields.take(TaskTitle::parse(&body.title));
+        let description = fields.take(body.description.map(TaskDescription::parse).transpose());
+        let due_at = fields.take(
+            body.due_at
+                .as_deref()
+                .map(|d| parse_rfc3339(d, "due_at"))
+                .transpose(),
+        );
+        fields.finish()?;
+        match (title, description, due_at) {
+            (Some(title), Some(description), Some(due_at)) => Ok(Self {
+                title,
+                description,
+                due_at,
+            }),
+            _ => Err(vec![FieldError::new("body", "is invalid")]),
+        }
+    }
+}
+
+/// A valid PATCH: `None` leaves a field alone; for the nullable ones `Some(None)` clears it.
+struct TaskChanges {
+    title: Option<TaskTitle>,
+    completed: Option<bool>,
+    description: Option<Option<TaskDescription>>,
+    due_at: Option<Option<OffsetDateTime>>,
+}
+
+impl TaskChanges {
+    fn parse(body: PatchBody) -> Result<Self, Vec<FieldError>> {
+        let mut fields = Fields::default();
+        if body.title.is_none()
+            && body.description.is_none()
+            && body.completed.is_none()
+            && body.due_at.is_none()
+        {
+            fields.push(FieldError::new(
+                "body",
+                "must set at least one of title, description, completed, due_at",
+            ));
+        }
+        // Each is `Some(parsed)` when valid (the inner Option: absent), `None` after an error.
+        let title = fields.take(
+            required(body.title, "title", "a string")
+                .and_then(|t| t.as_deref().map(TaskTitle::parse).transpose()),
+        );
+        let completed = fields.take(required(body.completed, "completed", "true or false"));
+        let description = fields.take(
+            body.description
+                .map(|d| d.map(TaskDescription::parse).transpose())
+                .transpose(),
+        );
+        let due_at = fields.take(
+            body.due_at
+                .map(|d| d.as_deref().map(|s| parse_rfc3339(s, "due_at")).transpose())
+                .transpose(),
+        );
+        fields.finish()?;
+        match (title, completed, description, due_at) {
+            (Some(title), Some(completed), Some(description), Some(due_at)) => Ok(Self {
+                title,
+                completed,
+                description,
+                due_at,
+            }),
+            _ => Err(vec![FieldError::new("body", "is invalid")]),
+        }
+    }
 }
 
 /// The caller's own scope: `{user_id}` must be the verified subject (403 otherwise).
@@ -289,19 +380,11 @@ pub async fn create(
     let owner = owner(state, &req, ctx, user_id)?;
     let (parts, body) = req.into_parts();
     let body: CreateBody = read_json(&parts.headers, body, state.body_limit()).await?;
-    let mut fields = Fields::default();
-    let title = fields.take(TaskTitle::parse(&body.title));
-    let description = fields.take(body.description.map(TaskDescription::parse).transpose());
-    let due_at = fields.take(
-        body.due_at
-            .as_deref()
-            .map(|d| parse_rfc3339(d, "due_at"))
-            .transpose(),
-    );
-    fields.finish().map_err(ApiError::Validation)?;
-    let (Some(title), Some(description), Some(due_at)) = (title, description, due_at) else {
-        return Err(ApiError::Internal("parsed fields missing".into()));
-    };
+    let NewTask {
+        title,
+        description,
+        due_at,
+    } = NewTask::parse(body).map_err(ApiError::Validation)?;
     let description = description.as_ref().map(TaskDescription::as_str);
     let rows = state
         .db
@@ -362,34 +445,12 @@ pub async fn update(
     let (owner, id) = task_scope(state, &req, ctx, user_id, task)?;
     let (parts, body) = req.into_parts();
     let body: PatchBody = read_json(&parts.headers, body, state.body_limit()).await?;
-    let mut fields = Fields::default();
-    if body.title.is_none()
-        && body.description.is_none()
-        && body.completed.is_none()
-        && body.due_at.is_none()
-    {
-        fields.push(FieldError::new(
-            "body",
-            "must set at least one of title, description, completed, due_at",
-        ));
-    }
-    let title = fields.take(body.title.as_deref().map(TaskTitle::parse).transpose());
-    let description = fields.take(
-        body.description
-            .clone()
-            .map(|d| d.map(TaskDescription::parse).transpose())
-            .transpose(),
-    );
-    let due_at = fields.take(
-        body.due_at
-            .clone()
-            .map(|d| d.as_deref().map(|s| parse_rfc3339(s, "due_at")).transpose())
-            .transpose(),
-    );
-    fields.finish().map_err(ApiError::Validation)?;
-    let (Some(title), Some(description), Some(due_at)) = (title, description, due_at) else {
-        return Err(ApiError::Internal("parsed fields missing".into()));
-    };
+    let TaskChanges {
+        title,
+        completed,
+        description,
+        due_at,
+    } = TaskChanges::parse(body).map_err(ApiError::Validation)?;
     let title = title.as_ref().map(TaskTitle::as_str);
     let set_description = description.is_some();
     let description = description.flatten();
@@ -407,7 +468,7 @@ pub async fn update(
                 (&title, Type::TEXT),
                 (&set_description, Type::BOOL),
                 (&description, Type::TEXT),
-                (&body.completed, Type::BOOL),
+                (&completed, Type::BOOL),
                 (&set_due, Type::BOOL),
                 (&due_at, Type::TIMESTAMPTZ),
             ],
@@ -462,5 +523,107 @@ mod tests {
         assert_eq!(d.map(|d| (d.created_at, d.id)), Some((c.created_at, c.id)));
         assert!(Cursor::decode("not-a-cursor").is_err());
         assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode("12.nope")).is_err());
+    }
+
+    mod properties {
+        use super::super::*;
+        use crate::http::parse_json;
+        use proptest::prelude::*;
+
+        fn json_text() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                any::<String>().prop_map(serde_json::Value::from),
+                "(title|description|due_at|completed)".prop_map(serde_json::Value::from),
+                "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(Z|[+-][0-9]{2}:[0-9]{2})"
+                    .prop_map(serde_json::Value::from),
+            ];
+            let value = leaf.prop_recursive(3, 24, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                    prop::collection::btree_map(
+                        "(title|description|due_at|completed|owner_id|[a-z]{1,6})",
+                        inner,
+                        0..5
+                    )
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            });
+            prop_oneof![value.prop_map(|v| v.to_string()), any::<String>(),]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn any_create_body_is_a_valid_task_or_a_typed_error(body in json_text()) {
+                match parse_json::<CreateBody>(body.as_bytes()) {
+                    Ok(b) => match NewTask::parse(b) {
+                        Ok(t) => {
+                            prop_assert!(t.due_at.is_none_or(representable));
+                        }
+                        Err(errors) => prop_assert!(!errors.is_empty()),
+                    },
+                    Err(ApiError::Validation(errors)) => prop_assert!(!errors.is_empty()),
+                    Err(ApiError::Malformed(_)) => {}
+                    Err(other) => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+
+            #[test]
+            fn any_patch_body_is_a_valid_change_or_a_typed_error(body in json_text()) {
+                match parse_json::<PatchBody>(body.as_bytes()) {
+                    Ok(b) => match TaskChanges::parse(b) {
+                        Ok(c) => {
+                            prop_assert!(c.due_at.flatten().is_none_or(representable));
+                        }
+                        Err(errors) => prop_assert!(!errors.is_empty()),
+                    },
+                    Err(ApiError::Validation(errors)) => prop_assert!(!errors.is_empty()),
+                    Err(ApiError::Malformed(_)) => {}
+                    Err(other) => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+
+            #[test]
+            fn any_cursor_text_decodes_to_a_representable_position_or_a_field_error(
+                raw in prop_oneof![
+                    any::<String>(),
+                    (any::<i128>(), any::<u128>()).prop_map(|(m, id)| URL_SAFE_NO_PAD.encode(format!("{m}.{}", Uuid::from_u128(id)))),
+                    "[0-9-]{1,40}\\.[0-9a-f-]{1,40}".prop_map(|t| URL_SAFE_NO_PAD.encode(t)),
+                ]
+            ) {
+                match Cursor::decode(&raw) {
+                    Ok(c) => prop_assert!(representable(c.created_at)),
+                    Err(e) => prop_assert_eq!(e.field, "cursor"),
+                }
+            }
+
+            #[test]
+            fn cursors_round_trip_for_every_storable_instant(
+                micros in -62_167_219_200_000_000i64..253_402_300_800_000_000i64,
+                id in any::<u128>(),
+            ) {
+                let created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                let c = Cursor { created_at, id: Uuid::from_u128(id) };
+                let back = Cursor::decode(&c.encode());
+                prop_assert!(back.is_ok());
+                let back = back.unwrap_or(c);
+                prop_assert_eq!(back.created_at, created_at);
+                prop_assert_eq!(back.id, Uuid::from_u128(id));
+            }
+
+            #[test]
+            fn any_list_query_is_parsed_or_a_field_error(q in prop_oneof![any::<String>(), "(completed|limit|cursor|x)=[a-z0-9%]{0,8}(&(completed|limit|cursor)=[a-z0-9%]{0,8}){0,3}"]) {
+                match crate::http::parse_query::<ListQuery>(Some(&q)) {
+                    Ok(_) | Err(ApiError::Validation(_)) => {}
+                    Err(other) => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+        }
     }
 }

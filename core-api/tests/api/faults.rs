@@ -200,3 +200,201 @@ async fn tls_to_postgres() {
     let r = app.get("/readyz", None).await;
     assert_eq!(r.status, 503);
 }
+
+/// A PostgreSQL cluster of this test's own (scripts/pg.sh), so that restarting it disturbs no
+/// other test.
+struct OwnCluster {
+    dir: std::path::PathBuf,
+    port: u16,
+    url: String,
+    admin_url: String,
+}
+
+impl OwnCluster {
+    fn script() -> String {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg.sh").to_string()
+    }
+
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("gh-pgr-{}", uuid::Uuid::new_v4().simple()));
+        let out = std::process::Command::new(Self::script())
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .expect("scripts/pg.sh");
+        assert!(
+            out.status.success(),
+            "pg.sh start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = String::from_utf8_lossy(&out.stdout).to_string();
+        let var = |name: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .unwrap_or_else(|| panic!("{name} in {env}"))
+                .to_string()
+        };
+        Self {
+            port: var("PGPORT").parse().expect("port"),
+            url: var("DATABASE_URL"),
+            admin_url: var("TEST_PG_ADMIN_URL"),
+            dir,
+        }
+    }
+
+    fn stop(&self) {
+        let ok = std::process::Command::new(Self::script())
+            .arg("stop")
+            .arg(&self.dir)
+            .status()
+            .expect("pg.sh stop");
+        assert!(ok.success());
+    }
+
+    fn start_again(&self) {
+        let out = std::process::Command::new(Self::script())
+            .arg("start")
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .output()
+            .expect("pg.sh start");
+        assert!(
+            out.status.success(),
+            "pg.sh start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Concurrent task writes while PostgreSQL is restarted (fast shutdown: sessions are
+/// terminated, transactions rolled back, as in a managed database's maintenance restart).
+/// Every write answered 2xx is in the database afterwards; every other answer is a clean 503
+/// with Retry-After; nothing hangs; service resumes by itself.
+#[tokio::test]
+async fn writes_during_a_postgres_restart_are_committed_or_a_clean_503() {
+    let cluster = OwnCluster::start();
+    core_api::migrate::run(&cluster.url, std::time::Duration::from_secs(10))
+        .await
+        .expect("migrate");
+    let url = cluster.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.database.url = secrecy::SecretString::from(url);
+        s.database.acquire_timeout_ms = 500;
+    })
+    .await;
+    let u = app.user().await;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .build()
+        .expect("client");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = JoinSet::new();
+    for w in 0..6 {
+        let http = http.clone();
+        let url = app.url(&app.tasks_path(u.id));
+        let token = u.access.clone();
+        let stop = stop.clone();
+        writers.spawn(async move {
+            let mut outcomes = Vec::new();
+            let mut k = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let title = format!("w{w}-{k}");
+                k += 1;
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"title": title}))
+                    .send()
+                    .await
+                    .expect("an answer, never a hang or a reset");
+                let status = r.status().as_u16();
+                let retry_after = r.headers().contains_key("retry-after");
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                outcomes.push((title, status, retry_after, body));
+                if status != 201 {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+            outcomes
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    cluster.stop();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    cluster.start_again();
+    // Writes go on until the service has certainly resumed.
+    let mut resumed = false;
+    for _ in 0..100 {
+        let r = app
+            .create_task(&u, json!({"title": "probe after restart"}))
+            .await;
+        if r.status == 201 {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "service resumed by itself after the restart");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut created = Vec::new();
+    let (mut ok, mut unavailable) = (0, 0);
+    while let Some(outcomes) = writers.join_next().await {
+        for (title, status, retry_after, body) in outcomes.expect("writer") {
+            match status {
+                201 => {
+                    ok += 1;
+                    created.push(title);
+                }
+                503 => {
+                    unavailable += 1;
+                    assert!(retry_after, "503 without Retry-After: {body}");
+                    assert_eq!(body["type"], "database_unavailable", "{body}");
+                }
+                other => panic!("write {title} answered {other}: {body}"),
+            }
+        }
+    }
+    assert!(
+        ok > 0 && unavailable > 0,
+        "{ok} created, {unavailable} refused"
+    );
+    let admin = {
+        let db = format!(
+            "{}/gatehouse",
+            cluster.admin_url.trim_end_matches("/postgres")
+        );
+        let (client, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+    };
+    let stored: std::collections::HashSet<String> = admin
+        .query("SELECT title FROM tasks WHERE owner_id = $1", &[&u.id])
+        .await
+        .expect("tasks")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<_> = created.iter().filter(|t| !stored.contains(*t)).collect();
+    assert!(lost.is_empty(), "answered 201 but not stored: {lost:?}");
+    let open: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'gatehouse-core-api' AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0);
+    assert_eq!(open, 0);
+}

@@ -137,6 +137,15 @@ async fn control_characters_are_refused_in_every_text_field() {
         assert_eq!(r.status, 422, "{body}: {}", r.text);
         assert_eq!(field_errors(&r.body)[0].0, field);
     }
+    // Fields that cannot be null are not "absent" when sent as null.
+    for (patch, field) in [
+        (json!({"completed": null}), "completed"),
+        (json!({"title": null}), "title"),
+    ] {
+        let r = app.patch(&task_path, patch.clone(), &u.access).await;
+        assert_eq!(r.status, 422, "{patch}: {}", r.text);
+        assert_eq!(field_errors(&r.body)[0].0, field);
+    }
     // Tabs and line breaks are text.
     let r = app
         .create_task(
