@@ -3,10 +3,13 @@
 
 use std::fmt;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gatehouse_common::problem::FieldError;
 use secrecy::{ExposeSecret, SecretString};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
+use uuid::Uuid;
 
 pub const PASSWORD_MIN_CHARS: usize = 8;
 pub const PASSWORD_MAX_CHARS: usize = 256;
@@ -175,6 +178,35 @@ pub fn parse_rfc3339(raw: &str, field: &str) -> Result<OffsetDateTime, FieldErro
     let micros = utc.nanosecond() / 1_000 * 1_000;
     utc.replace_nanosecond(micros)
         .map_err(|_| FieldError::new(field, "is not a valid date-time"))
+}
+
+/// Keyset position: the last item's `(created_at, id)`, opaque to clients.
+pub struct Cursor {
+    pub created_at: OffsetDateTime,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        let micros = self.created_at.unix_timestamp_nanos() / 1_000;
+        URL_SAFE_NO_PAD.encode(format!("{micros}.{}", self.id))
+    }
+
+    /// Any text gives a position in the storable range or a field error.
+    pub fn decode(raw: &str) -> Result<Self, FieldError> {
+        let bad = || FieldError::new("cursor", "is not a cursor returned by this API");
+        let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
+        let text = String::from_utf8(bytes).map_err(|_| bad())?;
+        let (micros, id) = text.split_once('.').ok_or_else(bad)?;
+        let micros: i128 = micros.parse().map_err(|_| bad())?;
+        let created_at = micros
+            .checked_mul(1_000)
+            .and_then(|nanos| OffsetDateTime::from_unix_timestamp_nanos(nanos).ok())
+            .filter(|t| representable(*t))
+            .ok_or_else(bad)?;
+        let id = Uuid::parse_str(id).map_err(|_| bad())?;
+        Ok(Self { created_at, id })
+    }
 }
 
 /// Collects the outcome of several field parses, so one response lists every problem.

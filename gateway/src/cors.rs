@@ -143,12 +143,11 @@ pub enum Outcome {
 pub const VARY: (&str, &str) = ("vary", "Origin");
 
 pub fn decide(policy: Option<&Policy>, method: &Method, headers: &HeaderMap) -> Outcome {
-    let Some(origin) = headers
-        .get(http::header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
         return Outcome::NotCors;
     };
+    // An origin that is not even ASCII matches nothing (RFC 6454 serialises origins in ASCII).
+    let origin = origin.to_str().unwrap_or("null");
     let requested_method = headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD);
     let preflight = method == Method::OPTIONS && requested_method.is_some();
     let Some(policy) = policy.filter(|p| p.allows_origin(origin)) else {
@@ -336,5 +335,104 @@ mod tests {
             &req(&[("origin", "null"), ("access-control-request-method", "GET")]),
         );
         assert_eq!(null, Outcome::PreflightRejected("origin is not allowed"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn origins() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("null".to_string()),
+                "(http|https|ftp|HTTPS)://[a-zA-Z0-9.*:-]{0,24}(/[a-z]{0,3})?",
+                "https://[a-z0-9-]{0,8}\\.example\\.com",
+                "https://[a-z0-9.-]{0,12}example\\.com(\\.evil\\.com)?(:[0-9]{1,5})?",
+                any::<String>(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// Configured origins: "null", bare wildcards and paths never compile; exact
+            /// patterns have no '*'.
+            #[test]
+            fn any_configured_origin_is_a_pattern_or_a_clear_error(raw in origins()) {
+                match OriginPattern::parse(&raw) {
+                    Ok(OriginPattern::Exact(o)) => {
+                        prop_assert!(!o.contains('*'));
+                        prop_assert!(o != "null");
+                        prop_assert!(o.starts_with("http://") || o.starts_with("https://"));
+                    }
+                    Ok(OriginPattern::Subdomain { suffix, .. }) => {
+                        prop_assert!(suffix.starts_with('.') && !suffix.contains('*'));
+                    }
+                    Err(e) => prop_assert!(!e.is_empty()),
+                }
+            }
+
+            /// Whatever a browser (or an attacker) sends, the decision only ever admits an
+            /// origin that a configured pattern matches, never "null", and credentials only
+            /// when the policy has them.
+            #[test]
+            fn any_request_origin_gets_a_decision_that_admits_only_configured_origins(
+                origin in origins(),
+                preflight in any::<bool>(),
+                method in "(GET|POST|PATCH|DELETE|PUT|[A-Z]{1,6})",
+                asked in "[A-Za-z-]{0,12}(, ?[A-Za-z-]{0,12}){0,3}",
+                credentials in any::<bool>(),
+            ) {
+                let configured = ["https://app.example.com", "https://*.example.com"];
+                let policy = Policy::compile(&Cors {
+                    origins: configured.iter().map(|s| s.to_string()).collect(),
+                    // Credentials need exact origins (refused by settings otherwise).
+                    credentials: false,
+                    ..Cors::default()
+                });
+                prop_assert!(policy.is_ok());
+                let mut policy = policy.unwrap_or_else(|_| unreachable!());
+                policy.credentials = credentials;
+                let mut h = HeaderMap::new();
+                if let Ok(v) = http::HeaderValue::from_str(&origin) {
+                    h.insert(http::header::ORIGIN, v);
+                }
+                if preflight {
+                    if let Ok(v) = http::HeaderValue::from_str(&method) {
+                        h.insert(http::header::ACCESS_CONTROL_REQUEST_METHOD, v);
+                    }
+                    if let Ok(v) = http::HeaderValue::from_str(&asked) {
+                        h.insert(http::header::ACCESS_CONTROL_REQUEST_HEADERS, v);
+                    }
+                }
+                let m = if preflight { Method::OPTIONS } else { Method::GET };
+                let outcome = decide(Some(&policy), &m, &h);
+                match &outcome {
+                    Outcome::Allowed(headers) | Outcome::Preflight(headers) => {
+                        let lower = origin.to_ascii_lowercase();
+                        prop_assert!(lower != "null");
+                        prop_assert!(policy.origins.iter().any(|p| p.matches(&lower)));
+                        prop_assert_eq!(
+                            headers.iter().any(|(k, _)| *k == "access-control-allow-credentials"),
+                            credentials
+                        );
+                        prop_assert!(headers.iter().any(|(k, v)| *k == "access-control-allow-origin" && *v == origin));
+                    }
+                    Outcome::NotCors => prop_assert!(!h.contains_key(http::header::ORIGIN)),
+                    Outcome::Disallowed | Outcome::PreflightRejected(_) => {}
+                }
+            }
+
+            /// A subdomain pattern admits exactly one more DNS label.
+            #[test]
+            fn a_wildcard_admits_exactly_one_label(label in "[a-zA-Z0-9.-]{0,10}") {
+                let p = OriginPattern::parse("https://*.example.com");
+                prop_assert!(p.is_ok());
+                let p = p.unwrap_or(OriginPattern::Exact(String::new()));
+                let origin = format!("https://{label}.example.com").to_ascii_lowercase();
+                let one_label = !label.is_empty()
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                prop_assert_eq!(p.matches(&origin), one_label);
+            }
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Gatehouse gateway: the Pingora edge. `proxy` is the thin `ProxyHttp` implementation; every
-//! decision it makes is a pure function in its own module (`routing`, `cors`, `limits`,
-//! `client_ip`, `headers`) or the shared verifier (`gatehouse_common::jwt`).
+//! decision it makes is a pure function in its own module (`admission`, `routing`, `cors`,
+//! `limits`, `client_ip`, `headers`) or the shared verifier (`gatehouse_common::jwt`).
 
 pub mod acme;
+pub mod admission;
 pub mod client_ip;
 pub mod conn;
 pub mod cors;

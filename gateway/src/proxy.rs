@@ -23,6 +23,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::acme::{Acme, CHALLENGE_PREFIX};
+use crate::admission::{self, HeadLimits};
 use crate::client_ip::TrustedProxies;
 use crate::cors::{self, Outcome};
 use crate::jwks::Jwks;
@@ -516,38 +517,6 @@ fn status_label(status: u16) -> &'static str {
     labels.get(status as usize).map_or("other", String::as_str)
 }
 
-/// Conflicting or unsupported message framing, if any.
-fn framing_problem(h: &http::HeaderMap) -> Option<&'static str> {
-    let te: Vec<&str> = h
-        .get_all("transfer-encoding")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if te.is_empty() {
-        return None;
-    }
-    if h.contains_key("content-length") {
-        return Some("Content-Length and Transfer-Encoding together are not accepted.");
-    }
-    let codings = te.join(",").to_ascii_lowercase();
-    if codings
-        .split(',')
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .ne(["chunked"])
-    {
-        return Some("Only Transfer-Encoding: chunked is accepted.");
-    }
-    None
-}
-
-/// `..` and `.` segments could be normalised differently upstream than here; refuse them.
-fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|s| {
-        s == ".." || s == "." || s.eq_ignore_ascii_case("%2e%2e") || s.eq_ignore_ascii_case("%2e")
-    })
-}
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -623,58 +592,23 @@ impl ProxyHttp for Gateway {
                 .respond_bytes(session, ctx, status, "application/octet-stream", body, &[])
                 .await;
         }
-        let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len())
-            + req.uri.authority().map_or(0, |a| a.as_str().len());
-        if uri_len > rt.max_uri {
+        let head_limits = HeadLimits {
+            max_uri_bytes: rt.max_uri,
+            max_header_bytes: rt.max_header_bytes,
+        };
+        if let Err(refusal) = admission::admit(&method, &req.uri, &req.headers, head_limits) {
+            if refusal.closes_connection() {
+                // RFC 9112 §6.3: after ambiguous framing nobody knows where the next request
+                // starts; answer and close rather than guess.
+                session.set_keepalive(None);
+            }
             let p = problem_for(
-                414,
-                "uri_too_long",
-                "URI too long",
-                format!("The request target must be at most {} bytes.", rt.max_uri),
+                refusal.status(),
+                refusal.kind(),
+                refusal.title(),
+                refusal.detail(),
             );
-            return self.reject(session, ctx, "uri_too_long", p, &[]).await;
-        }
-        if let Some(why) = framing_problem(&req.headers) {
-            // RFC 9112 §6.1/§6.3: ambiguous framing is how requests get smuggled; refuse it and
-            // close the connection rather than guess where the body ends.
-            session.set_keepalive(None);
-            let p = problem_for(400, "malformed_request", "Malformed request", why);
-            return self.reject(session, ctx, "framing", p, &[]).await;
-        }
-        let header_bytes: usize = req
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum();
-        if header_bytes > rt.max_header_bytes {
-            let p = problem_for(
-                431,
-                "headers_too_large",
-                "Request header fields too large",
-                format!(
-                    "The request headers must be at most {} bytes.",
-                    rt.max_header_bytes
-                ),
-            );
-            return self.reject(session, ctx, "headers_too_large", p, &[]).await;
-        }
-        if has_dot_segments(&path) {
-            let p = problem_for(
-                400,
-                "malformed_request",
-                "Malformed request",
-                "Dot segments are not allowed in paths.",
-            );
-            return self.reject(session, ctx, "dot_segments", p, &[]).await;
-        }
-        if method == http::Method::TRACE || method == http::Method::CONNECT {
-            let p = problem_for(
-                405,
-                "method_not_allowed",
-                "Method not allowed",
-                "TRACE and CONNECT are not served.",
-            );
-            return self.reject(session, ctx, "method", p, &[]).await;
+            return self.reject(session, ctx, refusal.decision(), p, &[]).await;
         }
         let host = req
             .headers

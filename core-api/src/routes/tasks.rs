@@ -3,8 +3,6 @@
 //! Two walls: every statement carries `owner_id = $1` from the verified token, and runs with
 //! the row-level-security identity set to the same user (`Db::scoped`).
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use gatehouse_common::problem::FieldError;
 use http::header::LOCATION;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -16,7 +14,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::app::{AppState, Ctx};
-use crate::domain::{Fields, TaskDescription, TaskTitle, parse_rfc3339, representable};
+use crate::domain::{Cursor, Fields, TaskDescription, TaskTitle, parse_rfc3339};
 use crate::error::ApiError;
 use crate::http::{Body, empty, json, parse_query, read_json};
 
@@ -343,34 +341,6 @@ const LIST_DONE_AFTER: &str = "SELECT id, title, description, completed, due_at,
     WHERE owner_id = $1 AND (created_at, id) < ($3, $4) AND completed = $5 \
     ORDER BY created_at DESC, id DESC LIMIT $2";
 
-/// Keyset position: the last item's `(created_at, id)`, opaque to clients.
-struct Cursor {
-    created_at: OffsetDateTime,
-    id: Uuid,
-}
-
-impl Cursor {
-    fn encode(&self) -> String {
-        let micros = self.created_at.unix_timestamp_nanos() / 1_000;
-        URL_SAFE_NO_PAD.encode(format!("{micros}.{}", self.id))
-    }
-
-    fn decode(raw: &str) -> Result<Self, FieldError> {
-        let bad = || FieldError::new("cursor", "is not a cursor returned by this API");
-        let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
-        let text = String::from_utf8(bytes).map_err(|_| bad())?;
-        let (micros, id) = text.split_once('.').ok_or_else(bad)?;
-        let micros: i128 = micros.parse().map_err(|_| bad())?;
-        let created_at = micros
-            .checked_mul(1_000)
-            .and_then(|nanos| OffsetDateTime::from_unix_timestamp_nanos(nanos).ok())
-            .filter(|t| representable(*t))
-            .ok_or_else(bad)?;
-        let id = Uuid::parse_str(id).map_err(|_| bad())?;
-        Ok(Self { created_at, id })
-    }
-}
-
 pub async fn create(
     state: &AppState,
     req: Request<Incoming>,
@@ -511,6 +481,9 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::representable;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
@@ -527,7 +500,9 @@ mod tests {
 
     mod properties {
         use super::super::*;
+        use super::{URL_SAFE_NO_PAD, representable};
         use crate::http::parse_json;
+        use base64::Engine;
         use proptest::prelude::*;
 
         fn json_text() -> impl Strategy<Value = String> {
