@@ -127,9 +127,7 @@ pub fn admit(
 /// §6.3: Content-Length with Transfer-Encoding is a smuggling attempt).
 pub fn framing_problem(h: &HeaderMap) -> Option<&'static str> {
     let te = h.get_all("transfer-encoding");
-    if te.iter().next().is_none() {
-        return None;
-    }
+    te.iter().next()?;
     if h.contains_key("content-length") {
         return Some("Content-Length and Transfer-Encoding together are not accepted.");
     }
