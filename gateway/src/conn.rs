@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
@@ -407,18 +408,25 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
             state.header_done.store(false, Ordering::Release);
             let request = self.inner.process_new_http(session, shutdown);
             tokio::pin!(request);
-            let reused = tokio::select! {
-                biased;
-                reused = &mut request => reused,
-                () = tokio::time::sleep_until(header_deadline) => {
-                    if state.header_done.load(Ordering::Acquire) {
-                        // A slow answer is not the client's doing; the header came in time.
-                        request.await
-                    } else {
-                        self.timed_out("request header");
-                        return;
+            // Usually the whole header came with the first bytes and the first poll parses it:
+            // then no deadline timer is needed at all.
+            let polled = std::future::poll_fn(|cx| Poll::Ready(request.as_mut().poll(cx))).await;
+            let reused = match polled {
+                Poll::Ready(reused) => reused,
+                Poll::Pending if state.header_done.load(Ordering::Acquire) => request.await,
+                Poll::Pending => tokio::select! {
+                    biased;
+                    reused = &mut request => reused,
+                    () = tokio::time::sleep_until(header_deadline) => {
+                        if state.header_done.load(Ordering::Acquire) {
+                            // A slow answer is not the client's doing; the header came in time.
+                            request.await
+                        } else {
+                            self.timed_out("request header");
+                            return;
+                        }
                     }
-                }
+                },
             };
             let Some(reused) = reused else { return };
             let (s, settings) = reused.consume();
