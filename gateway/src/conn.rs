@@ -145,7 +145,8 @@ impl Limits {
 
     /// The per-client key of `peer`, unless the per-client cap is off or the peer is exempt.
     fn client_of(&self, peer: Option<IpAddr>) -> Option<ClientKey> {
-        peer.filter(|ip| self.per_client > 0 && !(self.exempt)(*ip))
+        peer.map(|ip| ip.to_canonical())
+            .filter(|ip| self.per_client > 0 && !(self.exempt)(*ip))
             .map(ClientKey::of)
     }
 
@@ -782,6 +783,10 @@ mod tests {
         let proxy = IpAddr::from([10, 0, 0, 1]);
         let held: Vec<_> = (0..3).map(|_| l.admit(Some(proxy)).unwrap()).collect();
         assert_eq!(l.active.load(Ordering::Acquire), 3);
+        drop(held);
+        // Also as seen on a dual-stack listener.
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| l.admit(Some(mapped)).unwrap()).collect();
         drop(held);
         // 0 turns the per-client cap off.
         let off = limits(0, 1000, 1000);

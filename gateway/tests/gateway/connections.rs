@@ -217,7 +217,7 @@ async fn slow_http1_clients(l: &Listener) -> f64 {
         }
         let status = read_response(&mut c).await;
         assert_eq!(status, l.status, "{}: a header in parts", l.name);
-        tokio::time::sleep(HEADER_TIMEOUT + Duration::from_millis(400)).await;
+        tokio::time::sleep(HEADER_TIMEOUT + Duration::from_millis(300)).await;
         for _ in 0..20 {
             l.ask(&mut c).await;
         }
