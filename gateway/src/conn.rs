@@ -227,9 +227,10 @@ impl ConnectionFilter for Limits {
 }
 
 /// Whose connections count together against `server.max_connections_per_client`: an IPv4
-/// address, or an IPv6 /64 — the smallest prefix a site is given (RFC 6177), so one host
-/// cannot walk around the cap through the addresses of its own subnet. An IPv4-mapped IPv6
-/// address (a dual-stack listener) counts as its IPv4 address.
+/// address, or an IPv6 /64 — the smallest block an end site is assigned (RFC 6177), inside
+/// which a host picks addresses at will (SLAAC, temporary addresses of RFC 8981), so it cannot
+/// walk around the cap through its own subnet. An IPv4-mapped IPv6 address (a dual-stack
+/// listener) counts as its IPv4 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum ClientKey {
     V4(u32),
@@ -382,8 +383,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
             match next {
                 Next::First => {
                     // As Pingora: keep-alive unless the server is shutting down (the application
-                    // sets its own timeout per request), and the configured limit of requests.
-                    let keepalive = (!*shutdown.borrow()).then(|| self.limits.keepalive.as_secs());
+                    // sets its own timeout per request; Pingora reads 0 as none), and the
+                    // configured limit of requests.
+                    let keepalive =
+                        (!*shutdown.borrow()).then(|| self.limits.keepalive.as_secs().max(1));
                     session.set_keepalive(keepalive);
                     session.set_keepalive_reuses_remaining(
                         self.inner
