@@ -76,7 +76,7 @@ impl Metrics {
         let connections_rejected = IntCounterVec::new(
             Opts::new(
                 "connections_rejected_total",
-                "Client connections refused or closed by a limit (max_connections, header_timeout).",
+                "Client connections refused or closed by a limit (max_connections, max_connections_per_client, header_timeout).",
             ),
             &["listener", "reason"],
         )?;

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use gatehouse_common::config::Environment;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
+use pingora::apps::{HttpServerApp, HttpServerOptions};
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -91,31 +92,37 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         acme: acme.clone(),
     };
-    let header_timeout = Duration::from_secs(s.server.header_timeout_seconds);
-    let limits =
-        |listener| conn::Limits::new(listener, s.server.max_connections, header_timeout, &metrics);
+    // Trusted proxies carry many clients each: not counted per client. Read at every accept,
+    // so a reload of `server.trusted_proxies` applies at once.
+    let exempt: conn::Exempt = {
+        let runtime = runtime.clone();
+        Arc::new(move |ip| runtime.load().trusted.trusts(ip))
+    };
+    let limits = |listener| conn::Limits::new(listener, &s.server, exempt.clone(), &metrics);
     // Pingora's default 64 KiB read buffer per connection stays resident (zero-filled); a
     // TLS record is at most 16 KiB, so that is all a client connection needs. TLS itself is
-    // done by `Guarded` (see conn.rs), so the listener is plain TCP.
+    // done by `Guarded` (see conn.rs), so every listener is plain TCP.
     let buffers = L4BufferSettings {
         read: Some(s.server.read_buffer_bytes),
         write: None,
     };
+    let listener = |name: &'static str, addr: &str| Listener {
+        name,
+        addr: addr.to_string(),
+        buffers,
+        limits: limits(name),
+    };
     if s.listen.https_enabled() {
-        let https_limits = limits("https");
-        let mut proxy = Service::new(
-            "gateway https".to_string(),
-            Guarded::new(
-                pingora::proxy::http_proxy(&server.configuration, gateway.clone()),
-                https_limits.clone(),
-                Some(tls),
-            ),
-        );
-        proxy.add_listener(ListenerConfig::tcp(&s.listen.https).l4_buffer(buffers));
-        proxy.set_connection_filter(https_limits);
-        server.add_service(proxy);
+        let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway.clone());
+        // An HTTP/2 connection with no open stream is idle: closed after the keep-alive
+        // timeout, like an idle HTTP/1.1 connection (Pingora's default keeps it forever).
+        let mut options = HttpServerOptions::default();
+        options.h2_idle_timeout = Some(Duration::from_secs(s.server.keepalive_timeout_seconds));
+        proxy.server_options = Some(options);
+        server.add_service(listener("https", &s.listen.https).serve(proxy, Some(tls)));
     }
 
+    let http = listener("http", &s.listen.http);
     match s.listen.http_mode {
         HttpMode::Redirect => {
             let https_port = s
@@ -124,52 +131,32 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
                 .parse::<std::net::SocketAddr>()
                 .map(|a| a.port())
                 .unwrap_or(443);
-            let mut redirect = Service::new(
-                "gateway http".to_string(),
-                Redirect {
-                    https_port,
-                    acme: acme.clone(),
-                },
-            );
-            redirect.add_tcp(&s.listen.http);
-            server.add_service(redirect);
+            let redirect = Redirect {
+                https_port,
+                acme: acme.clone(),
+            };
+            server.add_service(http.serve(conn::HeaderMarked(redirect), None));
         }
         HttpMode::Proxy => {
-            let http_limits = limits("http");
-            let mut plain = Service::new(
-                "gateway http".to_string(),
-                Guarded::new(
-                    pingora::proxy::http_proxy(&server.configuration, gateway),
-                    http_limits.clone(),
-                    None,
-                ),
-            );
-            plain.add_listener(ListenerConfig::tcp(&s.listen.http).l4_buffer(buffers));
-            plain.set_connection_filter(http_limits);
-            server.add_service(plain);
+            let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+            server.add_service(http.serve(proxy, None));
         }
     }
 
-    let mut admin = Service::new(
-        "gateway admin".to_string(),
-        Admin {
-            shared: shared.clone(),
-            read_only: false,
-        },
-    );
-    admin.add_tcp(&s.listen.admin);
-    server.add_service(admin);
+    let admin = Admin {
+        shared: shared.clone(),
+        read_only: false,
+    };
+    server.add_service(listener("admin", &s.listen.admin).serve(conn::HeaderMarked(admin), None));
     if !s.listen.metrics.is_empty() {
         // Reachable by Prometheus and orchestrator probes (pod IP); read-only.
-        let mut metrics_only = Service::new(
-            "gateway metrics".to_string(),
-            Admin {
-                shared: shared.clone(),
-                read_only: true,
-            },
+        let metrics_only = Admin {
+            shared: shared.clone(),
+            read_only: true,
+        };
+        server.add_service(
+            listener("metrics", &s.listen.metrics).serve(conn::HeaderMarked(metrics_only), None),
         );
-        metrics_only.add_tcp(&s.listen.metrics);
-        server.add_service(metrics_only);
     }
 
     server.add_service(background_service(
@@ -183,6 +170,32 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
 
     tracing::info!(https = %s.listen.https, http = %s.listen.http, admin = %s.listen.admin, env = %config.env, "gateway starting");
     server.run_forever();
+}
+
+/// One client-facing listener: its address and its connection limits.
+struct Listener {
+    name: &'static str,
+    addr: String,
+    buffers: L4BufferSettings,
+    limits: Arc<conn::Limits>,
+}
+
+impl Listener {
+    /// `app` behind the connection caps (the filter refuses at accept, before a task or any
+    /// TLS work) and the header deadlines (`Guarded`), with TLS when `tls` is given.
+    fn serve<A: HttpServerApp + Send + Sync + 'static>(
+        self,
+        app: A,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Service<Guarded<A>> {
+        let mut service = Service::new(
+            format!("gateway {}", self.name),
+            Guarded::new(app, self.limits.clone(), tls),
+        );
+        service.add_listener(ListenerConfig::tcp(&self.addr).l4_buffer(self.buffers));
+        service.set_connection_filter(self.limits);
+        service
+    }
 }
 
 /// What the admin listener, the housekeeping task and reloads share.
@@ -271,11 +284,17 @@ impl Shared {
     async fn try_reload(&self) -> Result<(), String> {
         let config = crate::settings::load(&self.base, self.env).map_err(|e| e.to_string())?;
         let current = self.runtime.load_full();
+        let (new, old) = (&config.settings.server, &current.settings.server);
         if config.settings.listen != current.settings.listen
-            || config.settings.server.threads != current.settings.server.threads
+            || new.threads != old.threads
+            || new.max_connections != old.max_connections
+            || new.max_connections_per_client != old.max_connections_per_client
+            || new.header_timeout_seconds != old.header_timeout_seconds
+            || new.keepalive_timeout_seconds != old.keepalive_timeout_seconds
+            || new.read_buffer_bytes != old.read_buffer_bytes
         {
             tracing::warn!(
-                "listener addresses and threads change only on restart or binary upgrade"
+                "listener addresses, threads and connection limits (server.max_connections*, header_timeout_seconds, keepalive_timeout_seconds, read_buffer_bytes) change only on restart or binary upgrade"
             );
         }
         let store = crate::tls::load_for(&config.settings)?;

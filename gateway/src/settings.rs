@@ -101,6 +101,8 @@ impl Listen {
 pub struct Server {
     pub threads: usize,
     pub grace_period_seconds: u64,
+    /// An idle client connection — HTTP/1.x between requests, HTTP/2 with no open stream — is
+    /// closed after this.
     pub keepalive_timeout_seconds: u64,
     pub max_uri_bytes: usize,
     /// Largest header block (names + values) forwarded; larger gets 431.
@@ -116,8 +118,12 @@ pub struct Server {
     pub trusted_proxies: Vec<String>,
     /// Client connections per listener; more are closed at accept, before any TLS work.
     pub max_connections: usize,
-    /// A request header must be complete this long after its first byte (the first request
-    /// on a connection: after the handshake), else the connection is closed (slowloris).
+    /// Client connections per listener from one client (an IPv4 address, an IPv6 /64); more
+    /// are closed at accept. Trusted proxies are not counted. 0: no per-client cap.
+    pub max_connections_per_client: usize,
+    /// The TLS handshake must be complete this long after accept, and every request header
+    /// this long after its first byte (the first request on a connection, or an HTTP/2
+    /// connection preface: after the handshake), else the connection is closed (slowloris).
     pub header_timeout_seconds: u64,
 }
 
@@ -133,6 +139,7 @@ impl Default for Server {
             read_buffer_bytes: 0,
             trusted_proxies: Vec::new(),
             max_connections: 20_000,
+            max_connections_per_client: 256,
             header_timeout_seconds: 10,
         }
     }
@@ -522,6 +529,13 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
     }
     if s.server.header_timeout_seconds == 0 {
         bad("server.header_timeout_seconds", "must be at least 1".into());
+    }
+    if s.server.keepalive_timeout_seconds == 0 {
+        // Pingora reads 0 as "no timeout": an idle connection would be held forever.
+        bad(
+            "server.keepalive_timeout_seconds",
+            "must be at least 1".into(),
+        );
     }
     for (i, entry) in s.server.trusted_proxies.iter().enumerate() {
         for p in crate::client_ip::entries(std::slice::from_ref(entry)) {

@@ -112,6 +112,14 @@ fn errors_name_file_line_and_key() {
         text.contains("gateway.toml:2: server.threds: unknown field `threds`"),
         "{text}"
     );
+    // Pingora would read 0 as "keep idle connections forever".
+    std::fs::write(&base, "[server]\nkeepalive_timeout_seconds = 0\n").unwrap();
+    let (ok, text) = run(gateway().args(["check", "--config"]).arg(&base));
+    assert!(!ok);
+    assert!(
+        text.contains("gateway.toml:2: server.keepalive_timeout_seconds: must be at least 1"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
