@@ -195,7 +195,18 @@ async fn path_claim_is_enforced_at_the_edge() {
     );
     let answer = raw_tls(&gw, raw.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Percent-encoded, in every mix: an upstream that decodes before resolving would climb
+    // out of alice's scope.
+    for dots in ["%2e%2e", "%2E%2e", ".%2e", "%2e.", "%2E."] {
+        let raw = format!(
+            "GET /api/users/alice/{dots}/bob/tasks HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+        );
+        let answer = raw_tls(&gw, raw.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{dots}: {answer}");
+        assert!(answer.contains("malformed_request"), "{dots}: {answer}");
+    }
     assert_eq!(echo.count("/api/users/bob/tasks"), 0);
+    assert_eq!(echo.count("/api/users/alice/.%2e/bob/tasks"), 0);
 }
 
 #[tokio::test]
@@ -419,6 +430,13 @@ async fn request_smuggling_vectors_never_reach_the_upstream() {
         ),
         format!(
             "POST /open/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        // Two Transfer-Encoding fields, and one that is not ASCII.
+        format!(
+            "POST /open/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        format!(
+            "POST /open/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: \u{e9}chunked\r\n\r\n0\r\n\r\n{smuggled}"
         ),
     ];
     for (i, v) in vectors.iter().enumerate() {
