@@ -48,6 +48,7 @@ METRICS = {
     "gatehouse_api_refresh_token_events_total": {"event"},
     "gatehouse_api_db_pool_connections": {"state"},
     "gatehouse_api_server_errors_total": {"type"},
+    "gatehouse_api_panics_total": set(),
     "gatehouse_api_db_up": set(),
 }
 # Prometheus' own per-target series; allowed, not required to match the sources.
