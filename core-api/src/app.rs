@@ -16,92 +16,31 @@ use gatehouse_common::config::Environment;
 use gatehouse_common::jwt::{Policy, Verifier};
 use gatehouse_common::request_id;
 use http::header::{CACHE_CONTROL, HeaderName};
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use uuid::Uuid;
 
-use crate::auth::keys::{self, Signer};
+use crate::auth::keys;
 use crate::auth::password::Hasher;
 use crate::auth::throttle::LoginThrottle;
-use crate::client::{ClientKey, Peer, TrustedProxies, client_key};
+use crate::client::{Peer, TrustedProxies};
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::http::Body;
 use crate::metrics::Metrics;
 use crate::routes::{self, Router};
-use crate::settings::{Config, Settings};
-
-/// Per-request facts the envelope logs.
-pub struct Ctx {
-    pub request_id: String,
-    pub route: &'static str,
-    pub user_id: Option<Uuid>,
-}
-
-/// Everything handlers share.
-pub struct AppState {
-    pub env: Environment,
-    pub settings: Settings,
-    pub db: Db,
-    pub verifier: Verifier,
-    pub hasher: Hasher,
-    pub metrics: Metrics,
-    pub router: Router,
-    pub jwks_body: Bytes,
-    signer: Signer,
-    login_throttle: LoginThrottle,
-    trusted_proxies: TrustedProxies,
-}
-
-impl AppState {
-    pub fn body_limit(&self) -> usize {
-        self.settings.server.body_limit_bytes
-    }
-
-    pub fn signer(&self) -> &Signer {
-        &self.signer
-    }
-
-    /// Verifies the bearer token (the API checks it itself even behind the gateway) and records
-    /// the subject on the request.
-    pub fn authenticate(&self, headers: &HeaderMap, ctx: &mut Ctx) -> Result<Uuid, ApiError> {
-        let Some(token) = crate::http::bearer(headers) else {
-            self.metrics.auth_failure("missing_token");
-            return Err(ApiError::Unauthenticated);
-        };
-        let claims = self.verifier.verify(token).map_err(|r| {
-            self.metrics.auth_failure(r.reason());
-            tracing::warn!(request_id = %ctx.request_id, reason = r.reason(), "access token rejected");
-            ApiError::InvalidToken(r)
-        })?;
-        let sub = Uuid::parse_str(&claims.sub).map_err(|_| {
-            self.metrics.auth_failure("malformed");
-            ApiError::InvalidToken(gatehouse_common::jwt::Rejection::Malformed)
-        })?;
-        ctx.user_id = Some(sub);
-        Ok(sub)
-    }
-
-    /// The client a request comes from (for throttling): see `client.rs`.
-    pub fn client_of(&self, req: &Request<Incoming>) -> ClientKey {
-        let peer = req.extensions().get::<Peer>().map(|p| p.0);
-        client_key(peer, req.headers(), &self.trusted_proxies)
-    }
-
-    pub fn login_throttle(&self) -> &LoginThrottle {
-        &self.login_throttle
-    }
-}
+use crate::settings::Config;
+use crate::state::{AppState, Ctx};
 
 /// A built application bound to its listener, ready to serve.
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
+    router: Arc<Router>,
 }
 
 impl Application {
@@ -189,13 +128,16 @@ impl Application {
             verifier,
             hasher,
             metrics: Metrics::new()?,
-            router: routes::router()?,
             jwks_body,
             signer: keys.signer,
             login_throttle,
             trusted_proxies,
         });
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            router: Arc::new(routes::router()?),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -211,7 +153,11 @@ impl Application {
     /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
     /// within the grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let Self { listener, state } = self;
+        let Self {
+            listener,
+            state,
+            router,
+        } = self;
         tracing::info!(addr = %listener.local_addr()?, env = %state.env, "core-api listening");
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -241,9 +187,10 @@ impl Application {
                     };
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
+                    let router = router.clone();
                     let svc = service_fn(move |mut req: Request<Incoming>| {
                         req.extensions_mut().insert(Peer(peer));
-                        handle(state.clone(), req)
+                        handle(state.clone(), router.clone(), req)
                     });
                     let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                     let conn = graceful.watch(conn);
@@ -310,6 +257,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static(request_id::HEADER);
 /// The per-request envelope around `routes::dispatch`.
 async fn handle(
     state: Arc<AppState>,
+    router: Arc<Router>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
@@ -325,7 +273,7 @@ async fn handle(
     // Panic boundary: a panic anywhere in a handler becomes a 500 problem for this request
     // only. What the handler held is dropped while unwinding; a database connection inside an
     // open transaction is closed rather than pooled (`db::InTransaction`).
-    let handler = AssertUnwindSafe(routes::dispatch(&state, req, &mut ctx)).catch_unwind();
+    let handler = AssertUnwindSafe(routes::dispatch(&state, &router, req, &mut ctx)).catch_unwind();
     let result = match tokio::time::timeout(deadline, handler).await {
         Ok(Ok(result)) => result,
         Ok(Err(payload)) => {

@@ -209,6 +209,24 @@ impl Cursor {
     }
 }
 
+/// A valid new task.
+#[derive(Debug)]
+pub struct NewTask {
+    pub title: TaskTitle,
+    pub description: Option<TaskDescription>,
+    pub due_at: Option<OffsetDateTime>,
+}
+
+/// Valid changes to a task: `None` leaves a field alone; for the nullable ones `Some(None)`
+/// clears it.
+#[derive(Debug)]
+pub struct TaskChanges {
+    pub title: Option<TaskTitle>,
+    pub completed: Option<bool>,
+    pub description: Option<Option<TaskDescription>>,
+    pub due_at: Option<Option<OffsetDateTime>>,
+}
+
 /// Collects the outcome of several field parses, so one response lists every problem.
 #[derive(Default)]
 pub struct Fields(Vec<FieldError>);
@@ -275,6 +293,19 @@ mod tests {
     }
 
     #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = Cursor {
+            created_at: OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            id: Uuid::nil(),
+        };
+        let d = Cursor::decode(&c.encode()).ok();
+        assert_eq!(d.map(|d| (d.created_at, d.id)), Some((c.created_at, c.id)));
+        assert!(Cursor::decode("not-a-cursor").is_err());
+        assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode("12.nope")).is_err());
+    }
+
+    #[test]
     fn titles_are_trimmed_and_bounded() {
         assert_eq!(
             TaskTitle::parse("  Buy milk ").map(|t| t.0).ok().as_deref(),
@@ -316,6 +347,35 @@ mod tests {
                     }
                     Err(e) => prop_assert_eq!(e.field, "due_at"),
                 }
+            }
+
+            #[test]
+            fn any_cursor_text_decodes_to_a_representable_position_or_a_field_error(
+                raw in prop_oneof![
+                    any::<String>(),
+                    (any::<i128>(), any::<u128>()).prop_map(|(m, id)| URL_SAFE_NO_PAD.encode(format!("{m}.{}", Uuid::from_u128(id)))),
+                    "[0-9-]{1,40}\\.[0-9a-f-]{1,40}".prop_map(|t| URL_SAFE_NO_PAD.encode(t)),
+                ]
+            ) {
+                match Cursor::decode(&raw) {
+                    Ok(c) => prop_assert!(representable(c.created_at)),
+                    Err(e) => prop_assert_eq!(e.field, "cursor"),
+                }
+            }
+
+            #[test]
+            fn cursors_round_trip_for_every_storable_instant(
+                micros in -62_167_219_200_000_000i64..253_402_300_800_000_000i64,
+                id in any::<u128>(),
+            ) {
+                let created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                let c = Cursor { created_at, id: Uuid::from_u128(id) };
+                let back = Cursor::decode(&c.encode());
+                prop_assert!(back.is_ok());
+                let back = back.unwrap_or(c);
+                prop_assert_eq!(back.created_at, created_at);
+                prop_assert_eq!(back.id, Uuid::from_u128(id));
             }
 
             #[test]

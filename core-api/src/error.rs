@@ -55,6 +55,7 @@ impl From<DbError> for ApiError {
         match e {
             DbError::Unavailable(why) => Self::DatabaseUnavailable(why),
             DbError::Query(e) => Self::Internal(format!("database: {e}")),
+            DbError::NoRow(what) => Self::Internal(format!("database: {what} returned no row")),
         }
     }
 }

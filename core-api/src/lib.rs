@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod routes;
 pub mod settings;
+pub mod state;
 
 pub use app::Application;
 pub use routes::ROUTES;

@@ -274,7 +274,7 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
             "database.url",
             "is empty: set DATABASE_URL (or DATABASE_URL_FILE)".into(),
         );
-    } else if let Err(e) = crate::db::ConnectOptions::parse(url) {
+    } else if let Err(e) = gatehouse_common::pg::ConnectOptions::parse(url) {
         bad("database.url", e);
     }
     if s.database.pool_size < 1 {

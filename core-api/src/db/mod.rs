@@ -21,6 +21,9 @@ use uuid::Uuid;
 
 use crate::settings::{DatabaseSettings, StatementMode};
 
+pub mod tasks;
+pub mod users;
+
 pub use gatehouse_common::pg::{ConnectOptions, TlsMode};
 
 /// One statement parameter with its declared type (needed by unnamed statements, which carry
@@ -36,6 +39,9 @@ pub enum DbError {
     /// The server answered with an error for this statement.
     #[error("database error: {0}")]
     Query(#[source] tokio_postgres::Error),
+    /// A statement that always returns a row returned none.
+    #[error("database invariant broken: {0}")]
+    NoRow(&'static str),
 }
 
 impl DbError {

@@ -5,14 +5,14 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use crate::app::{AppState, Ctx};
 use crate::auth::refresh;
+use crate::db::users;
 use crate::domain::{Email, Fields, Password};
 use crate::error::ApiError;
 use crate::http::{Body, empty, json, read_json};
+use crate::state::{AppState, Ctx};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,14 +25,6 @@ struct Credentials {
 #[serde(deny_unknown_fields)]
 struct RefreshBody {
     refresh_token: String,
-}
-
-#[derive(Serialize)]
-pub struct UserOut {
-    pub id: Uuid,
-    pub email: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
 }
 
 #[derive(Serialize)]
@@ -59,20 +51,9 @@ pub async fn register(
         return Err(ApiError::Internal("parsed fields missing".into()));
     };
     let hash = state.hasher.hash(&password).await?;
-    let rows = state
-        .db
-        .query(
-            "INSERT INTO users (email, password_hash) VALUES ($1, $2) \
-             ON CONFLICT (email) DO NOTHING RETURNING id, email, created_at",
-            &[(&email.as_str(), Type::TEXT), (&hash, Type::TEXT)],
-        )
-        .await?;
-    let row = rows.first().ok_or(ApiError::EmailTaken)?;
-    let user = UserOut {
-        id: row.get(0),
-        email: row.get(1),
-        created_at: row.get(2),
-    };
+    let user = users::register(&state.db, &email, &hash)
+        .await?
+        .ok_or(ApiError::EmailTaken)?;
     ctx.user_id = Some(user.id);
     tracing::info!(request_id = %ctx.request_id, user_id = %user.id, "account registered");
     json(StatusCode::CREATED, &user)
@@ -108,15 +89,7 @@ pub async fn login(
     }
 
     let stored = match &email {
-        Some(email) => state
-            .db
-            .query(
-                "SELECT id, password_hash FROM users WHERE email = $1",
-                &[(&email.as_str(), Type::TEXT)],
-            )
-            .await?
-            .first()
-            .map(|r| (r.get::<_, Uuid>(0), r.get::<_, String>(1))),
+        Some(email) => users::credentials(&state.db, email).await?,
         None => None,
     };
     let verified = match &password {

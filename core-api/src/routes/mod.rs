@@ -3,9 +3,9 @@
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
-use crate::app::{AppState, Ctx};
 use crate::error::ApiError;
 use crate::http::Body;
+use crate::state::{AppState, Ctx};
 
 mod auth;
 pub mod system;
@@ -79,12 +79,12 @@ pub fn router() -> Result<Router, matchit::InsertError> {
 /// Finds the route, checks the method, and runs the handler.
 pub async fn dispatch(
     state: &AppState,
+    router: &Router,
     req: Request<Incoming>,
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, ApiError> {
     let (index, user_id, task_id) = {
-        let matched = state
-            .router
+        let matched = router
             .at(req.uri().path())
             .map_err(|_| ApiError::NotFound)?;
         let p = |name| {

@@ -5,12 +5,11 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio_postgres::types::Type;
 
-use super::auth::UserOut;
-use crate::app::{AppState, Ctx};
+use crate::db::users;
 use crate::error::ApiError;
 use crate::http::{Body, json};
+use crate::state::{AppState, Ctx};
 
 /// The committed OpenAPI 3.1 document (kept in sync with `ROUTES` by a test).
 pub const OPENAPI: &str = include_str!("../../openapi.json");
@@ -70,20 +69,8 @@ pub async fn me(
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, ApiError> {
     let sub = state.authenticate(req.headers(), ctx)?;
-    let rows = state
-        .db
-        .query(
-            "SELECT id, email, created_at FROM users WHERE id = $1",
-            &[(&sub, Type::UUID)],
-        )
-        .await?;
-    let row = rows.first().ok_or(ApiError::NotFound)?;
-    json(
-        StatusCode::OK,
-        &UserOut {
-            id: row.get(0),
-            email: row.get(1),
-            created_at: row.get(2),
-        },
-    )
+    let user = users::get(&state.db, sub)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    json(StatusCode::OK, &user)
 }

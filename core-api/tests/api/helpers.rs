@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use core_api::Application;
-use core_api::app::AppState;
 use core_api::settings::{Config, Settings};
+use core_api::state::AppState;
 use gatehouse_common::config::Environment;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
