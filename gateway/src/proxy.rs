@@ -465,19 +465,26 @@ impl Gateway {
         self.respond(session, ctx, status, Some(p), extra).await
     }
 
+    /// The first of the route's `key` limits that refuses this request: by client network
+    /// (`ip`), verified `subject`, or one bucket (`global`).
     async fn check_limits(
         &self,
         rt: &Runtime,
         route: &RouteRt,
         key: LimitKey,
-        value: &str,
+        ip: Option<IpAddr>,
+        subject: &str,
     ) -> Option<(u32, u64)> {
-        let value = if key == LimitKey::Global { "" } else { value };
         for l in route.limits.iter().filter(|l| l.key == key) {
+            let value = match key {
+                LimitKey::Ip => l.ip_key(ip),
+                LimitKey::Subject => subject.to_string(),
+                LimitKey::Global => String::new(),
+            };
             if let Verdict::Limited {
                 limit,
                 retry_after_secs,
-            } = l.check(value, rt.redis.as_deref()).await
+            } = l.check(&value, rt.redis.as_deref()).await
             {
                 return Some((limit, retry_after_secs));
             }
@@ -733,9 +740,10 @@ impl ProxyHttp for Gateway {
             return self.reject(session, ctx, "body_too_large", p, &[]).await;
         }
 
-        let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
         for key in [LimitKey::Ip, LimitKey::Global] {
-            if let Some((limit, retry)) = self.check_limits(&rt, route, key, &ip).await {
+            if let Some((limit, retry)) =
+                self.check_limits(&rt, route, key, ctx.client_ip, "").await
+            {
                 let (p, h) = rate_limited(limit, retry);
                 return self.reject(session, ctx, "rate_limited", p, &h).await;
             }
@@ -807,8 +815,9 @@ impl ProxyHttp for Gateway {
                 );
                 return self.reject(session, ctx, "path_claim", p, &[]).await;
             }
-            if let Some((limit, retry)) =
-                self.check_limits(&rt, route, LimitKey::Subject, &sub).await
+            if let Some((limit, retry)) = self
+                .check_limits(&rt, route, LimitKey::Subject, None, &sub)
+                .await
             {
                 ctx.user_id = Some(sub);
                 let (p, h) = rate_limited(limit, retry);

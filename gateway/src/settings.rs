@@ -405,6 +405,9 @@ pub struct Limit {
     pub per_second: u32,
     pub burst: u32,
     pub store: LimitStore,
+    /// `key = "ip"`: IPv6 clients are keyed by their network of this prefix length (default
+    /// 64, one subscriber's network); IPv4 by the address.
+    pub ipv6_prefix: Option<u8>,
 }
 
 impl Default for Limit {
@@ -414,6 +417,7 @@ impl Default for Limit {
             per_second: 10,
             burst: 20,
             store: LimitStore::Local,
+            ipv6_prefix: None,
         }
     }
 }
@@ -666,6 +670,18 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
                 &format!("limits.{name}"),
                 "per_second and burst must be at least 1".into(),
             );
+        }
+        match l.ipv6_prefix {
+            Some(_) if l.key != LimitKey::Ip => bad(
+                &format!("limits.{name}.ipv6_prefix"),
+                "only limits with key = \"ip\" are keyed by address".into(),
+            ),
+            // Shorter than /32 puts whole providers into one bucket.
+            Some(p) if !(32..=128).contains(&p) => bad(
+                &format!("limits.{name}.ipv6_prefix"),
+                format!("{p} is not a prefix length between 32 and 128"),
+            ),
+            _ => {}
         }
         if l.store == LimitStore::Redis && s.redis.url.is_empty() {
             bad(
