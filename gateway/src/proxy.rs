@@ -494,8 +494,13 @@ impl Gateway {
 
     async fn verify(&self, jwks: &Jwks, token: &str) -> std::result::Result<String, Rejection> {
         let verifier = jwks.verifier();
+        let rejected_at = Instant::now();
         let claims = match verifier.verify(token) {
-            Err(Rejection::UnknownKey) if jwks.refresh_for_unknown_kid().await => {
+            // A key we do not have, or a signature that fails under the key we have for its
+            // kid (the issuer may have replaced it): the JWKS may know more by now.
+            Err(Rejection::UnknownKey | Rejection::BadSignature)
+                if jwks.refetch_after_rejection(rejected_at).await =>
+            {
                 verifier.verify(token)?
             }
             other => other?,

@@ -276,7 +276,8 @@ pub struct Jwt {
     pub algorithms: Vec<String>,
     pub leeway_seconds: u64,
     pub refresh_seconds: u64,
-    /// Least time between two fetches triggered by unknown `kid`s.
+    /// Least time between the start of a fetch and a fetch triggered by a token the keys
+    /// refused (unknown `kid`, or a failed signature under a known one); at least 1.
     pub min_refetch_seconds: u64,
     pub cache_capacity: usize,
 }
@@ -607,6 +608,17 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
     }
     if s.jwt.audience.is_empty() {
         bad("jwt.audience", "must not be empty".into());
+    }
+    // 0 would let every request with an unknown kid (anyone can forge one) trigger a fetch.
+    if s.jwt.min_refetch_seconds == 0 {
+        bad(
+            "jwt.min_refetch_seconds",
+            "must be at least 1 (tokens naming unknown keys would each trigger a JWKS fetch)"
+                .into(),
+        );
+    }
+    if s.jwt.refresh_seconds == 0 {
+        bad("jwt.refresh_seconds", "must be at least 1".into());
     }
     if s.jwt.leeway_seconds > gatehouse_common::jwt::MAX_LEEWAY_SECS {
         bad("jwt.leeway_seconds", "must be at most 30".into());

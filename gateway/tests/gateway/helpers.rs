@@ -30,6 +30,7 @@ pub const KID: &str = "test-key";
 
 /// The signing key the tests use and the JWKS the echo upstream publishes for it.
 pub struct TestKey {
+    pub kid: String,
     pub encoding: EncodingKey,
     pub jwks: Value,
     pub public_pem: String,
@@ -37,6 +38,11 @@ pub struct TestKey {
 
 impl TestKey {
     pub fn new(seed: u8) -> Self {
+        Self::with_kid(seed, KID)
+    }
+
+    /// A key published and used under `kid`.
+    pub fn with_kid(seed: u8, kid: &str) -> Self {
         let pem = KeypairBytes {
             secret_key: [seed; 32],
             public_key: None,
@@ -44,15 +50,21 @@ impl TestKey {
         .to_pkcs8_pem(LineEnding::LF)
         .unwrap();
         let public = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
-        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": KID,
+        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
             "x": URL_SAFE_NO_PAD.encode(public.as_bytes())}]});
         use ed25519_dalek::pkcs8::EncodePublicKey;
         let public_pem = public.to_public_key_pem(LineEnding::LF).unwrap();
         Self {
+            kid: kid.to_string(),
             encoding: EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
             jwks,
             public_pem,
         }
+    }
+
+    /// This key's JWK (the single entry of `jwks`).
+    pub fn jwk(&self) -> Value {
+        self.jwks["keys"][0].clone()
     }
 
     pub fn claims(&self, sub: &str) -> Value {
@@ -63,7 +75,7 @@ impl TestKey {
     pub fn sign(&self, claims: &Value, tweak: impl FnOnce(&mut Header)) -> String {
         let mut h = Header::new(Algorithm::EdDSA);
         h.typ = Some("at+jwt".into());
-        h.kid = Some(KID.into());
+        h.kid = Some(self.kid.clone());
         tweak(&mut h);
         jsonwebtoken::encode(&h, claims, &self.encoding).unwrap()
     }
@@ -85,7 +97,11 @@ pub struct Echo {
     pub seen: Arc<Mutex<Seen>>,
     /// When non-zero, every proxied path is answered with this status (health stays 200).
     pub fail_with: Arc<std::sync::atomic::AtomicU16>,
-    jwks: Arc<Value>,
+    /// How many times the JWKS was fetched.
+    pub jwks_fetches: Arc<std::sync::atomic::AtomicUsize>,
+    /// Each JWKS answer waits this long first (ms).
+    pub jwks_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    jwks: Arc<Mutex<Value>>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
@@ -97,7 +113,9 @@ impl Echo {
             addr,
             seen: Arc::default(),
             fail_with: Arc::default(),
-            jwks: Arc::new(jwks),
+            jwks_fetches: Arc::default(),
+            jwks_delay_ms: Arc::default(),
+            jwks: Arc::new(Mutex::new(jwks)),
             tasks: Arc::default(),
         };
         echo.serve(listener);
@@ -108,6 +126,7 @@ impl Echo {
         let seen = self.seen.clone();
         let jwks = self.jwks.clone();
         let fail_with = self.fail_with.clone();
+        let (fetches, delay) = (self.jwks_fetches.clone(), self.jwks_delay_ms.clone());
         let port = self.addr.port();
         let tasks = self.tasks.clone();
         self.tasks.lock().unwrap().spawn(async move {
@@ -115,16 +134,23 @@ impl Echo {
                 let seen = seen.clone();
                 let jwks = jwks.clone();
                 let fail_with = fail_with.clone();
+                let (fetches, delay) = (fetches.clone(), delay.clone());
                 tasks.lock().unwrap().spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<Incoming>| {
                         let seen = seen.clone();
                         let jwks = jwks.clone();
                         let fail = fail_with.load(std::sync::atomic::Ordering::Relaxed);
+                        let (fetches, delay) = (fetches.clone(), delay.clone());
                         async move {
                             let path = req.uri().path().to_string();
                             let proxied = path != "/healthz" && path != "/.well-known/jwks.json";
                             let body = match path.as_str() {
-                                "/.well-known/jwks.json" => jwks.to_string(),
+                                "/.well-known/jwks.json" => {
+                                    fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    let ms = delay.load(std::sync::atomic::Ordering::Relaxed);
+                                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                                    jwks.lock().unwrap().to_string()
+                                }
                                 "/healthz" => r#"{"status":"ok"}"#.to_string(),
                                 _ => {
                                     seen.lock().unwrap().paths.push(path.clone());
@@ -167,6 +193,11 @@ impl Echo {
     pub async fn restart(&mut self) {
         let listener = TcpListener::bind(self.addr).await.unwrap();
         self.serve(listener);
+    }
+
+    /// Publishes another JWK Set from now on.
+    pub fn set_jwks(&self, jwks: Value) {
+        *self.jwks.lock().unwrap() = jwks;
     }
 
     pub fn count(&self, path: &str) -> usize {

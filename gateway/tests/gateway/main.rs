@@ -8,6 +8,7 @@ mod connections;
 mod e2e;
 mod edge;
 mod helpers;
+mod jwks;
 mod pebble;
 mod reload;
 mod shared_limits;
