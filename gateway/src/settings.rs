@@ -22,6 +22,19 @@ pub struct Settings {
     pub routes: Vec<Route>,
     pub log: LogSettings,
     pub redis: Redis,
+    pub admin: AdminAccess,
+}
+
+/// `[admin]`: who may use the admin listener besides its loopback address (`admin.rs`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminAccess {
+    /// Bearer token `POST /reload` requires (`GATEWAY_ADMIN_TOKEN` / `_FILE`). Empty: none, and
+    /// then reload over HTTP works in development only (SIGHUP always works).
+    pub token: secrecy::SecretString,
+    /// Host names the admin and metrics listeners answer to, besides `localhost` and address
+    /// literals (a request naming any other host is refused: DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[redis]`: where limits with `store = "redis"` keep their counters, shared by every
@@ -512,6 +525,30 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
             "listen.admin",
             "the admin listener must be on a loopback address".into(),
         );
+    }
+    let token = secrecy::ExposeSecret::expose_secret(&s.admin.token);
+    if !token.is_empty() && token.chars().count() < crate::admin::MIN_TOKEN_CHARS {
+        bad(
+            "admin.token",
+            format!(
+                "must be at least {} characters (e.g. openssl rand -hex 32)",
+                crate::admin::MIN_TOKEN_CHARS
+            ),
+        );
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bad(
+            "admin.token",
+            "must be printable ASCII without spaces (it is sent in an Authorization header)".into(),
+        );
+    }
+    for (i, h) in s.admin.allowed_hosts.iter().enumerate() {
+        if crate::acme::check_domain(h.strip_suffix('.').unwrap_or(h)).is_err() {
+            bad(
+                &format!("admin.allowed_hosts.{i}"),
+                format!("{h:?} is not a host name (address literals need no entry)"),
+            );
+        }
     }
     if s.server.read_buffer_bytes != 0 && s.server.read_buffer_bytes < 4096 {
         bad(

@@ -203,7 +203,7 @@ fn hostile_input_settings_are_refused_with_key_and_line() {
     let config = dir.join("gateway.toml");
     std::fs::write(
         &config,
-        "[tls]\nsource = \"self-signed\"\n\n[jwt]\nissuer = \"https://api.example.com\"\nmin_refetch_seconds = 0\n\n[limits.by_sub]\nkey = \"subject\"\nipv6_prefix = 64\n\n[limits.wide]\nipv6_prefix = 8\n\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n\n[upstreams.api]\ntargets = [\"127.0.0.1:8000\"]\n",
+        "[tls]\nsource = \"self-signed\"\n\n[jwt]\nissuer = \"https://api.example.com\"\nmin_refetch_seconds = 0\n\n[limits.by_sub]\nkey = \"subject\"\nipv6_prefix = 64\n\n[limits.wide]\nipv6_prefix = 8\n\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n\n[upstreams.api]\ntargets = [\"127.0.0.1:8000\"]\n\n[admin]\ntoken = \"too-short\"\nallowed_hosts = [\"10.0.0.1\"]\n",
     )
     .unwrap();
     let (ok, text) = run(gateway()
@@ -215,6 +215,8 @@ fn hostile_input_settings_are_refused_with_key_and_line() {
         "gateway.toml:6: jwt.min_refetch_seconds: must be at least 1",
         "gateway.toml:10: limits.by_sub.ipv6_prefix: only limits with key = \"ip\"",
         "gateway.toml:13: limits.wide.ipv6_prefix: 8 is not a prefix length between 32 and 128",
+        "gateway.toml:23: admin.token: must be at least 32 characters",
+        "gateway.toml:24: admin.allowed_hosts.0: \"10.0.0.1\" is not a host name",
     ] {
         assert!(text.contains(needle), "{needle}: {text}");
     }

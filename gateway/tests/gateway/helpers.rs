@@ -233,6 +233,8 @@ pub struct Gateway {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub client: reqwest::Client,
+    /// Environment variables set for the process on top of the defaults (`APP_ENV`...).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -367,8 +369,26 @@ impl Gateway {
 
     /// Like `start_with`, on the given (https, http, admin) ports.
     pub async fn start_on(
+        ports: (u16, u16, u16),
+        o: Options,
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
+        Self::start_full(ports, o, &[], edit).await
+    }
+
+    /// Like `start_with`, with environment variables (e.g. another `APP_ENV`).
+    pub async fn start_in_env(
+        o: Options,
+        env: &[(&str, &str)],
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
+        Self::start_full((free_port(), free_port(), free_port()), o, env, edit).await
+    }
+
+    async fn start_full(
         (https, http, admin): (u16, u16, u16),
         o: Options,
+        env: &[(&str, &str)],
         edit: impl FnOnce(String) -> String,
     ) -> Self {
         let dir = std::env::temp_dir().join(format!("gw-test-{}", uuid::Uuid::new_v4().simple()));
@@ -382,6 +402,10 @@ impl Gateway {
             client: reqwest::Client::new(),
             config,
             dir,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         gw.spawn(false);
@@ -411,6 +435,7 @@ impl Gateway {
             .env("GATEWAY_UPGRADE_SOCK", self.dir.join("upgrade.sock"))
             .env("GATEWAY_PID_FILE", self.dir.join("gateway.pid"))
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         cmd

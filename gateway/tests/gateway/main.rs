@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod acme;
+mod admin;
 mod cli;
 mod connections;
 mod e2e;
