@@ -627,7 +627,7 @@ impl ProxyHttp for Gateway {
         if path.starts_with(CHALLENGE_PREFIX) {
             // ACME HTTP-01 (plain-HTTP proxy mode: this listener is the port-80 one).
             ctx.decision = "acme_challenge";
-            let (status, body) = match self.acme.http01(&path).await {
+            let (status, body) = match self.acme.http01(&path) {
                 Some(answer) => (200, answer.into_bytes()),
                 None => (404, b"no such challenge\n".to_vec()),
             };

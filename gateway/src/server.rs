@@ -332,7 +332,7 @@ impl ServeHttp for Redirect {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         if req.uri.path().starts_with(CHALLENGE_PREFIX) {
-            return match self.acme.http01(req.uri.path()).await {
+            return match self.acme.http01(req.uri.path()) {
                 Some(answer) => plain(200, "application/octet-stream", answer.into_bytes()),
                 None => plain(404, "text/plain", b"no such challenge\n".to_vec()),
             };
