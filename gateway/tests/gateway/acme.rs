@@ -447,6 +447,19 @@ async fn two_gateways_share_postgres_storage_with_one_order_per_renewal() {
         "one order per renewal"
     );
     assert_eq!(pebble.orders(), 2);
+    // Every validation found its answer in memory on B, whichever instance ordered, and the
+    // orderer never had to ask the CA before both instances held the answer.
+    assert!(
+        b.metric("gatehouse_gateway_acme_http01_requests_total{outcome=\"answered\"}")
+            .await
+            >= 2.0
+    );
+    for gw in [&a, &b] {
+        assert!(
+            !gw.log()
+                .contains("not confirmed by every live gateway instance")
+        );
+    }
 }
 
 /// Issue 9, item 11: thousands of made-up tokens on port 80 while certificates are ordered
