@@ -5,13 +5,17 @@
 //! requests to `127.0.0.1`, either cross-site (a form POST needs no CORS permission) or through
 //! DNS rebinding (its own name re-pointed at 127.0.0.1, so the page can even read the answers).
 //! Hence, in order:
-//! 1. the authority (absolute request target, else `Host`; RFC 9112 §3.2) must be an address
-//!    literal the listener answers for, `localhost`, or a name in `admin.allowed_hosts`: a
+//! 1. admin listener: the authority (absolute request target, else `Host`; RFC 9112 §3.2) must
+//!    be a loopback address literal, `localhost`, or a name in `admin.allowed_hosts`: a
 //!    rebinding page's `Host` is its own name, refused with 421 (RFC 9110 §15.5.20);
-//! 2. requests a browser marks as coming from a page (`Origin`, RFC 6454 §7; `Sec-Fetch-Site`
-//!    other than `none`, Fetch Metadata) are refused with 403: nothing here is for pages;
+//! 2. both listeners: requests a browser marks as coming from a page (`Origin`, RFC 6454 §7;
+//!    `Sec-Fetch-Site` other than `none`, Fetch Metadata) are refused with 403;
 //! 3. `POST /reload` needs `Authorization: Bearer <admin.token>` when a token is configured,
 //!    which a cross-site page cannot send; without a token it is open in development only.
+//!
+//! The metrics listener has no Host check: it is meant to be reached over the network, by
+//! address (pod IP) or by name (`gateway:9091` in compose), serves nothing that changes state,
+//! and is fenced by the network (NetworkPolicy, unpublished ports) instead.
 
 use std::net::IpAddr;
 
@@ -19,15 +23,6 @@ use gatehouse_common::config::Environment;
 use http::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-
-/// Which listener a request came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
-    /// Loopback only, with `POST /reload`.
-    Admin,
-    /// Read-only, on an address Prometheus and probes reach (`Host` is the pod's IP then).
-    Metrics,
-}
 
 /// Why a request was refused, mapped to a status and problem type in `server.rs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,11 +88,10 @@ fn host_of(authority: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
-/// Step 1: the authority of the request must be one `listener` answers for.
+/// Step 1 (admin listener): the request must name the loopback listener itself.
 pub fn check_host(
     uri: &http::Uri,
     headers: &HeaderMap,
-    listener: Listener,
     allowed_hosts: &[String],
 ) -> Result<(), Refusal> {
     // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
@@ -113,8 +107,8 @@ pub fn check_host(
         return Err(Refusal::Misdirected(raw));
     };
     let ok = match host.parse::<IpAddr>() {
-        // A rebinding attack needs a name; an address literal is what the client dialled.
-        Ok(ip) => listener == Listener::Metrics || ip.to_canonical().is_loopback(),
+        // A rebinding attack needs a name; a loopback literal is what a local tool dialled.
+        Ok(ip) => ip.to_canonical().is_loopback(),
         Err(_) => {
             host == "localhost"
                 || allowed_hosts.iter().any(|a| {
@@ -198,12 +192,11 @@ mod tests {
         h
     }
 
-    fn host(h: &'static str, listener: Listener) -> Result<(), Refusal> {
+    fn host(h: &'static str) -> Result<(), Refusal> {
         let uri: http::Uri = "/reload".parse().unwrap_or_default();
         check_host(
             &uri,
             &headers(&[("host", h)]),
-            listener,
             &["gw-admin.internal".into()],
         )
     }
@@ -219,7 +212,7 @@ mod tests {
             "gw-admin.internal:9090",
             "[::ffff:127.0.0.1]:9090",
         ] {
-            assert_eq!(host(ok, Listener::Admin), Ok(()), "{ok}");
+            assert_eq!(host(ok), Ok(()), "{ok}");
         }
         for bad in [
             "rebind.attacker.example:9090",
@@ -229,34 +222,19 @@ mod tests {
             "[::1",
             "",
         ] {
-            assert!(
-                matches!(host(bad, Listener::Admin), Err(Refusal::Misdirected(_))),
-                "{bad}"
-            );
+            assert!(matches!(host(bad), Err(Refusal::Misdirected(_))), "{bad}");
         }
         let uri: http::Uri = "/".parse().unwrap_or_default();
         assert_eq!(
-            check_host(&uri, &HeaderMap::new(), Listener::Admin, &[]),
+            check_host(&uri, &HeaderMap::new(), &[]),
             Err(Refusal::NoHost)
         );
         // An absolute-form target names the authority (RFC 9112 §3.2.2), whatever Host says.
         let uri: http::Uri = "http://evil.example/reload".parse().unwrap_or_default();
         assert!(matches!(
-            check_host(
-                &uri,
-                &headers(&[("host", "127.0.0.1")]),
-                Listener::Admin,
-                &[]
-            ),
+            check_host(&uri, &headers(&[("host", "127.0.0.1")]), &[]),
             Err(Refusal::Misdirected(_))
         ));
-    }
-
-    #[test]
-    fn the_metrics_listener_answers_any_address_literal() {
-        assert_eq!(host("10.244.1.7:9091", Listener::Metrics), Ok(()));
-        assert_eq!(host("[fd00::7]:9091", Listener::Metrics), Ok(()));
-        assert!(host("rebind.attacker.example:9091", Listener::Metrics).is_err());
     }
 
     #[test]

@@ -395,15 +395,12 @@ fn admin_problem(refusal: &crate::admin::Refusal) -> Response<Vec<u8>> {
 impl Admin {
     /// Host, page-origin and (for `POST /reload`) token checks, before anything is served.
     fn admit(&self, session: &ServerSession, rt: &Runtime) -> Result<(), crate::admin::Refusal> {
-        use crate::admin::{self, Listener};
+        use crate::admin;
         let req = session.req_header();
-        let listener = if self.read_only {
-            Listener::Metrics
-        } else {
-            Listener::Admin
-        };
         let access = &rt.settings.admin;
-        admin::check_host(&req.uri, &req.headers, listener, &access.allowed_hosts)?;
+        if !self.read_only {
+            admin::check_host(&req.uri, &req.headers, &access.allowed_hosts)?;
+        }
         admin::check_not_from_a_page(&req.headers)?;
         if !self.read_only && req.uri.path() == "/reload" && req.method == http::Method::POST {
             admin::check_reload(&req.headers, &access.token, self.shared.env)?;

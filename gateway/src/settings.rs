@@ -32,7 +32,7 @@ pub struct AdminAccess {
     /// Bearer token `POST /reload` requires (`GATEWAY_ADMIN_TOKEN` / `_FILE`). Empty: none, and
     /// then reload over HTTP works in development only (SIGHUP always works).
     pub token: secrecy::SecretString,
-    /// Host names the admin and metrics listeners answer to, besides `localhost` and address
+    /// Host names the admin listener answers to, besides `localhost` and loopback address
     /// literals (a request naming any other host is refused: DNS rebinding).
     pub allowed_hosts: Vec<String>,
 }
