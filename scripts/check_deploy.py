@@ -18,8 +18,9 @@ Rules:
            runAsNonRoot, readOnlyRootFilesystem and an image (security, requests and image for
            Jobs too); Service/PDB/HPA/NetworkPolicy selectors and scaleTargetRefs match a
            Deployment; an HPA targets the API; NetworkPolicies admit only the gateway, only to
-           the API port; kustomization.yaml lists every manifest (*.example.yaml commented
-           only) and rewrites every image.
+           the API port; a NetworkPolicy covers the gateway's metrics port and admits it only
+           from selected namespaces/pods (never from everywhere); kustomization.yaml lists
+           every manifest (*.example.yaml commented only) and rewrites every image.
   compose  depends_on targets exist, `service_healthy` ones have a healthcheck; the API and
            PostgreSQL publish no host port; every secret used is declared.
   paas     render.yaml, railway.json and fly.toml parse; the Dockerfiles they name exist;
@@ -405,6 +406,8 @@ def check_k8s(repo: Repo, rep: Report) -> None:
                                "no workload of deploy/k8s")
     if len(api) == 1 and len(gw) == 1:
         check_api_isolation(api[0][1], gw[0][1], workloads, nps, rep)
+    if len(gw) == 1:
+        check_gateway_metrics(gw[0][1], nps, rep)
 
     check_kustomization(repo, rep)
 
@@ -465,6 +468,50 @@ def check_api_isolation(api: dict, gw: dict, workloads, nps, rep: Report) -> Non
     if not gateway_admitted:
         rep.err("deploy/k8s/", "no NetworkPolicy rule admits the gateway to the API port "
                                "(the gateway could not reach the API)")
+
+
+def check_gateway_metrics(gw: dict, nps, rep: Report) -> None:
+    """The gateway's read-only metrics port (named `metrics`) is for Prometheus and probes
+    only: some NetworkPolicy must select the gateway pods, and no rule of those may admit every
+    source (no `from`, an ipBlock, an empty namespaceSelector) to that port."""
+    labels = pod_labels(gw)
+    port = None
+    for c in containers(gw):
+        for p in as_list(c.get("ports")):
+            if dig(p, "name") == "metrics":
+                port = (dig(p, "containerPort"), "metrics")
+    if port is None:
+        return
+    applying = [(f, n) for f, n in nps
+                if selects(dig(n, "spec", "podSelector"), labels)
+                and ("Ingress" in as_list(dig(n, "spec", "policyTypes"))
+                     or "policyTypes" not in as_dict(n.get("spec")))]
+    if not applying:
+        rep.err("deploy/k8s/", f"no NetworkPolicy selects the gateway pods ({kn(gw)}): its "
+                               f"metrics port {port[0]} is open to the whole cluster")
+        return
+    admitted = False
+    for f, n in applying:
+        for i, rule in enumerate(as_list(dig(n, "spec", "ingress"))):
+            ports = as_list(dig(rule, "ports"))
+            if ports and not any(dig(p, "port") in port for p in ports):
+                continue
+            where = f"{kn(n)}: ingress[{i}]"
+            peers = as_list(dig(rule, "from"))
+            if not peers:
+                rep.err(f, f"{where} admits every source to the gateway's metrics port "
+                           f"{port[0]} (list the ports it is for, or a `from`)")
+                continue
+            for peer in map(as_dict, peers):
+                if "ipBlock" in peer or ("namespaceSelector" in peer
+                                         and not as_dict(peer["namespaceSelector"])):
+                    rep.err(f, f"{where}: peer {peer} admits more than the monitoring "
+                               "namespace to the gateway's metrics port")
+                else:
+                    admitted = True
+    if not admitted:
+        rep.err("deploy/k8s/", "no NetworkPolicy rule admits Prometheus to the gateway's metrics "
+                               f"port {port[0]} (a namespaceSelector/podSelector `from`)")
 
 
 def check_kustomization(repo: Repo, rep: Report) -> None:
@@ -858,6 +905,18 @@ MUTATIONS = [
      "is not the API's container port"),
     ("no NP for the API", lambda root: (root / "deploy/k8s/networkpolicy.yaml").unlink(),
      "no NetworkPolicy selects the API pods"),
+    ("gateway metrics from everywhere", _yaml_edit("deploy/k8s/gateway-networkpolicy.yaml",
+                                                   lambda d: d["spec"]["ingress"][1].pop("from")),
+     "admits every source to the gateway's metrics port"),
+    ("gateway public rule on every port", _yaml_edit("deploy/k8s/gateway-networkpolicy.yaml",
+                                                     lambda d: d["spec"]["ingress"][0].pop("ports")),
+     "admits every source to the gateway's metrics port"),
+    ("gateway metrics from all namespaces", _yaml_edit(
+        "deploy/k8s/gateway-networkpolicy.yaml",
+        lambda d: d["spec"]["ingress"][1]["from"][0].update(namespaceSelector={})),
+     "admits more than the monitoring namespace"),
+    ("no NP for the gateway", lambda root: (root / "deploy/k8s/gateway-networkpolicy.yaml").unlink(),
+     "no NetworkPolicy selects the gateway pods"),
     ("kustomization misses a file", _text_edit("deploy/k8s/kustomization.yaml", "  - api-pdb.yaml\n", ""),
      "api-pdb.yaml is not listed"),
     ("kustomization applies the secrets example", _text_edit(

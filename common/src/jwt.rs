@@ -9,10 +9,14 @@
 //! - unknown `crit` extensions are rejected (RFC 7515 §4.1.11).
 //!
 //! Verified tokens are cached (keyed by a SHA-256 of the token, bounded, and never served
-//! past their `exp`) so repeated requests skip the signature check.
+//! past their `exp`) so repeated requests skip the signature check. Each cached verdict names
+//! the key set it was reached under (a generation number); it is served only while that set is
+//! the current one, so a verification that raced a key replacement can never bring an old
+//! key's verdict back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -180,12 +184,26 @@ pub struct Policy {
     pub cache_capacity: usize,
 }
 
-type Cache = quick_cache::sync::Cache<[u8; 32], Arc<AccessClaims>>;
+/// A verified token's claims and the key-set generation that verified them.
+#[derive(Clone)]
+struct Verdict {
+    generation: u64,
+    claims: Arc<AccessClaims>,
+}
+
+type Cache = quick_cache::sync::Cache<[u8; 32], Verdict>;
+
+/// The key set in force and its generation (bumped on every replacement).
+struct Current {
+    generation: u64,
+    keys: Arc<KeySet>,
+}
 
 /// Verifies access tokens against a swappable key set, with a verified-token cache.
 pub struct Verifier {
     policy: Policy,
-    keys: ArcSwap<KeySet>,
+    current: ArcSwap<Current>,
+    generations: AtomicU64,
     cache: Cache,
 }
 
@@ -203,7 +221,11 @@ impl Verifier {
         let cache = Cache::new(policy.cache_capacity.max(1));
         Self {
             policy,
-            keys: ArcSwap::from_pointee(keys),
+            current: ArcSwap::from_pointee(Current {
+                generation: 0,
+                keys: Arc::new(keys),
+            }),
+            generations: AtomicU64::new(0),
             cache,
         }
     }
@@ -213,33 +235,56 @@ impl Verifier {
     }
 
     pub fn keys(&self) -> Arc<KeySet> {
-        self.keys.load_full()
+        self.current.load().keys.clone()
     }
 
-    /// Replaces the key set (rotation, JWKS refresh). Cached verdicts are dropped so a removed
-    /// key stops being honoured at once.
+    /// Replaces the key set (rotation, JWKS refresh). Verdicts reached under earlier sets are
+    /// never served again (their generation is not the current one), so a removed or replaced
+    /// key stops being honoured at once, even by verifications still running on the old set.
     pub fn replace_keys(&self, keys: KeySet) {
-        self.keys.store(Arc::new(keys));
+        let generation = self.generations.fetch_add(1, Ordering::AcqRel) + 1;
+        self.current.store(Arc::new(Current {
+            generation,
+            keys: Arc::new(keys),
+        }));
+        // Only frees memory: stale verdicts would not be served anyway.
         self.cache.clear();
     }
 
-    /// Verifies `token`, from the cache when it was verified before and has not expired.
+    /// Verifies `token`, from the cache when it was verified before under the current key
+    /// set and has not expired.
     pub fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, Rejection> {
+        let current = self.current.load_full();
+        self.verify_under(&current, token)
+    }
+
+    /// Verification against one snapshot of the key set: what a request sees from start to end
+    /// even when the set is replaced meanwhile.
+    fn verify_under(&self, current: &Current, token: &str) -> Result<Arc<AccessClaims>, Rejection> {
         let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = now_secs();
-        if let Some(claims) = self.cache.get(&fingerprint) {
-            if claims.exp.saturating_add(self.policy.leeway_secs) > now {
-                return Ok(claims);
+        if let Some(cached) = self.cache.get(&fingerprint)
+            && cached.generation == current.generation
+        {
+            if cached.claims.exp.saturating_add(self.policy.leeway_secs) > now_secs() {
+                return Ok(cached.claims);
             }
             self.cache.remove(&fingerprint);
             return Err(Rejection::Expired);
         }
-        let claims = Arc::new(self.verify_uncached(token)?);
-        self.cache.insert(fingerprint, claims.clone());
+        let claims = Arc::new(self.verify_uncached(&current.keys, token)?);
+        // Tagged with the generation it was verified under: if the set was replaced while we
+        // verified, this entry is stale on arrival and never served.
+        self.cache.insert(
+            fingerprint,
+            Verdict {
+                generation: current.generation,
+                claims: claims.clone(),
+            },
+        );
         Ok(claims)
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<AccessClaims, Rejection> {
+    fn verify_uncached(&self, keys: &KeySet, token: &str) -> Result<AccessClaims, Rejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
         // RFC 8725 §3.11 / RFC 9068 §2.1: explicit typing. "application/at+jwt" is the same
         // media type (RFC 7515 §4.1.9 lets the prefix be omitted); compare case-insensitively.
@@ -253,7 +298,6 @@ impl Verifier {
             return Err(Rejection::UnsupportedCrit);
         }
         let kid = header.kid.as_deref().ok_or(Rejection::MissingKid)?;
-        let keys = self.keys.load();
         let key = keys.get(kid).ok_or(Rejection::UnknownKey)?;
         // RFC 8725 §3.1: the key decides the algorithm; the header must agree with it.
         if header.alg != key.alg || !self.policy.algorithms.contains(&key.alg) {
@@ -360,6 +404,72 @@ mod tests {
             alg: Algorithm::EdDSA,
             key: other,
         }]));
+        assert_eq!(v.verify(&t), Err(Rejection::BadSignature));
+    }
+
+    fn replacement(dec: DecodingKey) -> KeySet {
+        KeySet::new([VerificationKey {
+            kid: "k1".into(),
+            alg: Algorithm::EdDSA,
+            key: dec,
+        }])
+    }
+
+    /// Issue 9, item 12: a verification that started on the old key set and finishes after a
+    /// replacement must not put the old key's verdict back into the cache.
+    #[test]
+    fn a_verification_racing_a_key_replacement_is_never_served_later() {
+        let (enc, dec) = keypair(1);
+        let v = verifier(dec);
+        let t = token(&enc, 300);
+        // The racing request took its snapshot of the key set...
+        let before = v.current.load_full();
+        // ...the key is replaced (same kid, other material) while it verifies...
+        let (_, other) = keypair(2);
+        v.replace_keys(replacement(other));
+        // ...and it finishes successfully with the old key, caching what it found.
+        assert!(v.verify_under(&before, &t).is_ok());
+        assert_eq!(v.cache.len(), 1);
+        // The next request sees the new key set: the old verdict is not evidence any more.
+        assert_eq!(v.verify(&t), Err(Rejection::BadSignature));
+        assert_eq!(v.verify(&t), Err(Rejection::BadSignature));
+    }
+
+    /// The same race with real threads: verifications hammer the cache while the key is
+    /// swapped away; afterwards the token is refused, whatever the interleaving was.
+    #[test]
+    fn concurrent_verifications_during_replacements_settle_on_the_current_keys() {
+        let (enc, dec) = keypair(1);
+        let v = Arc::new(verifier(dec.clone()));
+        let t = token(&enc, 300);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (v, t, stop) = (v.clone(), t.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = v.verify(&t);
+                    }
+                })
+            })
+            .collect();
+        let (_, other) = keypair(2);
+        for i in 0..50 {
+            let key = if i % 2 == 0 {
+                other.clone()
+            } else {
+                dec.clone()
+            };
+            v.replace_keys(replacement(key));
+        }
+        v.replace_keys(replacement(other));
+        for _ in 0..10 {
+            assert_eq!(v.verify(&t), Err(Rejection::BadSignature));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            let _ = w.join();
+        }
         assert_eq!(v.verify(&t), Err(Rejection::BadSignature));
     }
 

@@ -42,6 +42,8 @@ METRICS = {
     "gatehouse_gateway_acme_renewal_attempts_total": {"name"},
     "gatehouse_gateway_acme_renewal_failures_total": {"name", "reason"},
     "gatehouse_gateway_acme_last_success_timestamp_seconds": {"name"},
+    "gatehouse_gateway_acme_http01_requests_total": {"outcome"},
+    "gatehouse_gateway_acme_challenge_storage_reads_total": set(),
     "gatehouse_api_http_requests_total": {"route", "method", "status"},
     "gatehouse_api_http_request_duration_seconds_bucket": {"route", "le"},
     "gatehouse_api_auth_failures_total": {"reason"},

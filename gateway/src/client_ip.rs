@@ -1,6 +1,8 @@
 //! The client's address: the socket peer, unless that peer is a configured trusted proxy, in
 //! which case the right-most `X-Forwarded-For` entry that is not itself trusted (RFC 7239 §5.2
-//! reasoning: entries left of an untrusted hop can be forged).
+//! reasoning: entries left of an untrusted hop can be forged). IPv4-mapped IPv6 addresses
+//! (`::ffff:192.0.2.1`, what a dual-stack listener reports for IPv4 clients; RFC 4291 §2.5.5.2)
+//! are taken as the IPv4 address they carry, so one client has one identity.
 
 use std::net::IpAddr;
 
@@ -68,11 +70,13 @@ impl TrustedProxies {
     }
 
     pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
         self.0.iter().any(|n| n.contains(ip))
     }
 
     /// The client IP for a request that arrived from `peer`.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = peer.to_canonical();
         if !self.trusts(peer) {
             return peer;
         }
@@ -82,6 +86,7 @@ impl TrustedProxies {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|h| h.trim().parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical())
             .collect();
         hops.into_iter()
             .rev()
@@ -127,5 +132,22 @@ mod tests {
         assert!(t.trusts("10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
         assert!(t.trusts("192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
         assert_eq!(entries(&list).count(), 2);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        let t = TrustedProxies::new(&["10.0.0.0/8".into()]);
+        // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d: still trusted, and
+        // forwarded entries in that form are the IPv4 client.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("::ffff:198.51.100.7"),
+        );
+        assert_eq!(t.client_ip(ip("::ffff:10.0.0.1"), &h), ip("198.51.100.7"));
+        assert_eq!(
+            t.client_ip(ip("::ffff:203.0.113.9"), &HeaderMap::new()),
+            ip("203.0.113.9")
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! The verification keys: PEM public keys from files (`jwt.key_files`) and/or the core API's
-//! JWKS URL, refreshed on an interval, refetched when a token names an unknown `kid` (at most
-//! once per `min_refetch`), the last good set kept whenever the URL fails.
+//! JWKS URL, refreshed on an interval, refetched when a token names an unknown `kid` or fails
+//! its signature under a known one (a key replaced under its `kid`), the last good set kept
+//! whenever the URL fails. One fetch at a time: requests that need keys wait for the fetch in
+//! flight and use its result, and a fetch starts at most once per `min_refetch`. A fetched set
+//! is installed when any key differs (material, algorithm or `kid`), not only the `kid` list.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::JwkSet;
+use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use crate::metrics::Metrics;
@@ -27,9 +31,19 @@ pub struct Jwks {
     allowed: Vec<Algorithm>,
     verifier: Arc<Verifier>,
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
-    last_fetch: Mutex<Option<Instant>>,
+    /// Held for the whole of a fetch: fetches never overlap, and whoever waited for one sees
+    /// when it ended.
+    fetches: Mutex<Fetches>,
     min_refetch: Duration,
     metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Fetches {
+    started: Option<Instant>,
+    finished: Option<Instant>,
+    /// Digest of the fetched keys now installed (`None`: none installed yet).
+    installed: Option<[u8; 32]>,
 }
 
 impl Jwks {
@@ -65,7 +79,7 @@ impl Jwks {
             allowed,
             verifier,
             client,
-            last_fetch: Mutex::new(None),
+            fetches: Mutex::new(Fetches::default()),
             min_refetch,
             metrics,
         })
@@ -106,12 +120,24 @@ impl Jwks {
         &self.verifier
     }
 
-    /// Fetches and installs the key set; on any failure the current keys stay.
+    /// Fetches and installs the key set (after any fetch in flight); on any failure the
+    /// current keys stay.
     pub async fn refresh(&self) -> Result<usize, String> {
         if self.url.is_none() {
             return Ok(self.static_keys.len());
         }
-        *self.last_fetch.lock().await = Some(Instant::now());
+        let mut fetches = self.fetches.lock().await;
+        self.refresh_locked(&mut fetches).await
+    }
+
+    async fn refresh_locked(&self, fetches: &mut Fetches) -> Result<usize, String> {
+        fetches.started = Some(Instant::now());
+        let result = self.install(fetches).await;
+        fetches.finished = Some(Instant::now());
+        result
+    }
+
+    async fn install(&self, fetches: &mut Fetches) -> Result<usize, String> {
         let result = self.fetch().await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics
@@ -120,6 +146,7 @@ impl Jwks {
             .inc();
         let set = result?;
         let (fetched, skipped) = KeySet::from_jwks(&set, &self.allowed);
+        let digest = digest(&set, &fetched);
         let mut all: Vec<VerificationKey> = self.static_keys.clone();
         all.extend(
             fetched
@@ -135,33 +162,39 @@ impl Jwks {
             return Err("JWKS has no usable key; keeping the previous set".into());
         }
         let n = keys.len();
-        let mut old: Vec<&str> = Vec::new();
-        let current = self.verifier.keys();
-        old.extend(current.kids());
-        old.sort_unstable();
-        let mut new = keys.kids();
-        new.sort_unstable();
-        if old != new {
-            tracing::info!(kids = ?new, "JWKS keys installed");
+        // Compared by content: a key replaced under the same `kid` is a change too.
+        if fetches.installed != Some(digest) {
+            let mut kids = keys.kids();
+            kids.sort_unstable();
+            tracing::info!(kids = ?kids, "JWKS keys installed");
             self.verifier.replace_keys(keys);
+            fetches.installed = Some(digest);
         }
         Ok(n)
     }
 
-    /// Refetches for an unknown `kid`, unless a fetch happened within `min_refetch`.
-    pub async fn refresh_for_unknown_kid(&self) -> bool {
-        let recent = self
-            .last_fetch
-            .lock()
-            .await
-            .is_some_and(|t| t.elapsed() < self.min_refetch);
-        if recent {
+    /// For a token the current keys refused (unknown `kid`, or a signature that fails under a
+    /// known one): whether verifying again is worth it. Waits for a fetch in flight and answers
+    /// true once one ended after `rejected_at`; otherwise fetches, unless a fetch started within
+    /// `min_refetch` (tokens that name keys nobody has cost at most one fetch per interval).
+    pub async fn refetch_after_rejection(&self, rejected_at: Instant) -> bool {
+        if self.url.is_none() {
             return false;
         }
-        match self.refresh().await {
+        let mut fetches = self.fetches.lock().await;
+        if fetches.finished.is_some_and(|t| t >= rejected_at) {
+            return true;
+        }
+        if fetches
+            .started
+            .is_some_and(|t| t.elapsed() < self.min_refetch)
+        {
+            return false;
+        }
+        match self.refresh_locked(&mut fetches).await {
             Ok(_) => true,
             Err(e) => {
-                tracing::warn!(error = %e, "JWKS refetch for unknown kid failed");
+                tracing::warn!(error = %e, "JWKS refetch for a rejected token failed");
                 false
             }
         }
@@ -189,6 +222,29 @@ impl Jwks {
             .to_bytes();
         serde_json::from_slice(&body).map_err(|e| format!("JWKS fetch: not a JWK Set: {e}"))
     }
+}
+
+/// What identifies the fetched keys in use: each accepted JWK (all its members, so its
+/// material) with its `kid`, in `kid` order.
+fn digest(set: &JwkSet, accepted: &KeySet) -> [u8; 32] {
+    let mut used: Vec<(&str, String)> = set
+        .keys
+        .iter()
+        .filter_map(|jwk| {
+            let kid = jwk.common.key_id.as_deref()?;
+            accepted.get(kid)?;
+            Some((kid, serde_json::to_string(jwk).unwrap_or_default()))
+        })
+        .collect();
+    used.sort();
+    let mut h = Sha256::new();
+    for (kid, jwk) in used {
+        h.update(kid.as_bytes());
+        h.update([0]);
+        h.update(jwk.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().into()
 }
 
 /// TLS for fetching keys: the public web roots, plus the CA certificates in `ca_file` (PEM).

@@ -3,6 +3,7 @@
 //! `limits`, `client_ip`, `headers`) or the shared verifier (`gatehouse_common::jwt`).
 
 pub mod acme;
+pub mod admin;
 pub mod admission;
 pub mod client_ip;
 pub mod conn;

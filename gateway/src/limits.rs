@@ -1,6 +1,11 @@
 //! Rate limits (GCRA): named limits keyed by client IP, token subject or one global bucket.
 //! 429 answers carry `Retry-After` and `RateLimit-Limit/Remaining/Reset`.
 //!
+//! IPv6 clients are keyed by their network, not their address: one subscriber usually gets a
+//! whole /64 (RFC 6177, RFC 8273 even gives each host its own), so keying by address would let
+//! one client walk through 2^64 fresh buckets. `ipv6_prefix` (default 64) sets the length;
+//! IPv4 addresses, including IPv4-mapped IPv6 ones, are keyed by the full address.
+//!
 //! `store = "local"` (governor): this process's buckets. The keyed state is pruned periodically
 //! (idle keys whose bucket refilled are dropped) and hard-capped, so clients with many
 //! addresses cannot grow memory without bound.
@@ -11,6 +16,7 @@
 //! (each instance still limits; counted in `rate_limit_store_errors_total`).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -26,6 +32,24 @@ use crate::settings::{Limit, LimitKey, LimitStore};
 /// Past this many tracked keys a limiter starts over (after pruning did not help).
 const MAX_KEYS: usize = 1_000_000;
 
+/// The IPv6 prefix length client addresses are keyed by unless a limit says otherwise: the
+/// usual end-site assignment (RFC 6177), the smallest network one subscriber controls.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// The bucket key of a client address: IPv4 (and IPv4-mapped IPv6, RFC 4291 §2.5.5.2) as the
+/// address, IPv6 as its `/ipv6_prefix` network (`2001:db8:1:2::/64`).
+pub fn ip_key(ip: IpAddr, ipv6_prefix: u8) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let prefix = ipv6_prefix.min(128);
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            let net = std::net::Ipv6Addr::from(u128::from(v6) & mask);
+            format!("{net}/{prefix}")
+        }
+    }
+}
+
 type Keyed =
     RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
@@ -33,6 +57,8 @@ pub struct Named {
     pub name: String,
     pub key: LimitKey,
     pub burst: u32,
+    /// `key = "ip"`: IPv6 clients share a bucket per network of this prefix length.
+    pub ipv6_prefix: u8,
     store: LimitStore,
     /// Milliseconds between two tokens (GCRA emission interval).
     interval_ms: u64,
@@ -55,11 +81,18 @@ impl Named {
             name: name.to_string(),
             key: l.key,
             burst: l.burst,
+            ipv6_prefix: l.ipv6_prefix.unwrap_or(DEFAULT_IPV6_PREFIX),
             store: l.store,
             interval_ms: (1000 / u64::from(per_second.get())).max(1),
             quota,
             limiter: ArcSwap::from_pointee(Self::fresh(quota)),
         }
+    }
+
+    /// This limit's bucket key for a client address (`""` when the address is unknown).
+    pub fn ip_key(&self, ip: Option<IpAddr>) -> String {
+        ip.map(|ip| ip_key(ip, self.ipv6_prefix))
+            .unwrap_or_default()
     }
 
     fn fresh(quota: Quota) -> Keyed {
@@ -293,6 +326,7 @@ mod tests {
                 per_second: 1,
                 burst: 3,
                 store: LimitStore::Local,
+                ipv6_prefix: None,
             },
         );
         for _ in 0..3 {
@@ -306,5 +340,49 @@ mod tests {
             }
         ));
         assert_eq!(n.check_local("b"), Verdict::Allowed, "keys are independent");
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_network() {
+        let k = |a: &str, p: u8| ip_key(ip(a), p);
+        assert_eq!(k("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::/64");
+        assert_eq!(
+            k("2001:db8:1:2:aaaa::1", 64),
+            k("2001:db8:1:2:ffff:ffff:ffff:ffff", 64)
+        );
+        assert_ne!(k("2001:db8:1:2::1", 64), k("2001:db8:1:3::1", 64));
+        assert_eq!(k("2001:db8:1:2::1", 48), k("2001:db8:1:ff::1", 48));
+        assert_eq!(k("2001:db8::1", 128), "2001:db8::1/128");
+        assert_ne!(k("2001:db8::1", 128), k("2001:db8::2", 128));
+        // IPv4, plain or mapped, is one address: one key.
+        assert_eq!(k("192.0.2.1", 64), "192.0.2.1");
+        assert_eq!(k("::ffff:192.0.2.1", 64), "192.0.2.1");
+        assert_eq!(k("::1", 64), "::/64");
+    }
+
+    #[test]
+    fn addresses_of_one_network_share_a_bucket() {
+        let n = Named::new(
+            "t",
+            &Limit {
+                key: LimitKey::Ip,
+                per_second: 1,
+                burst: 2,
+                store: LimitStore::Local,
+                ipv6_prefix: None,
+            },
+        );
+        let key = |a: &str| n.ip_key(Some(ip(a)));
+        assert_eq!(n.check_local(&key("2001:db8:5:6::1")), Verdict::Allowed);
+        assert_eq!(n.check_local(&key("2001:db8:5:6::2")), Verdict::Allowed);
+        assert!(matches!(
+            n.check_local(&key("2001:db8:5:6:dead:beef:0:3")),
+            Verdict::Limited { .. }
+        ));
+        assert_eq!(n.check_local(&key("2001:db8:5:7::1")), Verdict::Allowed);
     }
 }

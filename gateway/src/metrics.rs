@@ -1,7 +1,8 @@
 //! Prometheus metrics of the gateway, served on the admin listener at `/metrics`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -19,6 +20,8 @@ pub struct Metrics {
     pub acme_attempts: IntCounterVec,
     pub acme_failures: IntCounterVec,
     pub acme_last_success: IntGaugeVec,
+    pub acme_http01_requests: IntCounterVec,
+    pub acme_challenge_reads: IntCounter,
     pub rate_limit_store_errors: IntCounterVec,
 }
 
@@ -108,6 +111,17 @@ impl Metrics {
             ),
             &["name"],
         )?;
+        let acme_http01_requests = IntCounterVec::new(
+            Opts::new(
+                "acme_http01_requests_total",
+                "Requests under /.well-known/acme-challenge/, by outcome (answered, unknown, malformed); answered from memory.",
+            ),
+            &["outcome"],
+        )?;
+        let acme_challenge_reads = IntCounter::new(
+            "acme_challenge_storage_reads_total",
+            "Reads of the HTTP-01 answers from shared storage (on a change notification or every 5 s; never per request).",
+        )?;
         let rate_limit_store_errors = IntCounterVec::new(
             Opts::new(
                 "rate_limit_store_errors_total",
@@ -119,6 +133,7 @@ impl Metrics {
             &rate_limit_store_errors,
             &acme_attempts,
             &acme_failures,
+            &acme_http01_requests,
             &requests,
             &connections_rejected,
             &rejections,
@@ -133,6 +148,7 @@ impl Metrics {
         registry.register(Box::new(connections_active.clone()))?;
         registry.register(Box::new(certificate_expiry.clone()))?;
         registry.register(Box::new(acme_last_success.clone()))?;
+        registry.register(Box::new(acme_challenge_reads.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -148,6 +164,8 @@ impl Metrics {
             acme_attempts,
             acme_failures,
             acme_last_success,
+            acme_http01_requests,
+            acme_challenge_reads,
             rate_limit_store_errors,
         })
     }

@@ -466,19 +466,26 @@ impl Gateway {
         self.respond(session, ctx, status, Some(p), extra).await
     }
 
+    /// The first of the route's `key` limits that refuses this request: by client network
+    /// (`ip`), verified `subject`, or one bucket (`global`).
     async fn check_limits(
         &self,
         rt: &Runtime,
         route: &RouteRt,
         key: LimitKey,
-        value: &str,
+        ip: Option<IpAddr>,
+        subject: &str,
     ) -> Option<(u32, u64)> {
-        let value = if key == LimitKey::Global { "" } else { value };
         for l in route.limits.iter().filter(|l| l.key == key) {
+            let value = match key {
+                LimitKey::Ip => l.ip_key(ip),
+                LimitKey::Subject => subject.to_string(),
+                LimitKey::Global => String::new(),
+            };
             if let Verdict::Limited {
                 limit,
                 retry_after_secs,
-            } = l.check(value, rt.redis.as_deref()).await
+            } = l.check(&value, rt.redis.as_deref()).await
             {
                 return Some((limit, retry_after_secs));
             }
@@ -488,8 +495,13 @@ impl Gateway {
 
     async fn verify(&self, jwks: &Jwks, token: &str) -> std::result::Result<String, Rejection> {
         let verifier = jwks.verifier();
+        let rejected_at = Instant::now();
         let claims = match verifier.verify(token) {
-            Err(Rejection::UnknownKey) if jwks.refresh_for_unknown_kid().await => {
+            // A key we do not have, or a signature that fails under the key we have for its
+            // kid (the issuer may have replaced it): the JWKS may know more by now.
+            Err(Rejection::UnknownKey | Rejection::BadSignature)
+                if jwks.refetch_after_rejection(rejected_at).await =>
+            {
                 verifier.verify(token)?
             }
             other => other?,
@@ -584,7 +596,7 @@ impl ProxyHttp for Gateway {
         if path.starts_with(CHALLENGE_PREFIX) {
             // ACME HTTP-01 (plain-HTTP proxy mode: this listener is the port-80 one).
             ctx.decision = "acme_challenge";
-            let (status, body) = match self.acme.http01(&path).await {
+            let (status, body) = match self.acme.http01(&path) {
                 Some(answer) => (200, answer.into_bytes()),
                 None => (404, b"no such challenge\n".to_vec()),
             };
@@ -667,9 +679,10 @@ impl ProxyHttp for Gateway {
             return self.reject(session, ctx, "body_too_large", p, &[]).await;
         }
 
-        let ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
         for key in [LimitKey::Ip, LimitKey::Global] {
-            if let Some((limit, retry)) = self.check_limits(&rt, route, key, &ip).await {
+            if let Some((limit, retry)) =
+                self.check_limits(&rt, route, key, ctx.client_ip, "").await
+            {
                 let (p, h) = rate_limited(limit, retry);
                 return self.reject(session, ctx, "rate_limited", p, &h).await;
             }
@@ -741,8 +754,9 @@ impl ProxyHttp for Gateway {
                 );
                 return self.reject(session, ctx, "path_claim", p, &[]).await;
             }
-            if let Some((limit, retry)) =
-                self.check_limits(&rt, route, LimitKey::Subject, &sub).await
+            if let Some((limit, retry)) = self
+                .check_limits(&rt, route, LimitKey::Subject, None, &sub)
+                .await
             {
                 ctx.user_id = Some(sub);
                 let (p, h) = rate_limited(limit, retry);

@@ -351,7 +351,7 @@ impl ServeHttp for Redirect {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         if req.uri.path().starts_with(CHALLENGE_PREFIX) {
-            return match self.acme.http01(req.uri.path()).await {
+            return match self.acme.http01(req.uri.path()) {
                 Some(answer) => plain(200, "application/octet-stream", answer.into_bytes()),
                 None => plain(404, "text/plain", b"no such challenge\n".to_vec()),
             };
@@ -388,17 +388,59 @@ impl ServeHttp for Redirect {
 }
 
 /// Loopback admin: `/metrics`, `/healthz` (the process runs), `/readyz` (keys loaded and every
-/// upstream has a healthy target).
+/// upstream has a healthy target), `POST /reload`; who may ask is `admin.rs`'s decision.
 struct Admin {
     shared: Arc<Shared>,
     /// The `listen.metrics` listener: no `/reload`.
     read_only: bool,
 }
 
+/// A problem+json answer of the admin listeners.
+fn admin_problem(refusal: &crate::admin::Refusal) -> Response<Vec<u8>> {
+    let (status, kind, title, detail) = refusal.problem();
+    let body = gatehouse_common::problem::Problem::new(status, kind, title)
+        .detail(detail)
+        .to_bytes();
+    let mut resp = plain(status, gatehouse_common::problem::CONTENT_TYPE, body);
+    if status == 401 {
+        resp.headers_mut().insert(
+            "www-authenticate",
+            http::HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""),
+        );
+    }
+    resp
+}
+
+impl Admin {
+    /// Host, page-origin and (for `POST /reload`) token checks, before anything is served.
+    fn admit(&self, session: &ServerSession, rt: &Runtime) -> Result<(), crate::admin::Refusal> {
+        use crate::admin;
+        let req = session.req_header();
+        let access = &rt.settings.admin;
+        if !self.read_only {
+            admin::check_host(&req.uri, &req.headers, &access.allowed_hosts)?;
+        }
+        admin::check_not_from_a_page(&req.headers)?;
+        if !self.read_only && req.uri.path() == "/reload" && req.method == http::Method::POST {
+            admin::check_reload(&req.headers, &access.token, self.shared.env)?;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let rt = self.shared.runtime.load_full();
+        if let Err(refusal) = self.admit(session, &rt) {
+            tracing::warn!(
+                listener = if self.read_only { "metrics" } else { "admin" },
+                path = %session.req_header().uri.path(),
+                refusal = ?refusal,
+                "admin request refused"
+            );
+            return admin_problem(&refusal);
+        }
         let method = session.req_header().method.clone();
         match session.req_header().uri.path() {
             "/metrics" => plain(

@@ -22,6 +22,19 @@ pub struct Settings {
     pub routes: Vec<Route>,
     pub log: LogSettings,
     pub redis: Redis,
+    pub admin: AdminAccess,
+}
+
+/// `[admin]`: who may use the admin listener besides its loopback address (`admin.rs`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminAccess {
+    /// Bearer token `POST /reload` requires (`GATEWAY_ADMIN_TOKEN` / `_FILE`). Empty: none, and
+    /// then reload over HTTP works in development only (SIGHUP always works).
+    pub token: secrecy::SecretString,
+    /// Host names the admin listener answers to, besides `localhost` and loopback address
+    /// literals (a request naming any other host is refused: DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[redis]`: where limits with `store = "redis"` keep their counters, shared by every
@@ -283,7 +296,8 @@ pub struct Jwt {
     pub algorithms: Vec<String>,
     pub leeway_seconds: u64,
     pub refresh_seconds: u64,
-    /// Least time between two fetches triggered by unknown `kid`s.
+    /// Least time between the start of a fetch and a fetch triggered by a token the keys
+    /// refused (unknown `kid`, or a failed signature under a known one); at least 1.
     pub min_refetch_seconds: u64,
     pub cache_capacity: usize,
 }
@@ -412,6 +426,9 @@ pub struct Limit {
     pub per_second: u32,
     pub burst: u32,
     pub store: LimitStore,
+    /// `key = "ip"`: IPv6 clients are keyed by their network of this prefix length (default
+    /// 64, one subscriber's network); IPv4 by the address.
+    pub ipv6_prefix: Option<u8>,
 }
 
 impl Default for Limit {
@@ -421,6 +438,7 @@ impl Default for Limit {
             per_second: 10,
             burst: 20,
             store: LimitStore::Local,
+            ipv6_prefix: None,
         }
     }
 }
@@ -514,6 +532,30 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
             "listen.admin",
             "the admin listener must be on a loopback address".into(),
         );
+    }
+    let token = secrecy::ExposeSecret::expose_secret(&s.admin.token);
+    if !token.is_empty() && token.chars().count() < crate::admin::MIN_TOKEN_CHARS {
+        bad(
+            "admin.token",
+            format!(
+                "must be at least {} characters (e.g. openssl rand -hex 32)",
+                crate::admin::MIN_TOKEN_CHARS
+            ),
+        );
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bad(
+            "admin.token",
+            "must be printable ASCII without spaces (it is sent in an Authorization header)".into(),
+        );
+    }
+    for (i, h) in s.admin.allowed_hosts.iter().enumerate() {
+        if crate::acme::check_domain(h.strip_suffix('.').unwrap_or(h)).is_err() {
+            bad(
+                &format!("admin.allowed_hosts.{i}"),
+                format!("{h:?} is not a host name (address literals need no entry)"),
+            );
+        }
     }
     if s.server.read_buffer_bytes != 0 && s.server.read_buffer_bytes < 4096 {
         bad(
@@ -618,6 +660,17 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
     if s.jwt.audience.is_empty() {
         bad("jwt.audience", "must not be empty".into());
     }
+    // 0 would let every request with an unknown kid (anyone can forge one) trigger a fetch.
+    if s.jwt.min_refetch_seconds == 0 {
+        bad(
+            "jwt.min_refetch_seconds",
+            "must be at least 1 (tokens naming unknown keys would each trigger a JWKS fetch)"
+                .into(),
+        );
+    }
+    if s.jwt.refresh_seconds == 0 {
+        bad("jwt.refresh_seconds", "must be at least 1".into());
+    }
     if s.jwt.leeway_seconds > gatehouse_common::jwt::MAX_LEEWAY_SECS {
         bad("jwt.leeway_seconds", "must be at most 30".into());
     }
@@ -680,6 +733,18 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
                 &format!("limits.{name}"),
                 "per_second and burst must be at least 1".into(),
             );
+        }
+        match l.ipv6_prefix {
+            Some(_) if l.key != LimitKey::Ip => bad(
+                &format!("limits.{name}.ipv6_prefix"),
+                "only limits with key = \"ip\" are keyed by address".into(),
+            ),
+            // Shorter than /32 puts whole providers into one bucket.
+            Some(p) if !(32..=128).contains(&p) => bad(
+                &format!("limits.{name}.ipv6_prefix"),
+                format!("{p} is not a prefix length between 32 and 128"),
+            ),
+            _ => {}
         }
         if l.store == LimitStore::Redis && s.redis.url.is_empty() {
             bad(

@@ -5,6 +5,11 @@
 //! with exponential backoff and jitter while the current certificate keeps serving. With
 //! `postgres` storage several gateways share account, certificates and HTTP-01 answers, and an
 //! advisory lock lets one of them order at a time; the others pick the result up.
+//!
+//! HTTP-01 requests are answered from memory only: this instance's own orders, plus the shared
+//! answers its follower keeps current (store.rs). No request ever queries storage, so a flood of
+//! made-up tokens on port 80 costs a hash lookup each and cannot starve renewal. The ordering
+//! instance asks the CA to validate only once every live instance holds the answer.
 
 mod store;
 
@@ -21,7 +26,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use tokio::sync::Mutex;
 
-pub use store::{FileStore, PgStore, Store, Stored};
+pub use store::{Answers, FileStore, PgStore, Store, Stored};
 
 use crate::metrics::Metrics;
 use crate::settings::{self, AcmeChallenge, AcmeStorage, TlsSource};
@@ -29,6 +34,28 @@ use crate::tls::Resolver;
 
 /// The HTTP-01 path prefix (RFC 8555 §8.3).
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// How long the ordering instance waits for every live instance to hold a new HTTP-01 answer
+/// before it asks the CA anyway: the liveness window, after which a vanished instance no
+/// longer counts.
+const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(store::LIVE_WINDOW_SECS as u64);
+
+/// RFC 8555 §8.3: a token is base64url without padding and carries at least 128 bits (22
+/// characters). Longer than 256 characters is no CA's token either.
+fn well_formed_token(token: &str) -> bool {
+    (22..=256).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A random id for this process in shared storage (heartbeat and acks).
+fn instance_id() -> String {
+    let mut b = [0u8; 12];
+    let _ = getrandom::fill(&mut b);
+    let random: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{random}", std::process::id())
+}
 
 /// Checks a configured name: a DNS name the gateway can validate by itself (no wildcard: that
 /// needs DNS-01; no IP address).
@@ -123,8 +150,15 @@ struct Storage {
 pub struct Acme {
     resolver: Arc<Resolver>,
     metrics: Arc<Metrics>,
-    /// HTTP-01 answers of this instance's own orders (token → key authorization).
+    /// HTTP-01 answers of this instance's own orders (token → key authorization), filled
+    /// before the challenge is published.
     answers: RwLock<HashMap<String, String>>,
+    /// HTTP-01 answers in shared storage, as this instance's follower last read them.
+    shared_answers: Arc<Answers>,
+    /// This process in shared storage.
+    instance: String,
+    /// The follower task of the current shared storage.
+    follower: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     storage: ArcSwapOption<Storage>,
     account: Mutex<Option<(String, Arc<Account>)>>,
     names: Mutex<HashMap<String, NameState>>,
@@ -136,6 +170,9 @@ impl Acme {
             resolver,
             metrics,
             answers: RwLock::default(),
+            shared_answers: Arc::default(),
+            instance: instance_id(),
+            follower: std::sync::Mutex::new(None),
             storage: ArcSwapOption::empty(),
             account: Mutex::new(None),
             names: Mutex::new(HashMap::new()),
@@ -143,36 +180,33 @@ impl Acme {
     }
 
     /// The HTTP-01 answer for a request path under [`CHALLENGE_PREFIX`], if there is one.
-    pub async fn http01(&self, path: &str) -> Option<String> {
-        let token = path.strip_prefix(CHALLENGE_PREFIX)?;
-        // Tokens are base64url (RFC 8555 §8.3); anything else is not worth a lookup.
-        if token.is_empty()
-            || token.len() > 256
-            || !token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+    /// Memory only: malformed tokens are refused before any lookup, the rest cost one hash
+    /// lookup in each map.
+    pub fn http01(&self, path: &str) -> Option<String> {
+        let token = path.strip_prefix(CHALLENGE_PREFIX).unwrap_or_default();
+        let outcome = |o: &str| {
+            self.metrics
+                .acme_http01_requests
+                .with_label_values(&[o])
+                .inc();
+        };
+        if !well_formed_token(token) {
+            outcome("malformed");
             return None;
         }
-        if let Some(a) = self
+        let answer = self
             .answers
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(token)
-        {
-            return Some(a.clone());
-        }
-        let storage = self.storage.load_full()?;
-        if !storage.store.shared() {
-            return None;
-        }
-        match storage.store.challenge(token).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                tracing::warn!(error = %e, "HTTP-01 lookup in shared storage failed");
-                None
-            }
-        }
+            .cloned()
+            .or_else(|| self.shared_answers.load().get(token).cloned());
+        outcome(if answer.is_some() {
+            "answered"
+        } else {
+            "unknown"
+        });
+        answer
     }
 
     /// The storage for the current settings (rebuilt when a reload changed where it is).
@@ -189,7 +223,32 @@ impl Acme {
         };
         let s = Arc::new(Storage { kind, store });
         self.storage.store(Some(s.clone()));
+        self.follow(&s);
         s
+    }
+
+    /// Keeps [`Self::shared_answers`] current from `storage` (when it is shared) in a task of
+    /// its own, replacing the follower of any previous storage.
+    fn follow(&self, storage: &Arc<Storage>) {
+        let mut follower = self.follower.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = follower.take() {
+            old.abort();
+        }
+        self.shared_answers.store(Arc::default());
+        if !storage.store.shared() {
+            return;
+        }
+        let storage = storage.clone();
+        let answers = self.shared_answers.clone();
+        let reads = self.metrics.acme_challenge_reads.clone();
+        let instance = self.instance.clone();
+        let task = tokio::spawn(async move {
+            storage
+                .store
+                .follow_challenges(&instance, &answers, &reads)
+                .await;
+        });
+        *follower = Some(task.abort_handle());
     }
 
     /// Runs until shutdown: loads stored certificates, orders and renews what is due, picks
@@ -211,9 +270,22 @@ impl Acme {
                     next_poll = Instant::now() + Duration::from_secs(a.poll_seconds);
                 }
                 self.order_due(a, storage.store.as_ref()).await;
+            } else if self.storage.swap(None).is_some() {
+                // A reload turned ACME off: stop following shared HTTP-01 answers.
+                if let Some(f) = self
+                    .follower
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    f.abort();
+                }
+                self.shared_answers.store(Arc::default());
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                // The follower keeps running: while draining (or handing its sockets over in
+                // an upgrade) this process still answers HTTP-01 with current answers.
                 _ = shutdown.changed() => return,
             }
         }
@@ -593,6 +665,19 @@ impl Acme {
                         .put_challenge(&token, key_auth.as_str())
                         .await
                         .map_err(|e| fail("storage", e))?;
+                    // The CA may ask any instance behind the name: tell it to validate only
+                    // when they all hold the answer (or have stopped proving they live).
+                    let missing = store
+                        .await_propagation(&token, PROPAGATION_TIMEOUT)
+                        .await
+                        .map_err(|e| fail("storage", e))?;
+                    if missing > 0 {
+                        tracing::warn!(
+                            name,
+                            instances = missing,
+                            "HTTP-01 answer not confirmed by every live gateway instance in time; asking the CA to validate anyway"
+                        );
+                    }
                 } else {
                     let cert = alpn_certificate(name, key_auth.digest().as_ref())
                         .map_err(|e| fail("challenge_setup", e))?;
@@ -746,6 +831,26 @@ mod tests {
         assert!(check_domain("bad_name.example").is_err());
         assert!(check_domain("-x.example").is_err());
         assert!(check_domain("").is_err());
+    }
+
+    #[test]
+    fn challenge_tokens_are_checked_before_any_lookup() {
+        // RFC 8555 §8.3: base64url, no padding, >= 128 bits.
+        assert!(well_formed_token(
+            "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
+        ));
+        assert!(well_formed_token(&"A".repeat(22)));
+        assert!(!well_formed_token(&"A".repeat(21)), "under 128 bits");
+        assert!(!well_formed_token(&"A".repeat(257)));
+        for bad in [
+            "",
+            "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA=",
+            "../../../../etc/passwd/aaaaaaaaaaaaaaaaaaaaa",
+            "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ+PCt92wr/oA",
+            "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ%2FCt92wr-oA",
+        ] {
+            assert!(!well_formed_token(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -391,27 +391,44 @@ async fn two_gateways_share_postgres_storage_with_one_order_per_renewal() {
     );
     assert_eq!(pebble.orders(), 1);
 
-    // An HTTP-01 answer stored by one instance is served by every instance.
+    // An HTTP-01 answer stored by anyone is served by every instance, from memory: the
+    // table's trigger notifies them, and each confirms it holds the answer.
     let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
+    const TOKEN: &str = "shared-token_0123456789abcdef";
     db.execute(
-        "INSERT INTO gatehouse_acme_challenges (token, key_authorization) VALUES ('tok-en_1', 'tok-en_1.thumb')",
-        &[],
+        "INSERT INTO gatehouse_acme_challenges (token, key_authorization) VALUES ($1, $1 || '.thumb')",
+        &[&TOKEN],
     )
     .await
     .unwrap();
     for gw in [&a, &b] {
-        let r = reqwest::get(format!(
-            "http://127.0.0.1:{}/.well-known/acme-challenge/tok-en_1",
+        let url = format!(
+            "http://127.0.0.1:{}/.well-known/acme-challenge/{TOKEN}",
             gw.http
-        ))
-        .await
-        .unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.unwrap(), "tok-en_1.thumb");
+        );
+        let mut answer = (0, String::new());
+        for _ in 0..50 {
+            let r = reqwest::get(&url).await.unwrap();
+            answer = (r.status().as_u16(), r.text().await.unwrap());
+            if answer.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(answer, (200, format!("{TOKEN}.thumb")));
     }
+    let acks: i64 = db
+        .query_one(
+            "SELECT count(*) FROM gatehouse_acme_challenge_acks WHERE token = $1",
+            &[&TOKEN],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(acks, 2, "both instances confirmed they hold it");
 
     // Renewal after 15 s: again exactly one order, and both serve the new certificate.
     let renewed = wait_for_certificate(&a, &pebble, Some(&first)).await;
@@ -430,6 +447,123 @@ async fn two_gateways_share_postgres_storage_with_one_order_per_renewal() {
         "one order per renewal"
     );
     assert_eq!(pebble.orders(), 2);
+    // Every validation found its answer in memory on B, whichever instance ordered, and the
+    // orderer never had to ask the CA before both instances held the answer.
+    assert!(
+        b.metric("gatehouse_gateway_acme_http01_requests_total{outcome=\"answered\"}")
+            .await
+            >= 2.0
+    );
+    for gw in [&a, &b] {
+        assert!(
+            !gw.log()
+                .contains("not confirmed by every live gateway instance")
+        );
+    }
+}
+
+/// Issue 9, item 11: thousands of made-up tokens on port 80 while certificates are ordered
+/// and renewed (shared PostgreSQL storage) are answered from memory: the orders succeed and
+/// storage is read on change notifications and heartbeats only, never per request.
+#[tokio::test]
+async fn a_flood_of_unknown_tokens_on_port_80_neither_fails_renewal_nor_queries_storage() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let url = acme_database().await;
+    let ports = Ports::new();
+    // 20-second certificates renewed when 3/4 remain: an order at start, another 5 s later.
+    let pebble = Pebble::start(ports.http, ports.https, 20, &[]).await;
+    let echo = Echo::start(TestKey::new(38).jwks.clone()).await;
+    let storage = format!("storage = \"postgres\"\ndatabase_url = \"{url}\"");
+    let gw = start_gateway(
+        &ports,
+        &echo,
+        acme_config(
+            &pebble,
+            "http-01",
+            &storage,
+            "renew_remaining_fraction = 0.75",
+        ),
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (unknown, malformed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut flood = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let (stop, unknown, malformed) = (stop.clone(), unknown.clone(), malformed.clone());
+        let base = format!("http://127.0.0.1:{}/.well-known/acme-challenge/", gw.http);
+        flood.spawn(async move {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                // Well-formed tokens nobody issued, and every fourth one malformed.
+                let (token, counter) = if n.is_multiple_of(4) {
+                    (format!("short{n}"), &malformed)
+                } else {
+                    let t = format!("{}{worker}x{n}", uuid::Uuid::new_v4().simple());
+                    (t, &unknown)
+                };
+                let r = client.get(format!("{base}{token}")).send().await.unwrap();
+                assert_eq!(r.status(), 404, "{token}");
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let first = wait_for_certificate(&gw, &pebble, None).await;
+    wait_for_certificate(&gw, &pebble, Some(&first)).await;
+    // At least a few thousand, however fast this machine is.
+    while unknown.load(Ordering::Relaxed) + malformed.load(Ordering::Relaxed) < 3000 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    while let Some(done) = flood.join_next().await {
+        done.unwrap();
+    }
+    let sent_unknown = unknown.load(Ordering::Relaxed) as f64;
+    let sent_malformed = malformed.load(Ordering::Relaxed) as f64;
+
+    assert_eq!(
+        gw.metric("gatehouse_gateway_acme_renewal_failures_total")
+            .await,
+        0.0,
+        "no order failed"
+    );
+    assert_eq!(
+        gw.metric("gatehouse_gateway_acme_renewal_attempts_total")
+            .await,
+        2.0
+    );
+    const HTTP01: &str = "gatehouse_gateway_acme_http01_requests_total";
+    assert_eq!(
+        gw.metric(&format!("{HTTP01}{{outcome=\"unknown\"}}")).await,
+        sent_unknown
+    );
+    assert_eq!(
+        gw.metric(&format!("{HTTP01}{{outcome=\"malformed\"}}"))
+            .await,
+        sent_malformed
+    );
+    assert!(
+        gw.metric(&format!("{HTTP01}{{outcome=\"answered\"}}"))
+            .await
+            >= 2.0,
+        "the CA's validations were answered"
+    );
+    // Reads follow changes (two orders: a few notifications each) and the 5 s heartbeat; a
+    // query per request would be thousands.
+    let reads = gw
+        .metric("gatehouse_gateway_acme_challenge_storage_reads_total")
+        .await;
+    eprintln!(
+        "flood: {sent_unknown} unknown + {sent_malformed} malformed tokens, {reads} storage reads"
+    );
+    assert!(
+        (1.0..50.0).contains(&reads),
+        "{reads} storage reads for {} requests",
+        sent_unknown + sent_malformed
+    );
 }
 
 /// A fresh database on the test cluster for the shared ACME storage.

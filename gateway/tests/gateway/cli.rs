@@ -202,3 +202,31 @@ fn shipped_config_for_platforms_acme_and_files() {
         "{text}"
     );
 }
+
+/// Issue 9: settings that would open a hole are refused with file, line and key.
+#[test]
+fn hostile_input_settings_are_refused_with_key_and_line() {
+    let dir = std::env::temp_dir().join(format!("gw-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[tls]\nsource = \"self-signed\"\n\n[jwt]\nissuer = \"https://api.example.com\"\nmin_refetch_seconds = 0\n\n[limits.by_sub]\nkey = \"subject\"\nipv6_prefix = 64\n\n[limits.wide]\nipv6_prefix = 8\n\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n\n[upstreams.api]\ntargets = [\"127.0.0.1:8000\"]\n\n[admin]\ntoken = \"too-short\"\nallowed_hosts = [\"10.0.0.1\"]\n",
+    )
+    .unwrap();
+    let (ok, text) = run(gateway()
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("APP_ENV", "development"));
+    assert!(!ok, "{text}");
+    for needle in [
+        "gateway.toml:6: jwt.min_refetch_seconds: must be at least 1",
+        "gateway.toml:10: limits.by_sub.ipv6_prefix: only limits with key = \"ip\"",
+        "gateway.toml:13: limits.wide.ipv6_prefix: 8 is not a prefix length between 32 and 128",
+        "gateway.toml:23: admin.token: must be at least 32 characters",
+        "gateway.toml:24: admin.allowed_hosts.0: \"10.0.0.1\" is not a host name",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

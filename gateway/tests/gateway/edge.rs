@@ -368,6 +368,55 @@ async fn rate_limits_answer_429_with_headers() {
     assert_eq!(gw.get("/limited/x", Some(&bob)).await.status, 200);
 }
 
+/// Issue 9, item 10: one IPv6 /64 is one client. The gateway is reached through a trusted
+/// proxy that forwards IPv6 client addresses (the tests run on IPv4 loopback).
+#[tokio::test]
+async fn ipv6_clients_share_a_bucket_per_64_and_mapped_ipv4_is_ipv4() {
+    let key = TestKey::new(13);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let gw = Gateway::start_with(Options::echo(&echo), |t| {
+        t.replace(
+            "[server]\n",
+            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+        )
+    })
+    .await;
+    let from = |client: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.send(
+                gw.client
+                    .get(gw.url("/tight/x"))
+                    .header("x-forwarded-for", client),
+            )
+            .await
+        }
+    };
+    // `tight` allows a burst of 3: three addresses of one /64 use it up...
+    let first = from("2001:db8:1:2::1").await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(
+        first.body["headers"]["x-forwarded-for"], "2001:db8:1:2::1",
+        "the upstream still sees the client's own address"
+    );
+    assert_eq!(from("2001:db8:1:2::2").await.status, 200);
+    assert_eq!(from("2001:db8:1:2:ffff:ffff:ffff:fffe").await.status, 200);
+    // ...so a fourth address of that /64 is limited,
+    let r = from("2001:db8:1:2:abcd::4").await;
+    assert_problem(&r, 429, "rate_limited");
+    // while the next /64 has its own bucket.
+    assert_eq!(from("2001:db8:1:3::1").await.status, 200);
+
+    // An IPv4 client written as IPv4-mapped IPv6 is that IPv4 client.
+    for _ in 0..3 {
+        let r = from("::ffff:192.0.2.1").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["headers"]["x-forwarded-for"], "192.0.2.1");
+    }
+    assert_eq!(from("192.0.2.1").await.status, 429);
+    assert_eq!(from("192.0.2.2").await.status, 200);
+}
+
 #[tokio::test]
 async fn size_limits() {
     let (echo, gw, _key) = setup().await;

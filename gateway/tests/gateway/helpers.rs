@@ -30,6 +30,7 @@ pub const KID: &str = "test-key";
 
 /// The signing key the tests use and the JWKS the echo upstream publishes for it.
 pub struct TestKey {
+    pub kid: String,
     pub encoding: EncodingKey,
     pub jwks: Value,
     pub public_pem: String,
@@ -37,6 +38,11 @@ pub struct TestKey {
 
 impl TestKey {
     pub fn new(seed: u8) -> Self {
+        Self::with_kid(seed, KID)
+    }
+
+    /// A key published and used under `kid`.
+    pub fn with_kid(seed: u8, kid: &str) -> Self {
         let pem = KeypairBytes {
             secret_key: [seed; 32],
             public_key: None,
@@ -44,15 +50,21 @@ impl TestKey {
         .to_pkcs8_pem(LineEnding::LF)
         .unwrap();
         let public = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
-        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": KID,
+        let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
             "x": URL_SAFE_NO_PAD.encode(public.as_bytes())}]});
         use ed25519_dalek::pkcs8::EncodePublicKey;
         let public_pem = public.to_public_key_pem(LineEnding::LF).unwrap();
         Self {
+            kid: kid.to_string(),
             encoding: EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
             jwks,
             public_pem,
         }
+    }
+
+    /// This key's JWK (the single entry of `jwks`).
+    pub fn jwk(&self) -> Value {
+        self.jwks["keys"][0].clone()
     }
 
     pub fn claims(&self, sub: &str) -> Value {
@@ -63,7 +75,7 @@ impl TestKey {
     pub fn sign(&self, claims: &Value, tweak: impl FnOnce(&mut Header)) -> String {
         let mut h = Header::new(Algorithm::EdDSA);
         h.typ = Some("at+jwt".into());
-        h.kid = Some(KID.into());
+        h.kid = Some(self.kid.clone());
         tweak(&mut h);
         jsonwebtoken::encode(&h, claims, &self.encoding).unwrap()
     }
@@ -85,7 +97,11 @@ pub struct Echo {
     pub seen: Arc<Mutex<Seen>>,
     /// When non-zero, every proxied path is answered with this status (health stays 200).
     pub fail_with: Arc<std::sync::atomic::AtomicU16>,
-    jwks: Arc<Value>,
+    /// How many times the JWKS was fetched.
+    pub jwks_fetches: Arc<std::sync::atomic::AtomicUsize>,
+    /// Each JWKS answer waits this long first (ms).
+    pub jwks_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    jwks: Arc<Mutex<Value>>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
@@ -97,7 +113,9 @@ impl Echo {
             addr,
             seen: Arc::default(),
             fail_with: Arc::default(),
-            jwks: Arc::new(jwks),
+            jwks_fetches: Arc::default(),
+            jwks_delay_ms: Arc::default(),
+            jwks: Arc::new(Mutex::new(jwks)),
             tasks: Arc::default(),
         };
         echo.serve(listener);
@@ -108,6 +126,7 @@ impl Echo {
         let seen = self.seen.clone();
         let jwks = self.jwks.clone();
         let fail_with = self.fail_with.clone();
+        let (fetches, delay) = (self.jwks_fetches.clone(), self.jwks_delay_ms.clone());
         let port = self.addr.port();
         let tasks = self.tasks.clone();
         self.tasks.lock().unwrap().spawn(async move {
@@ -115,16 +134,23 @@ impl Echo {
                 let seen = seen.clone();
                 let jwks = jwks.clone();
                 let fail_with = fail_with.clone();
+                let (fetches, delay) = (fetches.clone(), delay.clone());
                 tasks.lock().unwrap().spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<Incoming>| {
                         let seen = seen.clone();
                         let jwks = jwks.clone();
                         let fail = fail_with.load(std::sync::atomic::Ordering::Relaxed);
+                        let (fetches, delay) = (fetches.clone(), delay.clone());
                         async move {
                             let path = req.uri().path().to_string();
                             let proxied = path != "/healthz" && path != "/.well-known/jwks.json";
                             let body = match path.as_str() {
-                                "/.well-known/jwks.json" => jwks.to_string(),
+                                "/.well-known/jwks.json" => {
+                                    fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    let ms = delay.load(std::sync::atomic::Ordering::Relaxed);
+                                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                                    jwks.lock().unwrap().to_string()
+                                }
                                 "/healthz" => r#"{"status":"ok"}"#.to_string(),
                                 _ => {
                                     seen.lock().unwrap().paths.push(path.clone());
@@ -169,6 +195,11 @@ impl Echo {
         self.serve(listener);
     }
 
+    /// Publishes another JWK Set from now on.
+    pub fn set_jwks(&self, jwks: Value) {
+        *self.jwks.lock().unwrap() = jwks;
+    }
+
     pub fn count(&self, path: &str) -> usize {
         self.seen
             .lock()
@@ -202,6 +233,8 @@ pub struct Gateway {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub client: reqwest::Client,
+    /// Environment variables set for the process on top of the defaults (`APP_ENV`...).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -336,8 +369,26 @@ impl Gateway {
 
     /// Like `start_with`, on the given (https, http, admin) ports.
     pub async fn start_on(
+        ports: (u16, u16, u16),
+        o: Options,
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
+        Self::start_full(ports, o, &[], edit).await
+    }
+
+    /// Like `start_with`, with environment variables (e.g. another `APP_ENV`).
+    pub async fn start_in_env(
+        o: Options,
+        env: &[(&str, &str)],
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
+        Self::start_full((free_port(), free_port(), free_port()), o, env, edit).await
+    }
+
+    async fn start_full(
         (https, http, admin): (u16, u16, u16),
         o: Options,
+        env: &[(&str, &str)],
         edit: impl FnOnce(String) -> String,
     ) -> Self {
         let dir = std::env::temp_dir().join(format!("gw-test-{}", uuid::Uuid::new_v4().simple()));
@@ -351,6 +402,10 @@ impl Gateway {
             client: reqwest::Client::new(),
             config,
             dir,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         gw.spawn(false);
@@ -380,6 +435,7 @@ impl Gateway {
             .env("GATEWAY_UPGRADE_SOCK", self.dir.join("upgrade.sock"))
             .env("GATEWAY_PID_FILE", self.dir.join("gateway.pid"))
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         cmd

@@ -3,11 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod acme;
+mod admin;
 mod cli;
 mod connections;
 mod e2e;
 mod edge;
 mod helpers;
+mod jwks;
 mod pebble;
 mod reload;
 mod shared_limits;

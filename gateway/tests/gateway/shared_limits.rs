@@ -143,3 +143,53 @@ timeout_ms = 200
         errors
     );
 }
+
+/// Issue 9, item 10 on the shared store: addresses of one IPv6 /64 share one Redis bucket
+/// across gateways; another /64 has its own.
+#[tokio::test]
+async fn a_redis_limit_keys_ipv6_clients_by_their_64() {
+    let redis = Redis::start().await;
+    let key = TestKey::new(42);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let extra = format!(
+        "\n[[routes]]\nprefix = \"/shared/\"\nupstream = \"echo\"\nlimits = [\"shared\"]\n\n[limits.shared]\nper_second = 1\nburst = 2\nstore = \"redis\"\n\n[redis]\nurl = \"redis://127.0.0.1:{}\"\ntimeout_ms = 200\n",
+        redis.port
+    );
+    let start = || {
+        Gateway::start_with(
+            Options {
+                targets: vec![echo.addr],
+                jwks: echo.addr,
+                extra: extra.clone(),
+            },
+            |t| {
+                t.replace(
+                    "[server]\n",
+                    "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+                )
+            },
+        )
+    };
+    let (a, b) = tokio::join!(start(), start());
+    let from = |gw: &Gateway, client: &str| {
+        gw.client
+            .get(gw.url("/shared/x"))
+            .header("x-forwarded-for", client)
+    };
+    let mut statuses = Vec::new();
+    for (gw, client) in [
+        (&a, "2001:db8:9:9::1"),
+        (&b, "2001:db8:9:9::2"),
+        (&a, "2001:db8:9:9:1:2:3:4"),
+        (&b, "2001:db8:9:a::1"),
+    ] {
+        statuses.push(gw.send(from(gw, client)).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 429, 200]);
+    assert_eq!(
+        a.metric("gatehouse_gateway_rate_limit_store_errors_total")
+            .await,
+        0.0,
+        "Redis decided"
+    );
+}

@@ -1,0 +1,186 @@
+//! The admin listener as a browser attacker meets it (issue 9, item 13): a page that re-points
+//! its own name at 127.0.0.1 (DNS rebinding) or posts a form to 127.0.0.1 cross-site gets
+//! nothing; `POST /reload` needs the admin token; outside development it is off without one.
+
+use crate::helpers::{Echo, Gateway, Options, Resp, TestKey, free_port};
+
+fn plain() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+fn assert_problem(r: &Resp, status: u16, kind: &str) {
+    assert_eq!(r.status, status, "{}", r.text);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert_eq!(r.body["type"], kind, "{}", r.text);
+}
+
+#[tokio::test]
+async fn rebinding_and_cross_site_pages_get_nothing_and_reload_needs_the_token() {
+    let key = TestKey::new(61);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let metrics_port = free_port();
+    let gw = Gateway::start_in_env(
+        Options {
+            extra: "\n[admin]\ntoken = \"${GATEWAY_ADMIN_TOKEN:-}\"\n".into(),
+            ..Options::echo(&echo)
+        },
+        &[("GATEWAY_ADMIN_TOKEN", &token)],
+        |t| {
+            t.replace(
+                "[listen]\n",
+                &format!("[listen]\nmetrics = \"127.0.0.1:{metrics_port}\"\n"),
+            )
+        },
+    )
+    .await;
+    let client = plain();
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", gw.admin);
+    let bearer = format!("Bearer {token}");
+    let rebound = format!("rebind.attacker.example:{}", gw.admin);
+    let send =
+        |r: reqwest::RequestBuilder| async move { Resp::from(r.send().await.unwrap()).await };
+
+    // DNS rebinding: the page's own name, now resolving to 127.0.0.1, is in Host.
+    let r = send(client.get(url("/metrics")).header("host", &rebound)).await;
+    assert_problem(&r, 421, "misdirected_request");
+    assert!(!r.text.contains("gatehouse_gateway_"), "no metrics leak");
+    let r = send(
+        client
+            .post(url("/reload"))
+            .header("host", &rebound)
+            .header("authorization", &bearer),
+    )
+    .await;
+    assert_problem(&r, 421, "misdirected_request");
+
+    // A cross-site form post to 127.0.0.1: the browser adds Origin / Sec-Fetch-Site.
+    let r = send(
+        client
+            .post(url("/reload"))
+            .header("origin", "https://attacker.example")
+            .header("authorization", &bearer),
+    )
+    .await;
+    assert_problem(&r, 403, "cross_site_refused");
+    let r = send(
+        client
+            .post(url("/reload"))
+            .header("sec-fetch-site", "cross-site")
+            .header("authorization", &bearer),
+    )
+    .await;
+    assert_problem(&r, 403, "cross_site_refused");
+
+    // The token: missing or wrong is 401, right reloads.
+    let r = send(client.post(url("/reload"))).await;
+    assert_problem(&r, 401, "unauthorized");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"gatehouse-admin\"")
+    );
+    let r = send(
+        client
+            .post(url("/reload"))
+            .header("authorization", format!("Bearer {}x", &token[1..])),
+    )
+    .await;
+    assert_problem(&r, 401, "unauthorized");
+    assert_eq!(
+        gw.metric("gatehouse_gateway_reloads_total").await,
+        0.0,
+        "nothing refused above reached the reload"
+    );
+    let r = send(client.post(url("/reload")).header("authorization", &bearer)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "reloaded");
+    assert_eq!(
+        gw.metric("gatehouse_gateway_reloads_total{outcome=\"ok\"}")
+            .await,
+        1.0
+    );
+
+    // Tools keep working: localhost names, the container healthcheck.
+    let r = send(
+        client
+            .get(url("/metrics"))
+            .header("host", format!("localhost:{}", gw.admin)),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["healthcheck", "--admin", &format!("127.0.0.1:{}", gw.admin)])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "gateway healthcheck");
+
+    // The read-only metrics listener: reached over the network by address or by name (as
+    // Prometheus scrapes `gateway:9091` in compose), never by a page, and without /reload.
+    let metrics = |path: &str| format!("http://127.0.0.1:{metrics_port}{path}");
+    assert_eq!(send(client.get(metrics("/readyz"))).await.status, 200);
+    let r = send(
+        client
+            .get(metrics("/metrics"))
+            .header("host", format!("gateway:{metrics_port}")),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = send(
+        client
+            .get(metrics("/metrics"))
+            .header("sec-fetch-site", "cross-site"),
+    )
+    .await;
+    assert_problem(&r, 403, "cross_site_refused");
+    let r = send(
+        client
+            .post(metrics("/reload"))
+            .header("authorization", &bearer),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn outside_development_reload_over_http_is_off_without_a_token() {
+    let key = TestKey::new(62);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let certs = std::env::temp_dir().join(format!("gw-admin-{}", uuid::Uuid::new_v4().simple()));
+    gateway::tls::self_signed(&["localhost".into()], &certs).unwrap();
+    let files = format!(
+        "\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
+        certs.join("gateway.pem").display(),
+        certs.join("gateway.key").display()
+    );
+    let gw = Gateway::start_in_env(
+        Options {
+            extra: files,
+            ..Options::echo(&echo)
+        },
+        &[("APP_ENV", "staging")],
+        |t| t.replace("source = \"self-signed\"", "source = \"files\""),
+    )
+    .await;
+    let r = Resp::from(
+        plain()
+            .post(format!("http://127.0.0.1:{}/reload", gw.admin))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&r, 403, "reload_disabled");
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("GATEWAY_ADMIN_TOKEN") && d.contains("SIGHUP")),
+        "{}",
+        r.text
+    );
+    assert_eq!(gw.admin("/healthz").await.status, 200);
+    let _ = std::fs::remove_dir_all(&certs);
+}
