@@ -14,6 +14,8 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
+pub mod runtime;
 pub mod server;
 pub mod settings;
 pub mod tls;
+pub mod upstream;

@@ -22,7 +22,8 @@ use pingora::services::listening::Service;
 use crate::acme::{Acme, CHALLENGE_PREFIX};
 use crate::conn::{self, Guarded};
 use crate::metrics::Metrics;
-use crate::proxy::{Gateway, Runtime};
+use crate::proxy::Gateway;
+use crate::runtime::Runtime;
 use crate::settings::{Config, HttpMode};
 use crate::tls::Resolver;
 
@@ -254,7 +255,7 @@ impl Shared {
         }
         let changed = tokio::task::spawn_blocking(move || {
             named.into_iter().find_map(|(name, targets, before)| {
-                crate::proxy::resolve(&targets)
+                crate::upstream::resolve(&targets)
                     .ok()
                     .filter(|now| *now != before)
                     .map(|now| (name, now))

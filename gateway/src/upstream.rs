@@ -1,0 +1,199 @@
+//! One upstream at run time: its targets (host names looked up again periodically), balancing
+//! (round robin or fewest in flight), passive ejection after failed connections or runs of 5xx,
+//! and the active health-check loop.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pingora::http::RequestHeader;
+use pingora::lb::LoadBalancer;
+use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+
+use crate::settings::{Balance, Upstream};
+
+/// One upstream: its balancer, health-checked by a task that lives as long as the upstream
+/// is part of the running configuration, and its peer timeouts.
+pub struct UpstreamRt {
+    pub name: String,
+    pub settings: Upstream,
+    pub lb: Arc<LoadBalancer<RoundRobin>>,
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    pub idle: Duration,
+    pub total: Option<Duration>,
+    /// What the targets resolved to when this upstream was built (names are looked up again
+    /// periodically; a change rebuilds the upstream).
+    pub addresses: BTreeSet<SocketAddr>,
+    health_loop: AtomicBool,
+    targets_state: Mutex<HashMap<SocketAddr, TargetState>>,
+}
+
+/// Passive health and load of one target.
+#[derive(Default)]
+struct TargetState {
+    in_flight: usize,
+    ejected_until: Option<Instant>,
+    consecutive_5xx: u32,
+}
+
+/// The addresses `targets` stand for now (`host:port` names through the system resolver).
+pub fn resolve(targets: &[String]) -> Result<BTreeSet<SocketAddr>, String> {
+    let mut out = BTreeSet::new();
+    for t in targets {
+        let addrs = std::net::ToSocketAddrs::to_socket_addrs(t.as_str())
+            .map_err(|e| format!("{t}: cannot resolve: {e}"))?;
+        out.extend(addrs);
+    }
+    Ok(out)
+}
+
+impl UpstreamRt {
+    pub fn new(name: &str, u: &Upstream) -> Result<Self, String> {
+        let err = |e: &dyn std::fmt::Display| format!("upstreams.{name}: {e}");
+        let addresses = resolve(&u.targets).map_err(|e| err(&e))?;
+        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addresses.iter().copied())
+            .map_err(|e| err(&e))?;
+        let mut hc = HttpHealthCheck::new("localhost", false);
+        let mut req =
+            RequestHeader::build("GET", u.health_path.as_bytes(), None).map_err(|e| err(&e))?;
+        req.insert_header("host", "localhost")
+            .map_err(|e| err(&e))?;
+        hc.req = req;
+        hc.consecutive_success = 1;
+        hc.consecutive_failure = 2;
+        hc.peer_template.options.connection_timeout =
+            Some(Duration::from_millis(u.connect_timeout_ms));
+        hc.peer_template.options.read_timeout =
+            Some(Duration::from_millis(u.connect_timeout_ms.max(1000)));
+        lb.set_health_check(Box::new(hc));
+        Ok(Self {
+            name: name.to_string(),
+            settings: u.clone(),
+            lb: Arc::new(lb),
+            connect: Duration::from_millis(u.connect_timeout_ms),
+            read: Duration::from_millis(u.read_timeout_ms),
+            write: Duration::from_millis(u.write_timeout_ms),
+            idle: Duration::from_millis(u.idle_timeout_ms),
+            total: (u.total_timeout_ms > 0).then(|| Duration::from_millis(u.total_timeout_ms)),
+            addresses,
+            health_loop: AtomicBool::new(false),
+            targets_state: Mutex::default(),
+        })
+    }
+
+    /// Whether some target is a host name (its addresses can change).
+    pub fn has_names(&self) -> bool {
+        self.settings
+            .targets
+            .iter()
+            .any(|t| t.parse::<SocketAddr>().is_err())
+    }
+
+    /// The target for the next attempt: healthy (active checks), not passively ejected, and
+    /// by round robin or fewest requests in flight. Ejection is ignored when it would leave
+    /// nothing, so a flapping check never turns into a total outage by itself.
+    pub fn pick(&self) -> Option<SocketAddr> {
+        let now = Instant::now();
+        let mut state = self.targets_state.lock().unwrap_or_else(|p| p.into_inner());
+        let usable = |a: &SocketAddr, state: &HashMap<SocketAddr, TargetState>| {
+            state
+                .get(a)
+                .and_then(|t| t.ejected_until)
+                .is_none_or(|until| until <= now)
+        };
+        let chosen = match self.settings.balance {
+            Balance::RoundRobin => self
+                .lb
+                .select_with(b"", 256, |b, healthy| {
+                    healthy && b.addr.as_inet().is_some_and(|a| usable(a, &state))
+                })
+                .or_else(|| self.lb.select(b"", 256))
+                .and_then(|b| b.addr.as_inet().copied()),
+            Balance::LeastConnections => {
+                let backends = self.lb.backends();
+                let healthy: Vec<SocketAddr> = backends
+                    .get_backend()
+                    .iter()
+                    .filter(|b| backends.ready(b))
+                    .filter_map(|b| b.addr.as_inet().copied())
+                    .collect();
+                let preferred: Vec<SocketAddr> = healthy
+                    .iter()
+                    .copied()
+                    .filter(|a| usable(a, &state))
+                    .collect();
+                let pool = if preferred.is_empty() {
+                    healthy
+                } else {
+                    preferred
+                };
+                pool.into_iter()
+                    .min_by_key(|a| state.get(a).map_or(0, |t| t.in_flight))
+            }
+        }?;
+        state.entry(chosen).or_default().in_flight += 1;
+        Some(chosen)
+    }
+
+    /// The attempt on `addr` is over; `status` is the target's answer, if it gave one. A run
+    /// of `eject_after_5xx` server errors in a row ejects the target like a failed connection.
+    pub fn release(&self, addr: SocketAddr, status: Option<u16>) {
+        let mut state = self.targets_state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = state.get_mut(&addr) {
+            t.in_flight = t.in_flight.saturating_sub(1);
+            match status {
+                Some(500..=599) => {
+                    t.consecutive_5xx += 1;
+                    let limit = self.settings.eject_after_5xx;
+                    if limit > 0 && t.consecutive_5xx >= limit {
+                        t.consecutive_5xx = 0;
+                        t.ejected_until =
+                            Some(Instant::now() + Duration::from_secs(self.settings.eject_seconds));
+                        tracing::warn!(upstream = %self.name, target = %addr, errors = limit, "target answered with server errors in a row; ejected");
+                    }
+                }
+                Some(_) => t.consecutive_5xx = 0,
+                None => {}
+            }
+        }
+    }
+
+    /// Skips `addr` for `eject_seconds` after a failed connection.
+    pub fn eject(&self, addr: SocketAddr) {
+        let mut state = self.targets_state.lock().unwrap_or_else(|p| p.into_inner());
+        state.entry(addr).or_default().ejected_until =
+            Some(Instant::now() + Duration::from_secs(self.settings.eject_seconds));
+    }
+
+    /// Starts the active health checks once (needs a Tokio runtime). The task ends when the
+    /// upstream is dropped, i.e. when a reload removed or replaced it.
+    pub fn ensure_health_loop(self: &Arc<Self>) {
+        if self.health_loop.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(up) = weak.upgrade() else { return };
+                up.lb.backends().run_health_check(true).await;
+                let pause = Duration::from_millis(up.settings.health_interval_ms.max(50));
+                drop(up);
+                tokio::time::sleep(pause).await;
+            }
+        });
+    }
+
+    pub fn healthy_targets(&self) -> usize {
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter(|b| backends.ready(b))
+            .count()
+    }
+}
