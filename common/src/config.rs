@@ -99,6 +99,11 @@ pub struct Loaded<T> {
 }
 
 impl<T> Loaded<T> {
+    /// The files the value was read from, base first.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.sources.iter().map(|s| s.path.as_path())
+    }
+
     /// `file:line: key` for the last file that sets `key` (dotted path), else the base file.
     pub fn locate(&self, key: &str) -> String {
         let path: Vec<&str> = key.split('.').collect();

@@ -31,6 +31,7 @@ METRICS = {
     "gatehouse_gateway_http_requests_total": {"route", "status"},
     "gatehouse_gateway_http_request_duration_seconds_bucket": {"route", "le"},
     "gatehouse_gateway_rejections_total": {"reason"},
+    "gatehouse_gateway_rate_limited_total": {"limit"},
     "gatehouse_gateway_upstream_errors_total": {"upstream", "kind"},
     "gatehouse_gateway_upstream_healthy_targets": {"upstream"},
     "gatehouse_gateway_jwks_refreshes_total": {"outcome"},

@@ -65,8 +65,29 @@ pub fn entries(list: &[String]) -> impl Iterator<Item = &str> {
 }
 
 impl TrustedProxies {
+    /// The networks of `list` (entries that are not an IP or CIDR are skipped).
     pub fn new(list: &[String]) -> Self {
         Self(entries(list).filter_map(parse_net).collect())
+    }
+
+    /// The networks of `list`; else every piece that is not an IP address or CIDR, by the
+    /// index of its entry.
+    pub fn parse(list: &[String]) -> Result<Self, Vec<(usize, String)>> {
+        let mut nets = Vec::new();
+        let mut refused = Vec::new();
+        for (i, entry) in list.iter().enumerate() {
+            for piece in entries(std::slice::from_ref(entry)) {
+                match parse_net(piece) {
+                    Some(n) => nets.push(n),
+                    None => refused.push((i, format!("{piece:?} is not an IP address or CIDR"))),
+                }
+            }
+        }
+        if refused.is_empty() {
+            Ok(Self(nets))
+        } else {
+            Err(refused)
+        }
     }
 
     pub fn trusts(&self, ip: IpAddr) -> bool {

@@ -98,13 +98,28 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn compile(c: &Cors) -> Result<Self, String> {
+    /// The policy of a `[cors.*]` section; else every origin that cannot be allowed, by its
+    /// index in `origins`, and why.
+    pub fn compile(c: &Cors) -> Result<Self, Vec<(usize, String)>> {
+        let mut origins = Vec::new();
+        let mut refused = Vec::new();
+        for (i, o) in c.origins.iter().enumerate() {
+            match OriginPattern::parse(o) {
+                // A wildcard with credentials would hand the session of every subdomain's page
+                // to any other subdomain.
+                Ok(OriginPattern::Subdomain { .. }) if c.credentials => refused.push((
+                    i,
+                    "credentials are only allowed with exact origins".to_string(),
+                )),
+                Ok(p) => origins.push(p),
+                Err(why) => refused.push((i, why)),
+            }
+        }
+        if !refused.is_empty() {
+            return Err(refused);
+        }
         Ok(Self {
-            origins: c
-                .origins
-                .iter()
-                .map(|o| OriginPattern::parse(o))
-                .collect::<Result<_, _>>()?,
+            origins,
             methods: c.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
             headers: c.headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
             expose: c.expose_headers.join(", "),
@@ -211,7 +226,7 @@ mod tests {
             credentials,
             ..Cors::default()
         };
-        Policy::compile(&c).unwrap_or_else(|e| panic!("{e}"))
+        Policy::compile(&c).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
     fn req(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

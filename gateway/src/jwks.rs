@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use crate::metrics::Metrics;
+use crate::settings::Invalid;
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BYTES: usize = 256 * 1024;
@@ -55,18 +56,23 @@ impl Jwks {
         verifier: Arc<Verifier>,
         min_refetch: Duration,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Invalid> {
         let url = match url.trim() {
             "" => None,
             u => {
-                let url: http::Uri = u.parse().map_err(|e| format!("jwt.jwks_url: {e}"))?;
+                let url: http::Uri = u.parse().map_err(|e: http::uri::InvalidUri| {
+                    Invalid::new("jwt.jwks_url", e.to_string())
+                })?;
                 if !matches!(url.scheme_str(), Some("http" | "https")) {
-                    return Err("jwt.jwks_url: must be an http:// or https:// URL".into());
+                    return Err(Invalid::new(
+                        "jwt.jwks_url",
+                        "must be an http:// or https:// URL",
+                    ));
                 }
                 Some(url)
             }
         };
-        let tls = client_tls(ca_file).map_err(|e| format!("jwt.jwks_ca_file: {e}"))?;
+        let tls = client_tls(ca_file).map_err(|e| Invalid::new("jwt.jwks_ca_file", e))?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -86,14 +92,17 @@ impl Jwks {
     }
 
     /// A fetcher and its verifier for the `[jwt]` settings (keys empty until the first fetch).
-    pub fn from_settings(s: &crate::settings::Jwt, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn from_settings(s: &crate::settings::Jwt, metrics: Arc<Metrics>) -> Result<Self, Invalid> {
         let algorithms: Vec<Algorithm> =
             s.algorithms.iter().filter_map(|a| a.parse().ok()).collect();
         let static_keys = s
             .key_files
             .iter()
             .enumerate()
-            .map(|(i, k)| key_from_file(k).map_err(|e| format!("jwt.key_files.{i}: {e}")))
+            .map(|(i, k)| {
+                key_from_file(k)
+                    .map_err(|(field, why)| Invalid::new(format!("jwt.key_files.{i}.{field}"), why))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let verifier = Arc::new(Verifier::new(
             gatehouse_common::jwt::Policy {
@@ -272,12 +281,16 @@ pub fn client_tls(ca_file: &str) -> Result<rustls::ClientConfig, String> {
 }
 
 /// A PEM public key (SPKI) with its configured `kid` and algorithm.
-fn key_from_file(k: &crate::settings::KeyFile) -> Result<VerificationKey, String> {
-    let alg: Algorithm = k
-        .algorithm
-        .parse()
-        .map_err(|_| format!("{:?} is not a JWS algorithm", k.algorithm))?;
-    let pem = std::fs::read(&k.path).map_err(|e| format!("{}: {e}", k.path))?;
+/// The key of a `[[jwt.key_files]]` entry; else the field at fault and why.
+fn key_from_file(k: &crate::settings::KeyFile) -> Result<VerificationKey, (&'static str, String)> {
+    let alg: Algorithm = k.algorithm.parse().map_err(|_| {
+        (
+            "algorithm",
+            format!("{:?} is not a JWS algorithm", k.algorithm),
+        )
+    })?;
+    let pem =
+        std::fs::read(&k.path).map_err(|e| ("path", format!("{}: cannot read: {e}", k.path)))?;
     let key = match alg {
         Algorithm::EdDSA => jsonwebtoken::DecodingKey::from_ed_pem(&pem),
         Algorithm::ES256 | Algorithm::ES384 => jsonwebtoken::DecodingKey::from_ec_pem(&pem),
@@ -287,9 +300,9 @@ fn key_from_file(k: &crate::settings::KeyFile) -> Result<VerificationKey, String
         | Algorithm::PS256
         | Algorithm::PS384
         | Algorithm::PS512 => jsonwebtoken::DecodingKey::from_rsa_pem(&pem),
-        _ => return Err("symmetric keys are not accepted".into()),
+        _ => return Err(("algorithm", "symmetric keys are not accepted".into())),
     }
-    .map_err(|e| format!("{}: not a {alg:?} public key: {e}", k.path))?;
+    .map_err(|e| ("path", format!("{}: not a {alg:?} public key: {e}", k.path)))?;
     Ok(VerificationKey {
         kid: k.kid.clone(),
         alg,

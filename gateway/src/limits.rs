@@ -66,6 +66,15 @@ pub struct Named {
     limiter: ArcSwap<Keyed>,
 }
 
+impl std::fmt::Debug for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Named")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Allowed,
@@ -223,8 +232,9 @@ impl RedisLimits {
     pub fn new(
         s: &crate::settings::Redis,
         metrics: &crate::metrics::Metrics,
-    ) -> Result<Self, String> {
-        let client = redis::Client::open(s.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
+    ) -> Result<Self, crate::settings::Invalid> {
+        let client = redis::Client::open(s.url.as_str())
+            .map_err(|e| crate::settings::Invalid::new("redis.url", e.to_string()))?;
         Ok(Self {
             url: s.url.clone(),
             client,

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use gatehouse_common::config::Environment;
@@ -41,7 +42,8 @@ enum Command {
         #[arg(short = 'u', long)]
         upgrade: bool,
     },
-    /// Validate the configuration (and load its certificates) without serving.
+    /// Compile the configuration as `run` would (every check, key files read, upstream names
+    /// resolved, certificates loaded) without serving.
     Check,
     /// Exit 0 when the admin listener's /healthz answers 200 (container HEALTHCHECK).
     Healthcheck {
@@ -65,24 +67,33 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&format!("invalid configuration:\n{e}")),
     };
-    gatehouse_common::telemetry::init(config.settings.log.format, &config.settings.log.level);
+    let s = config.settings();
+    gatehouse_common::telemetry::init(s.log.format, &s.log.level);
+    let metrics = match gateway::metrics::Metrics::new() {
+        Ok(m) => Arc::new(m),
+        Err(e) => return fail(&format!("metrics: {e}")),
+    };
+    // `check` and `run` share this one compile: whatever `run` would refuse, `check` refuses.
+    let compiled = match gateway::compile::compile(&config, None, &metrics) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("invalid configuration:\n{e}")),
+    };
     match cli.command {
-        Command::Check => match gateway::tls::load_for(&config.settings) {
-            Ok(_) => {
-                let files: Vec<String> = config
-                    .files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect();
-                println!("ok: {} ({})", files.join(" + "), config.env);
-                ExitCode::SUCCESS
+        Command::Check => {
+            let files: Vec<String> = config
+                .files()
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            println!("ok: {} ({})", files.join(" + "), config.env);
+            ExitCode::SUCCESS
+        }
+        Command::Run { upgrade } => {
+            match gateway::server::run(config, compiled, metrics, upgrade) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&format!("{e:#}")),
             }
-            Err(e) => fail(&format!("invalid configuration:\n{e}")),
-        },
-        Command::Run { upgrade } => match gateway::server::run(config, upgrade) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&format!("{e:#}")),
-        },
+        }
         Command::Healthcheck { .. } => ExitCode::SUCCESS,
     }
 }

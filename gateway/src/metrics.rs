@@ -10,6 +10,7 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub latency: HistogramVec,
     pub rejections: IntCounterVec,
+    pub rate_limited: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub upstream_healthy: IntGaugeVec,
     pub jwks_refreshes: IntCounterVec,
@@ -49,6 +50,13 @@ impl Metrics {
                 "Requests answered at the edge, by reason.",
             ),
             &["reason"],
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests refused with 429, by the limit that fired (also in rejections_total{reason=\"rate_limited\"}).",
+            ),
+            &["limit"],
         )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
@@ -137,6 +145,7 @@ impl Metrics {
             &requests,
             &connections_rejected,
             &rejections,
+            &rate_limited,
             &upstream_errors,
             &jwks_refreshes,
             &reloads,
@@ -154,6 +163,7 @@ impl Metrics {
             requests,
             latency,
             rejections,
+            rate_limited,
             upstream_errors,
             upstream_healthy,
             jwks_refreshes,
@@ -170,8 +180,12 @@ impl Metrics {
         })
     }
 
-    pub fn reject(&self, reason: &str) {
-        self.rejections.with_label_values(&[reason]).inc();
+    /// Counts a refusal by its reason and, for a 429, by the limit that fired.
+    pub fn reject(&self, r: &crate::rejection::Rejection) {
+        self.rejections.with_label_values(&[r.reason()]).inc();
+        if let Some(limit) = r.limit() {
+            self.rate_limited.with_label_values(&[limit]).inc();
+        }
     }
 
     pub fn render(&self) -> Vec<u8> {

@@ -1,7 +1,9 @@
-//! The `ProxyHttp` implementation: one short method per phase, each calling the pure
-//! decisions of the other modules. Order per request (DESIGN.md): request id → header hygiene
-//! → limits (URI, body) → route → CORS (preflight answered here) → per-IP rate limits → JWT →
-//! path claim → per-subject rate limits → forward.
+//! The `ProxyHttp` implementation: one short method per phase. `request_filter` runs the stages
+//! of `stages.rs` in order — admit the head, route, CORS (preflights answered here), declared
+//! body size, per-client and global limits, then on JWT routes authenticate, path claim and
+//! per-subject limits — and any [`Rejection`] is answered in one place, [`Gateway::refuse`].
+//! The later phases pick the upstream target, bound the attempt by its deadlines, set the
+//! forwarding headers and the security headers, and write the access log line.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -10,28 +12,46 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use gatehouse_common::jwt::Rejection;
-use gatehouse_common::problem::{self, Problem};
+use gatehouse_common::problem;
 use gatehouse_common::request_id;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::acme::{Acme, CHALLENGE_PREFIX};
-use crate::admission::{self, HeadLimits};
-use crate::cors::{self, Outcome};
-use crate::jwks::Jwks;
-use crate::limits::{self, Verdict};
+use crate::cors;
+use crate::headers;
 use crate::metrics::Metrics;
+use crate::rejection::Rejection;
 use crate::runtime::{RouteRt, Runtime};
 use crate::settings::{Auth, DEFAULT_BODY_LIMIT, LimitKey};
-use crate::{headers, routing};
+use crate::stages::{self, Cors};
 
 #[derive(Clone)]
 pub struct Gateway {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub metrics: Arc<Metrics>,
     pub acme: Arc<Acme>,
+}
+
+/// How a request ended, for the access log's `decision` (and `limit`).
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Forwarded,
+    AcmeChallenge,
+    Preflight,
+    Refused(Rejection),
+}
+
+impl Outcome {
+    pub fn decision(&self) -> &'static str {
+        match self {
+            Self::Forwarded => "forwarded",
+            Self::AcmeChallenge => "acme_challenge",
+            Self::Preflight => "preflight",
+            Self::Refused(r) => r.reason(),
+        }
+    }
 }
 
 /// Per-request state.
@@ -43,25 +63,61 @@ pub struct Ctx {
     route: Option<usize>,
     cors_headers: cors::Headers,
     user_id: Option<String>,
-    decision: &'static str,
+    outcome: Outcome,
     body_bytes: usize,
     connect_failures: usize,
     /// The upstream target of the current attempt (released when the request ends).
     target: Option<SocketAddr>,
-    failure: Option<(u16, &'static str, &'static str)>,
     /// The request came over TLS here or at a trusted proxy in front.
     forwarded_https: bool,
     /// Status of the upstream's answer, for passive ejection on 5xx runs.
     upstream_status: Option<u16>,
 }
 
-fn problem_for(
-    status: u16,
-    kind: &'static str,
-    title: &'static str,
-    detail: impl Into<String>,
-) -> Problem {
-    Problem::new(status, kind, title).detail(detail)
+/// What the stages decided for a request that was not refused.
+enum Admitted {
+    Forward,
+    /// A CORS preflight, answered here with 204 and the CORS headers.
+    Preflight,
+}
+
+/// The request stages in order (`stages.rs`); the first refusal stops the request.
+async fn admit(rt: &Runtime, req: &RequestHeader, ctx: &mut Ctx) -> Result<Admitted, Rejection> {
+    let (method, uri, headers) = (&req.method, &req.uri, &req.headers);
+    stages::admit_head(rt.head, method, uri, headers)?;
+    let index = stages::route(&rt.routes, method, uri, headers)?;
+    ctx.route = Some(index);
+    let route = &rt.routes[index];
+    match stages::cors(route, method, headers)? {
+        Cors::Preflight(h) => {
+            ctx.cors_headers = h;
+            return Ok(Admitted::Preflight);
+        }
+        Cors::Forward(h) => ctx.cors_headers = h,
+    }
+    stages::declared_body(route, headers)?;
+    let redis = rt.redis.as_deref();
+    stages::limit(route, redis, LimitKey::Ip, ctx.client_ip, "").await?;
+    stages::limit(route, redis, LimitKey::Global, None, "").await?;
+    if route.cfg.auth == Auth::Jwt {
+        let token = stages::bearer(headers)?;
+        let sub = ctx
+            .user_id
+            .insert(stages::authenticate(&rt.jwks, token).await?);
+        stages::path_claim(route, uri.path(), sub)?;
+        stages::limit(route, redis, LimitKey::Subject, None, sub).await?;
+    }
+    Ok(Admitted::Forward)
+}
+
+/// Whether the request announces a body (Pingora would read and discard it before reusing
+/// the connection).
+fn has_body(req: &RequestHeader) -> bool {
+    let h = &req.headers;
+    h.contains_key("transfer-encoding")
+        || h.get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 impl Gateway {
@@ -75,6 +131,42 @@ impl Gateway {
     fn route_label<'a>(&self, ctx: &'a Ctx) -> &'a str {
         self.route(ctx)
             .map_or("unmatched", |r| r.cfg.prefix.as_str())
+    }
+
+    /// Who is asking: the client IP (`client_ip.rs`: the peer, or the right-most untrusted
+    /// `X-Forwarded-For` hop behind a trusted proxy), the request id (kept only from a trusted
+    /// proxy), whether it came over HTTPS. Then every identity header a client may not send
+    /// is removed, before anything reads one.
+    fn identify(&self, session: &mut Session, ctx: &mut Ctx, rt: &Arc<Runtime>) {
+        session.set_keepalive(Some(rt.keepalive_secs));
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted_peer = peer.is_some_and(|p| rt.trusted.trusts(p));
+        let req = session.req_header();
+        ctx.client_ip = peer.map(|p| rt.trusted.client_ip(p, &req.headers));
+        ctx.request_id = if trusted_peer {
+            request_id::accept_or_generate(
+                req.headers.get(request_id::HEADER).map(|v| v.as_bytes()),
+            )
+        } else {
+            request_id::generate()
+        };
+        ctx.rt = Some(rt.clone());
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some();
+        // Behind a platform's TLS terminator (plain-HTTP proxy mode) the original scheme comes
+        // from the trusted proxy.
+        ctx.forwarded_https = tls
+            || (trusted_peer
+                && req
+                    .headers
+                    .get("x-forwarded-proto")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
+        headers::strip_spoofable(session.req_header_mut(), false);
     }
 
     /// Request id, security, CORS headers: on every response, local or proxied.
@@ -92,23 +184,7 @@ impl Gateway {
         }
     }
 
-    /// Writes a local answer (problem+json or empty) and ends the request here.
-    async fn respond(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        status: u16,
-        body: Option<Problem>,
-        extra: &[(&'static str, String)],
-    ) -> Result<bool> {
-        let bytes = body
-            .map(|p| p.request_id(ctx.request_id.clone()).to_bytes())
-            .unwrap_or_default();
-        self.respond_bytes(session, ctx, status, problem::CONTENT_TYPE, bytes, extra)
-            .await
-    }
-
-    /// Writes a local answer with `bytes` as its body (none when empty).
+    /// Writes a local answer with `bytes` as its body (none when empty) and ends the request.
     async fn respond_bytes(
         &self,
         session: &mut Session,
@@ -139,84 +215,40 @@ impl Gateway {
         Ok(true)
     }
 
-    async fn reject(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        reason: &'static str,
-        p: Problem,
-        extra: &[(&'static str, String)],
-    ) -> Result<bool> {
-        self.metrics.reject(reason);
-        ctx.decision = reason;
-        // Pingora would otherwise read and discard a rejected upload before reusing the
-        // connection; close it instead.
-        let h = &session.req_header().headers;
-        let has_body = h.contains_key("transfer-encoding")
-            || h.get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.trim() != "0");
-        if has_body {
-            session.set_keepalive(None);
+    /// The one place a rejection is answered: logged where it says more than the access line,
+    /// counted (`rejections_total{reason}`, `rate_limited_total{limit}`), and written as
+    /// problem+json with its own headers, the CORS and the security headers.
+    async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Rejection) -> Result<bool> {
+        match &r {
+            Rejection::InvalidToken(why) => {
+                tracing::info!(request_id = %ctx.request_id, reason = why.reason(), "access token rejected");
+            }
+            Rejection::PathClaim => {
+                tracing::warn!(request_id = %ctx.request_id, user_id = %ctx.user_id.as_deref().unwrap_or(""), "authorization denied at the edge: path is not the token subject");
+            }
+            _ => {}
         }
-        let status = p.status;
-        self.respond(session, ctx, status, Some(p), extra).await
+        if r.is_refusal() {
+            self.metrics.reject(&r);
+        }
+        let status = r.status();
+        let body = r.problem().request_id(ctx.request_id.clone()).to_bytes();
+        let extra = r.headers();
+        ctx.outcome = Outcome::Refused(r);
+        self.respond_bytes(session, ctx, status, problem::CONTENT_TYPE, body, &extra)
+            .await
     }
 
-    /// The first of the route's `key` limits that refuses this request: by client network
-    /// (`ip`), verified `subject`, or one bucket (`global`).
-    async fn check_limits(
-        &self,
-        rt: &Runtime,
-        route: &RouteRt,
-        key: LimitKey,
-        ip: Option<IpAddr>,
-        subject: &str,
-    ) -> Option<(u32, u64)> {
-        for l in route.limits.iter().filter(|l| l.key == key) {
-            let value = match key {
-                LimitKey::Ip => l.ip_key(ip),
-                LimitKey::Subject => subject.to_string(),
-                LimitKey::Global => String::new(),
-            };
-            if let Verdict::Limited {
-                limit,
-                retry_after_secs,
-            } = l.check(&value, rt.redis.as_deref()).await
-            {
-                return Some((limit, retry_after_secs));
-            }
-        }
-        None
-    }
-
-    async fn verify(&self, jwks: &Jwks, token: &str) -> std::result::Result<String, Rejection> {
-        let verifier = jwks.verifier();
-        let rejected_at = Instant::now();
-        let claims = match verifier.verify(token) {
-            // A key we do not have, or a signature that fails under the key we have for its
-            // kid (the issuer may have replaced it): the JWKS may know more by now.
-            Err(Rejection::UnknownKey | Rejection::BadSignature)
-                if jwks.refetch_after_rejection(rejected_at).await =>
-            {
-                verifier.verify(token)?
-            }
-            other => other?,
+    /// ACME HTTP-01 (plain-HTTP proxy mode: this listener is the port-80 one), from memory.
+    async fn answer_challenge(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.outcome = Outcome::AcmeChallenge;
+        let (status, body) = match self.acme.http01(session.req_header().uri.path()) {
+            Some(answer) => (200, answer.into_bytes()),
+            None => (404, b"no such challenge\n".to_vec()),
         };
-        Ok(claims.sub.clone())
+        self.respond_bytes(session, ctx, status, "application/octet-stream", body, &[])
+            .await
     }
-}
-
-fn rate_limited(limit: u32, retry_after: u64) -> (Problem, Vec<(&'static str, String)>) {
-    (
-        problem_for(
-            429,
-            "rate_limited",
-            "Too many requests",
-            "Too many requests; retry after the time in Retry-After.",
-        ),
-        limits::headers(limit, retry_after),
-    )
 }
 
 /// The status as a metric label, without allocating.
@@ -239,11 +271,10 @@ impl ProxyHttp for Gateway {
             route: None,
             cors_headers: Vec::new(),
             user_id: None,
-            decision: "forwarded",
+            outcome: Outcome::Forwarded,
             body_bytes: 0,
             connect_failures: 0,
             target: None,
-            failure: None,
             forwarded_https: false,
             upstream_status: None,
         }
@@ -256,212 +287,32 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let rt = self.runtime.load_full();
-        session.set_keepalive(Some(rt.keepalive_secs));
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let trusted_peer = peer.is_some_and(|p| rt.trusted.trusts(p));
-        let req = session.req_header();
-        ctx.client_ip = peer.map(|p| rt.trusted.client_ip(p, &req.headers));
-        ctx.request_id = if trusted_peer {
-            request_id::accept_or_generate(
-                req.headers.get(request_id::HEADER).map(|v| v.as_bytes()),
-            )
-        } else {
-            request_id::generate()
-        };
-        ctx.rt = Some(rt.clone());
-        let tls = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some();
-        // Behind a platform's TLS terminator (plain-HTTP proxy mode) the original scheme comes
-        // from the trusted proxy.
-        ctx.forwarded_https = tls
-            || (trusted_peer
-                && req
-                    .headers
-                    .get("x-forwarded-proto")
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
-        // Nothing below may read a client-sent identity header.
-        headers::strip_spoofable(session.req_header_mut(), false);
-
-        let req = session.req_header();
-        let path = req.uri.path().to_string();
-        let method = req.method.clone();
-        if path.starts_with(CHALLENGE_PREFIX) {
-            // ACME HTTP-01 (plain-HTTP proxy mode: this listener is the port-80 one).
-            ctx.decision = "acme_challenge";
-            let (status, body) = match self.acme.http01(&path) {
-                Some(answer) => (200, answer.into_bytes()),
-                None => (404, b"no such challenge\n".to_vec()),
-            };
-            return self
-                .respond_bytes(session, ctx, status, "application/octet-stream", body, &[])
-                .await;
-        }
-        let head_limits = HeadLimits {
-            max_uri_bytes: rt.max_uri,
-            max_header_bytes: rt.max_header_bytes,
-        };
-        if let Err(refusal) = admission::admit(&method, &req.uri, &req.headers, head_limits) {
-            if refusal.closes_connection() {
-                // RFC 9112 §6.3: after ambiguous framing nobody knows where the next request
-                // starts; answer and close rather than guess.
-                session.set_keepalive(None);
-            }
-            let p = problem_for(
-                refusal.status(),
-                refusal.kind(),
-                refusal.title(),
-                refusal.detail(),
-            );
-            return self.reject(session, ctx, refusal.decision(), p, &[]).await;
-        }
-        let host = req
-            .headers
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .or(req.uri.host());
-        let Some(index) = routing::select(rt.routes.iter().map(|r| &r.cfg), host, &method, &path)
-        else {
-            let p = problem_for(404, "not_found", "Not found", "No route for this path.");
-            return self.reject(session, ctx, "no_route", p, &[]).await;
-        };
-        ctx.route = Some(index);
-        let route = &rt.routes[index];
-
-        // CORS first: a preflight never carries credentials and must not meet auth or
-        // per-subject limits.
-        match cors::decide(route.cors.as_ref(), &method, &session.req_header().headers) {
-            Outcome::Preflight(h) => {
-                ctx.cors_headers = h;
-                ctx.decision = "preflight";
-                return self.respond(session, ctx, 204, None, &[]).await;
-            }
-            Outcome::PreflightRejected(why) => {
-                ctx.cors_headers = vec![(cors::VARY.0, cors::VARY.1.to_string())];
-                let p = problem_for(
-                    403,
-                    "cors_rejected",
-                    "CORS preflight rejected",
-                    format!("The preflight was refused: {why}."),
-                );
-                return self.reject(session, ctx, "cors", p, &[]).await;
-            }
-            Outcome::Allowed(h) => ctx.cors_headers = h,
-            Outcome::Disallowed => {
-                ctx.cors_headers = vec![(cors::VARY.0, cors::VARY.1.to_string())]
-            }
-            Outcome::NotCors => {}
-        }
-
-        let declared = session
+        self.identify(session, ctx, &rt);
+        if session
             .req_header()
-            .headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > route.body_limit as u64) {
-            let p = problem_for(
-                413,
-                "payload_too_large",
-                "Payload too large",
-                format!(
-                    "The request body must be at most {} bytes.",
-                    route.body_limit
-                ),
-            );
-            return self.reject(session, ctx, "body_too_large", p, &[]).await;
+            .uri
+            .path()
+            .starts_with(CHALLENGE_PREFIX)
+        {
+            return self.answer_challenge(session, ctx).await;
         }
-
-        for key in [LimitKey::Ip, LimitKey::Global] {
-            if let Some((limit, retry)) =
-                self.check_limits(&rt, route, key, ctx.client_ip, "").await
-            {
-                let (p, h) = rate_limited(limit, retry);
-                return self.reject(session, ctx, "rate_limited", p, &h).await;
+        match admit(&rt, session.req_header(), ctx).await {
+            Ok(Admitted::Forward) => Ok(false),
+            Ok(Admitted::Preflight) => {
+                ctx.outcome = Outcome::Preflight;
+                self.respond_bytes(session, ctx, 204, "", Vec::new(), &[])
+                    .await
             }
-        }
-
-        if route.cfg.auth == Auth::Jwt {
-            let token = session
-                .req_header()
-                .headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split_once(' '))
-                .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty())
-                .map(|(_, t)| t.trim().to_string());
-            let Some(token) = token else {
-                let p = problem_for(
-                    401,
-                    "unauthorized",
-                    "Authentication required",
-                    "Send an access token as 'Authorization: Bearer <token>'.",
-                );
-                return self
-                    .reject(
-                        session,
-                        ctx,
-                        "missing_token",
-                        p,
-                        &[("www-authenticate", "Bearer realm=\"gatehouse\"".into())],
-                    )
-                    .await;
-            };
-            let sub = match self.verify(&rt.jwks, &token).await {
-                Ok(sub) => sub,
-                Err(r) => {
-                    let p = match &r {
-                        Rejection::Expired => problem_for(
-                            401,
-                            "token_expired",
-                            "Access token expired",
-                            "Refresh the access token.",
-                        ),
-                        other => problem_for(
-                            401,
-                            "invalid_token",
-                            "Invalid access token",
-                            other.to_string(),
-                        ),
-                    };
-                    tracing::info!(request_id = %ctx.request_id, reason = r.reason(), "access token rejected");
-                    let challenge = (
-                        "www-authenticate",
-                        "Bearer realm=\"gatehouse\", error=\"invalid_token\"".to_string(),
-                    );
-                    return self
-                        .reject(session, ctx, "invalid_token", p, &[challenge])
-                        .await;
+            Err(r) => {
+                // A rejected upload is not read and discarded to reuse the connection: it is
+                // closed. After ambiguous framing (RFC 9112 §6.3) nobody knows where the next
+                // request starts: closed too.
+                if r.closes_connection() || has_body(session.req_header()) {
+                    session.set_keepalive(None);
                 }
-            };
-            if let Some(rule) = &route.cfg.path_claim
-                && !routing::path_claim_holds(rule, &path, &sub)
-            {
-                tracing::warn!(request_id = %ctx.request_id, user_id = %sub, "authorization denied at the edge: path is not the token subject");
-                ctx.user_id = Some(sub);
-                let p = problem_for(
-                    403,
-                    "forbidden",
-                    "Forbidden",
-                    "You may only access your own resources.",
-                );
-                return self.reject(session, ctx, "path_claim", p, &[]).await;
+                self.refuse(session, ctx, r).await
             }
-            if let Some((limit, retry)) = self
-                .check_limits(&rt, route, LimitKey::Subject, None, &sub)
-                .await
-            {
-                ctx.user_id = Some(sub);
-                let (p, h) = rate_limited(limit, retry);
-                return self.reject(session, ctx, "rate_limited", p, &h).await;
-            }
-            ctx.user_id = Some(sub);
         }
-        Ok(false)
     }
 
     async fn request_body_filter(
@@ -475,7 +326,7 @@ impl ProxyHttp for Gateway {
         ctx.body_bytes += body.as_ref().map_or(0, Bytes::len);
         let limit = self.route(ctx).map_or(DEFAULT_BODY_LIMIT, |r| r.body_limit);
         if ctx.body_bytes > limit {
-            ctx.failure = Some((413, "payload_too_large", "Payload too large"));
+            ctx.outcome = Outcome::Refused(Rejection::BodyTooLarge { max: limit });
             return Err(Error::explain(
                 HTTPStatus(413),
                 "request body over the route limit",
@@ -497,7 +348,7 @@ impl ProxyHttp for Gateway {
                 .upstream_errors
                 .with_label_values(&[up.name.as_str(), "no_healthy_target"])
                 .inc();
-            ctx.failure = Some((503, "upstream_unavailable", "Upstream unavailable"));
+            ctx.outcome = Outcome::Refused(Rejection::NoHealthyTarget);
             return Err(Error::explain(
                 HTTPStatus(503),
                 "no healthy upstream target",
@@ -515,7 +366,7 @@ impl ProxyHttp for Gateway {
             .map(|t| t.saturating_sub(ctx.started.elapsed()))
             .unwrap_or(Duration::MAX);
         if left.is_zero() {
-            ctx.failure = Some((504, "upstream_timeout", "Upstream timed out"));
+            ctx.outcome = Outcome::Refused(Rejection::UpstreamTimeout);
             return Err(Error::explain(HTTPStatus(504), "total upstream timeout"));
         }
         peer.options.connection_timeout = Some(up.connect.min(left));
@@ -582,7 +433,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Duration>> {
         let total = self.route(ctx).and_then(|r| r.upstream.total);
         if !end_of_stream && total.is_some_and(|t| ctx.started.elapsed() > t) {
-            ctx.decision = "upstream_total_timeout";
+            ctx.outcome = Outcome::Refused(Rejection::ResponseDeadline);
             return Err(Error::explain(
                 ReadTimedout,
                 "the response outlived the upstream's total_timeout_ms",
@@ -618,60 +469,23 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let (status, kind, title) = match (ctx.failure, e.etype(), e.esource()) {
-            (Some(f), _, _) => f,
-            (None, HTTPStatus(code), _) => (*code, "error", "Error"),
-            (None, ConnectTimedout | ConnectRefused | ConnectError | ConnectNoRoute, _) => {
-                (502, "upstream_unavailable", "Upstream unavailable")
-            }
-            (None, ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
-                (504, "upstream_timeout", "Upstream timed out")
-            }
-            (None, _, ErrorSource::Upstream) => {
-                (502, "upstream_unavailable", "Upstream unavailable")
-            }
-            (None, ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => {
-                (0, "", "")
-            }
-            (None, _, ErrorSource::Downstream) => (400, "malformed_request", "Malformed request"),
-            (None, _, _) => (500, "internal_error", "Internal server error"),
+        // A phase that failed on purpose said why; otherwise Pingora's error decides.
+        let rejection = match &ctx.outcome {
+            Outcome::Refused(r) => Some(r.clone()),
+            _ => Rejection::from_proxy_error(e.etype(), e.esource()),
         };
         // The connection is not reused after a failed proxy attempt: say so, or a keep-alive
         // client sends its next request into a closing socket.
         session.set_keepalive(None);
-        if status > 0 {
-            ctx.decision = if status == 413 {
-                "body_too_large"
-            } else {
-                "upstream_error"
+        let Some(r) = rejection else {
+            // The client went away: nobody to answer.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
             };
-            let detail = match status {
-                413 => format!(
-                    "The request body must be at most {} bytes.",
-                    self.route(ctx).map_or(DEFAULT_BODY_LIMIT, |r| r.body_limit)
-                ),
-                503 | 502 => {
-                    "The service behind the gateway is not reachable right now; retry shortly."
-                        .to_string()
-                }
-                504 => "The service behind the gateway did not answer in time.".to_string(),
-                _ => title.to_string(),
-            };
-            let retry: Vec<(&'static str, String)> = if matches!(status, 502 | 503) {
-                vec![("retry-after", "2".into())]
-            } else {
-                vec![]
-            };
-            let _ = self
-                .respond(
-                    session,
-                    ctx,
-                    status,
-                    Some(problem_for(status, kind, title, detail)),
-                    &retry,
-                )
-                .await;
-        }
+        };
+        let status = r.status();
+        let _ = self.refuse(session, ctx, r).await;
         FailToProxy {
             error_code: status,
             can_reuse_downstream: false,
@@ -704,7 +518,11 @@ impl ProxyHttp for Gateway {
             status,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             user_id = %ctx.user_id.as_deref().unwrap_or(""),
-            decision = ctx.decision,
+            decision = ctx.outcome.decision(),
+            limit = match &ctx.outcome {
+                Outcome::Refused(r) => r.limit().unwrap_or(""),
+                _ => "",
+            },
             error = %e.map(|e| e.to_string()).unwrap_or_default(),
             "request"
         );

@@ -5,16 +5,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::admission::HeadLimits;
 use crate::client_ip::TrustedProxies;
 use crate::cors;
-use crate::headers;
 use crate::jwks::Jwks;
-use crate::limits::{Limits, Named};
-use crate::metrics::Metrics;
-use crate::settings::{DEFAULT_BODY_LIMIT, Route, Settings};
-use crate::upstream::{UpstreamRt, resolve};
+use crate::limits::{Limits, Named, RedisLimits};
+use crate::settings::{Route, Settings};
+use crate::upstream::UpstreamRt;
 
 /// A route with everything it references resolved.
+#[derive(Clone)]
 pub struct RouteRt {
     pub cfg: Route,
     pub cors: Option<cors::Policy>,
@@ -23,7 +23,8 @@ pub struct RouteRt {
     pub upstream: Arc<UpstreamRt>,
 }
 
-/// The compiled configuration; swapped whole on reload.
+/// The compiled configuration (`compile.rs` builds it); swapped whole on reload.
+#[derive(Clone)]
 pub struct Runtime {
     pub settings: Settings,
     pub jwks: Arc<Jwks>,
@@ -31,100 +32,56 @@ pub struct Runtime {
     pub routes: Vec<RouteRt>,
     pub limits: Limits,
     /// The store of `store = "redis"` limits (kept across reloads while the URL is the same).
-    pub redis: Option<Arc<crate::limits::RedisLimits>>,
+    pub redis: Option<Arc<RedisLimits>>,
     pub trusted: TrustedProxies,
     pub hsts: String,
-    pub max_uri: usize,
-    pub max_header_bytes: usize,
+    /// What a request head must fit (`server.max_uri_bytes`, `server.max_header_bytes`).
+    pub head: HeadLimits,
     pub keepalive_secs: u64,
 }
 
 impl Runtime {
-    /// Compiles `s`, reusing the upstreams and key fetcher of `previous` where their settings
-    /// did not change (so health state and verified-token caches survive a reload).
-    pub fn compile(
-        s: &Settings,
-        previous: Option<&Runtime>,
-        metrics: &Arc<Metrics>,
-    ) -> Result<Self, String> {
+    /// This configuration with the upstreams whose host names now stand for other addresses
+    /// rebuilt (a redeployed API on Fly, a recreated compose service); the others keep their
+    /// health state and connections. `None` when no address changed.
+    pub fn with_upstreams_resolved_again(&self) -> Result<Option<Runtime>, String> {
         let mut upstreams = HashMap::new();
-        for (name, u) in &s.upstreams {
-            // Same settings and, for host names, the same addresses as now: keep it (its
-            // health state and connections). A name that fails to resolve now keeps the old.
-            let reused = previous
-                .and_then(|p| p.upstreams.get(name))
-                .filter(|old| old.settings == *u)
-                .filter(|old| {
-                    !old.has_names() || resolve(&u.targets).map_or(true, |now| now == old.addresses)
-                })
-                .cloned();
-            let up = match reused {
-                Some(up) => up,
-                None => Arc::new(UpstreamRt::new(name, u)?),
-            };
+        let mut changed = false;
+        for (name, old) in &self.upstreams {
+            let up = UpstreamRt::reuse_or_new(name, &old.settings, Some(old))
+                .map_err(|i| format!("{}: {}", i.key, i.why))?;
+            changed |= !Arc::ptr_eq(&up, old);
             upstreams.insert(name.clone(), up);
         }
-        let jwks = match previous.filter(|p| p.settings.jwt == s.jwt) {
-            Some(p) => p.jwks.clone(),
-            None => Arc::new(Jwks::from_settings(&s.jwt, metrics.clone())?),
-        };
-        let limits = Limits::new(&s.limits);
-        let redis = match previous
-            .and_then(|p| p.redis.clone())
-            .filter(|r| r.url == s.redis.url)
-        {
-            Some(r) => Some(r),
-            None if s.redis.url.is_empty() => None,
-            None => Some(Arc::new(crate::limits::RedisLimits::new(
-                &s.redis, metrics,
-            )?)),
-        };
-        let mut routes = Vec::new();
-        for (i, r) in s.routes.iter().enumerate() {
-            let cors = match &r.cors {
-                Some(name) => {
-                    let c = s
-                        .cors
-                        .get(name)
-                        .ok_or_else(|| format!("routes.{i}.cors: no [cors.{name}]"))?;
-                    Some(cors::Policy::compile(c)?)
-                }
-                None => None,
-            };
-            let route_limits = r
-                .limits
-                .iter()
-                .map(|l| {
-                    limits
-                        .get(l)
-                        .cloned()
-                        .ok_or_else(|| format!("routes.{i}.limits: no [limits.{l}]"))
-                })
-                .collect::<Result<_, _>>()?;
-            let upstream = upstreams
-                .get(&r.upstream)
-                .cloned()
-                .ok_or_else(|| format!("routes.{i}.upstream: no [upstreams.{}]", r.upstream))?;
-            routes.push(RouteRt {
-                cfg: r.clone(),
-                cors,
-                limits: route_limits,
-                body_limit: r.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT),
-                upstream,
-            });
+        if !changed {
+            return Ok(None);
         }
-        Ok(Self {
-            settings: s.clone(),
-            jwks,
-            upstreams,
-            routes,
+        let mut next = self.clone();
+        for route in &mut next.routes {
+            if let Some(up) = upstreams.get(&route.cfg.upstream) {
+                route.upstream = up.clone();
+            }
+        }
+        next.upstreams = upstreams;
+        Ok(Some(next))
+    }
+}
+
+#[cfg(test)]
+impl RouteRt {
+    /// A route with `limits`, no CORS and an upstream on a loopback address, for unit tests.
+    #[allow(clippy::expect_used)]
+    pub fn for_tests(cfg: Route, limits: Vec<Arc<Named>>) -> Self {
+        let upstream = crate::settings::Upstream {
+            targets: vec!["127.0.0.1:9".into()],
+            ..Default::default()
+        };
+        Self {
+            cfg,
+            cors: None,
             limits,
-            redis,
-            trusted: TrustedProxies::new(&s.server.trusted_proxies),
-            hsts: headers::hsts_value(s.tls.hsts_max_age_seconds),
-            max_uri: s.server.max_uri_bytes,
-            max_header_bytes: s.server.max_header_bytes,
-            keepalive_secs: s.server.keepalive_timeout_seconds,
-        })
+            body_limit: crate::settings::DEFAULT_BODY_LIMIT,
+            upstream: Arc::new(UpstreamRt::new("test", &upstream).expect("a loopback upstream")),
+        }
     }
 }

@@ -1,6 +1,8 @@
-//! Assembling the Pingora server: the HTTPS proxy (rustls, h2 + http/1.1, swappable
-//! certificates), the plain-HTTP listener (308 to https), the loopback admin listener, upstream
-//! health checks and the housekeeping task (JWKS refresh, rate-limit pruning, health gauges).
+//! Assembling the Pingora server from a compiled configuration, one builder per service: the
+//! HTTPS proxy (rustls, h2 + http/1.1, swappable certificates), the plain-HTTP listener (308 to
+//! https, or the proxy behind a platform), the loopback admin listener and the metrics one, the
+//! ACME manager and the housekeeping task (JWKS refresh, upstream health loops and name
+//! lookups, rate-limit pruning, SIGHUP reloads). Reloads compile the files again and swap.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,15 +18,17 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
+use pingora::services::ServiceWithDependents;
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
 use crate::acme::{Acme, CHALLENGE_PREFIX};
+use crate::compile::{Compiled, compile};
 use crate::conn::{self, Guarded};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::runtime::Runtime;
-use crate::settings::{Config, HttpMode};
+use crate::settings::{Config, HttpMode, Settings};
 use crate::tls::Resolver;
 
 /// How often host-name upstream targets are looked up again.
@@ -33,10 +37,74 @@ const RESOLVE_EVERY_SECONDS: u64 = 15;
 /// Where the graceful-upgrade socket lives unless `GATEWAY_UPGRADE_SOCK` says otherwise.
 const UPGRADE_SOCK: &str = "/tmp/gatehouse-gateway-upgrade.sock";
 
-/// Builds every service and runs until SIGTERM (graceful) or SIGQUIT (graceful upgrade
+/// Serves `compiled` (from `config`) until SIGTERM (graceful) or SIGQUIT (graceful upgrade
 /// hand-over). `upgrade` takes the listening sockets over from a running old process.
-pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
-    let s = &config.settings;
+pub fn run(
+    config: Config,
+    compiled: Compiled,
+    metrics: Arc<Metrics>,
+    upgrade: bool,
+) -> anyhow::Result<()> {
+    let s = config.settings();
+    if !upgrade {
+        check_addresses_free(s)?;
+    }
+    let mut server = pingora_server(s, upgrade);
+    server.bootstrap();
+
+    let runtime = Arc::new(ArcSwap::from_pointee(compiled.runtime));
+    let resolver = Arc::new(Resolver::new(compiled.certs));
+    let acme = Acme::new(resolver.clone(), metrics.clone());
+    let shared = Arc::new(Shared {
+        runtime: runtime.clone(),
+        resolver: resolver.clone(),
+        metrics: metrics.clone(),
+        base: config.files().first().cloned().unwrap_or_default(),
+        env: config.env,
+        reloading: tokio::sync::Mutex::new(()),
+    });
+    let gateway = Gateway {
+        runtime: runtime.clone(),
+        metrics: metrics.clone(),
+        acme: acme.clone(),
+    };
+    let listeners = Listeners::new(s, &runtime, &metrics);
+
+    if s.listen.https_enabled() {
+        let tls = crate::tls::server_config(resolver).map_err(anyhow::Error::msg)?;
+        server.add_service(https_service(&server, &listeners, gateway.clone(), tls));
+    }
+    server.add_boxed_service(http_service(&server, &listeners, gateway, acme.clone()));
+    server.add_service(admin_service(&listeners, shared.clone()));
+    if let Some(metrics_only) = metrics_service(&listeners, shared.clone()) {
+        server.add_service(metrics_only);
+    }
+    server.add_service(background_service("acme", AcmeService { acme, runtime }));
+    server.add_service(background_service("housekeeping", Housekeeping { shared }));
+
+    tracing::info!(https = %s.listen.https, http = %s.listen.http, admin = %s.listen.admin, env = %config.env, "gateway starting");
+    server.run_forever();
+}
+
+/// Pingora binds inside its service tasks, and a failed bind there only ends that service:
+/// every address is tried first so a taken port stops start-up with its name.
+fn check_addresses_free(s: &Settings) -> anyhow::Result<()> {
+    for (key, addr) in [
+        ("listen.https", &s.listen.https),
+        ("listen.http", &s.listen.http),
+        ("listen.admin", &s.listen.admin),
+        ("listen.metrics", &s.listen.metrics),
+    ] {
+        if addr.is_empty() {
+            continue;
+        }
+        std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("{key} = {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The Pingora server: threads, upstream pool, grace period, upgrade socket and pid file.
+fn pingora_server(s: &Settings, upgrade: bool) -> Server {
     let conf = ServerConf {
         threads: s.server.threads,
         upstream_keepalive_pool_size: s.server.upstream_keepalive_pool,
@@ -47,83 +115,91 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
             .unwrap_or_else(|_| "/tmp/gatehouse-gateway.pid".into()),
         ..ServerConf::default()
     };
-    if !upgrade {
-        // Pingora binds inside its service tasks, and a failed bind there only ends that
-        // service: check every address first so a taken port stops start-up with its name.
-        for (key, addr) in [
-            ("listen.https", &s.listen.https),
-            ("listen.http", &s.listen.http),
-            ("listen.admin", &s.listen.admin),
-            ("listen.metrics", &s.listen.metrics),
-        ] {
-            if addr.is_empty() {
-                continue;
-            }
-            std::net::TcpListener::bind(addr)
-                .map_err(|e| anyhow::anyhow!("{key} = {addr}: {e}"))?;
-        }
-    }
     let opt = Opt {
         upgrade,
         ..Opt::default()
     };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    Server::new_with_opt_and_conf(opt, conf)
+}
 
-    let metrics = Arc::new(Metrics::new()?);
-    let runtime = Arc::new(ArcSwap::from_pointee(
-        Runtime::compile(s, None, &metrics).map_err(anyhow::Error::msg)?,
-    ));
-    let resolver = Arc::new(Resolver::new(
-        crate::tls::load_for(s).map_err(anyhow::Error::msg)?,
-    ));
-    let shared = Arc::new(Shared {
-        runtime: runtime.clone(),
-        resolver: resolver.clone(),
-        metrics: metrics.clone(),
-        base: config.files.first().cloned().unwrap_or_default(),
-        env: config.env,
-        reloading: tokio::sync::Mutex::new(()),
-    });
+/// What every listener shares: addresses, read buffers and connection limits.
+struct Listeners<'a> {
+    settings: &'a Settings,
+    exempt: conn::Exempt,
+    metrics: Arc<Metrics>,
+}
 
-    let tls = crate::tls::server_config(resolver.clone()).map_err(anyhow::Error::msg)?;
-    let acme = Acme::new(resolver, metrics.clone());
-    let gateway = Gateway {
-        runtime: runtime.clone(),
-        metrics: metrics.clone(),
-        acme: acme.clone(),
-    };
-    // Trusted proxies carry many clients each: not counted per client. Read at every accept,
-    // so a reload of `server.trusted_proxies` applies at once.
-    let exempt: conn::Exempt = {
-        let runtime = runtime.clone();
-        Arc::new(move |ip| runtime.load().trusted.trusts(ip))
-    };
-    let limits = |listener| conn::Limits::new(listener, &s.server, exempt.clone(), &metrics);
-    // Pingora's default 64 KiB read buffer per connection stays resident (zero-filled); a
-    // TLS record is at most 16 KiB, so that is all a client connection needs. TLS itself is
-    // done by `Guarded` (see conn.rs), so every listener is plain TCP.
-    let buffers = L4BufferSettings {
-        read: Some(s.server.read_buffer_bytes),
-        write: None,
-    };
-    let listener = |name: &'static str, addr: &str| Listener {
-        name,
-        addr: addr.to_string(),
-        buffers,
-        limits: limits(name),
-    };
-    if s.listen.https_enabled() {
-        let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway.clone());
-        // An HTTP/2 connection with no open stream is idle: closed after the keep-alive
-        // timeout, like an idle HTTP/1.1 connection (Pingora's default keeps it forever).
-        let mut options = HttpServerOptions::default();
-        options.h2_idle_timeout = Some(Duration::from_secs(s.server.keepalive_timeout_seconds));
-        proxy.server_options = Some(options);
-        server.add_service(listener("https", &s.listen.https).serve(proxy, Some(tls)));
+impl<'a> Listeners<'a> {
+    fn new(
+        settings: &'a Settings,
+        runtime: &Arc<ArcSwap<Runtime>>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        // Trusted proxies carry many clients each: not counted per client. Read at every
+        // accept, so a reload of `server.trusted_proxies` applies at once.
+        let exempt: conn::Exempt = {
+            let runtime = runtime.clone();
+            Arc::new(move |ip| runtime.load().trusted.trusts(ip))
+        };
+        Self {
+            settings,
+            exempt,
+            metrics: metrics.clone(),
+        }
     }
 
-    let http = listener("http", &s.listen.http);
+    fn listener(&self, name: &'static str, addr: &str) -> Listener {
+        Listener {
+            name,
+            addr: addr.to_string(),
+            // Pingora's default 64 KiB read buffer per connection stays resident
+            // (zero-filled); a TLS record is at most 16 KiB, so that is all a client
+            // connection needs. TLS itself is done by `Guarded` (conn.rs): every listener is
+            // plain TCP.
+            buffers: L4BufferSettings {
+                read: Some(self.settings.server.read_buffer_bytes),
+                write: None,
+            },
+            limits: conn::Limits::new(
+                name,
+                &self.settings.server,
+                self.exempt.clone(),
+                &self.metrics,
+            ),
+        }
+    }
+}
+
+/// `listen.https`: the proxy over TLS (h2 and HTTP/1.1, certificates from the resolver).
+fn https_service(
+    server: &Server,
+    listeners: &Listeners,
+    gateway: Gateway,
+    tls: Arc<rustls::ServerConfig>,
+) -> impl pingora::services::Service + 'static {
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    // An HTTP/2 connection with no open stream is idle: closed after the keep-alive
+    // timeout, like an idle HTTP/1.1 connection (Pingora's default keeps it forever).
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(Duration::from_secs(
+        listeners.settings.server.keepalive_timeout_seconds,
+    ));
+    proxy.server_options = Some(options);
+    listeners
+        .listener("https", &listeners.settings.listen.https)
+        .serve(proxy, Some(tls))
+}
+
+/// `listen.http`: ACME HTTP-01 answers and a 308 to HTTPS (`redirect`), or the whole proxy
+/// without TLS behind a platform's terminator (`proxy`).
+fn http_service(
+    server: &Server,
+    listeners: &Listeners,
+    gateway: Gateway,
+    acme: Arc<Acme>,
+) -> Box<dyn ServiceWithDependents> {
+    let s = listeners.settings;
+    let http = listeners.listener("http", &s.listen.http);
     match s.listen.http_mode {
         HttpMode::Redirect => {
             let https_port = s
@@ -132,45 +208,49 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
                 .parse::<std::net::SocketAddr>()
                 .map(|a| a.port())
                 .unwrap_or(443);
-            let redirect = Redirect {
-                https_port,
-                acme: acme.clone(),
-            };
-            server.add_service(http.serve(conn::HeaderMarked(redirect), None));
+            let redirect = Redirect { https_port, acme };
+            Box::new(http.serve(conn::HeaderMarked(redirect), None))
         }
         HttpMode::Proxy => {
             let proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
-            server.add_service(http.serve(proxy, None));
+            Box::new(http.serve(proxy, None))
         }
     }
+}
 
+/// `listen.admin` (loopback): metrics, health, readiness and `POST /reload`.
+fn admin_service(
+    listeners: &Listeners,
+    shared: Arc<Shared>,
+) -> impl pingora::services::Service + 'static {
     let admin = Admin {
-        shared: shared.clone(),
+        shared,
         read_only: false,
     };
-    server.add_service(listener("admin", &s.listen.admin).serve(conn::HeaderMarked(admin), None));
-    if !s.listen.metrics.is_empty() {
-        // Reachable by Prometheus and orchestrator probes (pod IP); read-only.
-        let metrics_only = Admin {
-            shared: shared.clone(),
-            read_only: true,
-        };
-        server.add_service(
-            listener("metrics", &s.listen.metrics).serve(conn::HeaderMarked(metrics_only), None),
-        );
+    listeners
+        .listener("admin", &listeners.settings.listen.admin)
+        .serve(conn::HeaderMarked(admin), None)
+}
+
+/// `listen.metrics`: the admin listener without `/reload`, reachable by Prometheus and
+/// orchestrator probes (pod IP); none when the address is empty.
+fn metrics_service(
+    listeners: &Listeners,
+    shared: Arc<Shared>,
+) -> Option<impl pingora::services::Service + 'static> {
+    let addr = &listeners.settings.listen.metrics;
+    if addr.is_empty() {
+        return None;
     }
-
-    server.add_service(background_service(
-        "acme",
-        AcmeService {
-            acme,
-            runtime: runtime.clone(),
-        },
-    ));
-    server.add_service(background_service("housekeeping", Housekeeping { shared }));
-
-    tracing::info!(https = %s.listen.https, http = %s.listen.http, admin = %s.listen.admin, env = %config.env, "gateway starting");
-    server.run_forever();
+    let metrics_only = Admin {
+        shared,
+        read_only: true,
+    };
+    Some(
+        listeners
+            .listener("metrics", addr)
+            .serve(conn::HeaderMarked(metrics_only), None),
+    )
 }
 
 /// One client-facing listener: its address and its connection limits.
@@ -229,64 +309,51 @@ impl Shared {
         result
     }
 
-    /// Looks up host-name targets again; when one now stands for other addresses (a
-    /// redeployed API on Fly, a recreated compose service), rebuilds the upstreams from the
-    /// running settings. Unchanged upstreams keep their health state and connections.
+    /// Looks up host-name targets again; when one now stands for other addresses, rebuilds
+    /// those upstreams (`Runtime::with_upstreams_resolved_again`) and swaps the runtime.
     async fn follow_upstream_names(&self) {
         let current = self.runtime.load_full();
-        let named: Vec<(
-            String,
-            Vec<String>,
-            std::collections::BTreeSet<std::net::SocketAddr>,
-        )> = current
-            .upstreams
-            .values()
-            .filter(|u| u.has_names())
-            .map(|u| {
-                (
-                    u.name.clone(),
-                    u.settings.targets.clone(),
-                    u.addresses.clone(),
-                )
-            })
-            .collect();
-        if named.is_empty() {
+        if !current.upstreams.values().any(|u| u.has_names()) {
             return;
         }
-        let changed = tokio::task::spawn_blocking(move || {
-            named.into_iter().find_map(|(name, targets, before)| {
-                crate::upstream::resolve(&targets)
-                    .ok()
-                    .filter(|now| *now != before)
-                    .map(|now| (name, now))
-            })
-        })
-        .await
-        .ok()
-        .flatten();
-        let Some((name, now)) = changed else {
-            return;
-        };
         let _one_at_a_time = self.reloading.lock().await;
-        match Runtime::compile(&current.settings, Some(&current), &self.metrics) {
-            Ok(next) => {
+        let looked_up = {
+            let current = current.clone();
+            tokio::task::spawn_blocking(move || current.with_upstreams_resolved_again()).await
+        };
+        match looked_up {
+            Ok(Ok(Some(next))) => {
                 for up in next.upstreams.values() {
                     up.ensure_health_loop();
                 }
+                let now: Vec<String> = next
+                    .upstreams
+                    .values()
+                    .filter(|u| {
+                        !current
+                            .upstreams
+                            .get(&u.name)
+                            .is_some_and(|old| Arc::ptr_eq(old, u))
+                    })
+                    .map(|u| format!("{}: {:?}", u.name, u.addresses))
+                    .collect();
                 self.runtime.store(Arc::new(next));
-                tracing::info!(upstream = %name, addresses = ?now, "upstream host names resolve to new addresses; upstreams rebuilt");
+                tracing::info!(upstreams = ?now, "upstream host names resolve to new addresses; upstreams rebuilt");
             }
-            Err(e) => {
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "upstream addresses changed but the rebuild failed; keeping the old ones")
             }
+            Err(e) => tracing::warn!(error = %e, "looking up upstream names failed"),
         }
     }
 
     async fn try_reload(&self) -> Result<(), String> {
         let config = crate::settings::load(&self.base, self.env).map_err(|e| e.to_string())?;
+        let s = config.settings();
         let current = self.runtime.load_full();
-        let (new, old) = (&config.settings.server, &current.settings.server);
-        if config.settings.listen != current.settings.listen
+        let (new, old) = (&s.server, &current.settings.server);
+        if s.listen != current.settings.listen
             || new.threads != old.threads
             || new.max_connections != old.max_connections
             || new.max_connections_per_client != old.max_connections_per_client
@@ -298,23 +365,22 @@ impl Shared {
                 "listener addresses, threads and connection limits (server.max_connections*, header_timeout_seconds, keepalive_timeout_seconds, read_buffer_bytes) change only on restart or binary upgrade"
             );
         }
-        let store = crate::tls::load_for(&config.settings)?;
-        let next = Runtime::compile(&config.settings, Some(&current), &self.metrics)?;
-        if !Arc::ptr_eq(&next.jwks, &current.jwks) {
-            next.jwks
+        let next = compile(&config, Some(&current), &self.metrics).map_err(|e| e.to_string())?;
+        if !Arc::ptr_eq(&next.runtime.jwks, &current.jwks) {
+            next.runtime
+                .jwks
                 .refresh()
                 .await
                 .map_err(|e| format!("jwt: the new settings cannot load keys: {e}"))?;
         }
-        for up in next.upstreams.values() {
+        for up in next.runtime.upstreams.values() {
             up.ensure_health_loop();
         }
-        self.resolver.replace(store);
-        self.runtime.store(Arc::new(next));
+        self.resolver.replace(next.certs);
+        self.runtime.store(Arc::new(next.runtime));
         Ok(())
     }
 }
-
 /// `:80`: ACME HTTP-01 answers and a permanent redirect to HTTPS for everything else.
 struct Redirect {
     https_port: u16,

@@ -1,9 +1,9 @@
-//! Typed gateway settings (`config/gateway.toml` + `gateway.<env>.toml`) and the one
-//! `validate()` pass that reports every problem with file, key and line.
+//! Typed gateway settings as read from `config/gateway.toml` + `gateway.<env>.toml`: plain
+//! serde types with their defaults, nothing checked here. `compile.rs` turns them into the
+//! running configuration in one pass that reports every problem with file, line and key.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use gatehouse_common::config::{self, ConfigError, Environment, Loaded};
 use gatehouse_common::telemetry::LogSettings;
@@ -468,342 +468,52 @@ pub struct Route {
     pub timeout_ms: Option<u64>,
 }
 
-/// Settings plus where they came from.
-pub type Config = config::Config<Settings>;
+/// The settings as read from the files (not yet checked: `compile.rs` does that) and where each
+/// key was set, so every error can name file, line and key.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub env: Environment,
+    pub loaded: Loaded<Settings>,
+}
 
+impl Config {
+    pub fn settings(&self) -> &Settings {
+        &self.loaded.value
+    }
+
+    /// `file:line: key` of the file that set `key` last.
+    pub fn locate(&self, key: &str) -> String {
+        self.loaded.locate(key)
+    }
+
+    /// The files read, base first (`gateway.toml + gateway.production.toml`).
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.loaded.files().map(Path::to_path_buf).collect()
+    }
+}
+
+/// Reads `base` and its overlay for `env`, with `${VAR}` interpolation and unknown keys refused.
 pub fn load(base: &Path, env: Environment) -> Result<Config, ConfigError> {
-    config::load_checked(base, env, |loaded: &mut Loaded<Settings>, env| {
-        validate(loaded, env)
+    Ok(Config {
+        env,
+        loaded: config::load(base, env)?,
     })
+}
+
+/// A setting that cannot be used: its dotted key (`upstreams.api.targets.0`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub key: String,
+    pub why: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, why: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            why: why.into(),
+        }
+    }
 }
 
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
-
-/// `IP:port`, or `host:port` with a DNS name (resolved when the configuration is loaded:
-/// at start-up and on every reload).
-fn is_target(t: &str) -> bool {
-    if t.parse::<SocketAddr>().is_ok() {
-        return true;
-    }
-    t.rsplit_once(':').is_some_and(|(host, port)| {
-        port.parse::<u16>().is_ok_and(|p| p > 0) && crate::acme::check_domain(host).is_ok()
-    })
-}
-
-fn is_http_url(url: &str) -> bool {
-    url.starts_with("http://") || url.starts_with("https://")
-}
-
-fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
-    let s = &loaded.value;
-    let mut errs = Vec::new();
-    let mut bad = |key: &str, msg: String| errs.push(format!("{}: {msg}", loaded.locate(key)));
-    for (key, addr) in [
-        ("listen.https", &s.listen.https),
-        ("listen.http", &s.listen.http),
-        ("listen.admin", &s.listen.admin),
-        ("listen.metrics", &s.listen.metrics),
-    ] {
-        if matches!(key, "listen.https" | "listen.metrics") && addr.is_empty() {
-            continue; // off (HTTPS: a platform terminates TLS in front)
-        }
-        if addr.parse::<SocketAddr>().is_err() {
-            bad(key, format!("{addr:?} is not an address like 0.0.0.0:443"));
-        }
-    }
-    if !s.listen.https_enabled() && s.listen.http_mode != HttpMode::Proxy {
-        bad(
-            "listen.https",
-            "with the HTTPS listener off, listen.http_mode must be \"proxy\" (nothing would answer the redirect)".into(),
-        );
-    }
-    if !s.listen.https_enabled() && s.tls.source == TlsSource::Acme {
-        bad(
-            "tls.source",
-            "acme certificates need the HTTPS listener (listen.https)".into(),
-        );
-    }
-    if s.listen
-        .admin
-        .parse::<SocketAddr>()
-        .is_ok_and(|a| !a.ip().is_loopback())
-    {
-        bad(
-            "listen.admin",
-            "the admin listener must be on a loopback address".into(),
-        );
-    }
-    let token = secrecy::ExposeSecret::expose_secret(&s.admin.token);
-    if !token.is_empty() && token.chars().count() < crate::admin::MIN_TOKEN_CHARS {
-        bad(
-            "admin.token",
-            format!(
-                "must be at least {} characters (e.g. openssl rand -hex 32)",
-                crate::admin::MIN_TOKEN_CHARS
-            ),
-        );
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        bad(
-            "admin.token",
-            "must be printable ASCII without spaces (it is sent in an Authorization header)".into(),
-        );
-    }
-    for (i, h) in s.admin.allowed_hosts.iter().enumerate() {
-        if crate::acme::check_domain(h.strip_suffix('.').unwrap_or(h)).is_err() {
-            bad(
-                &format!("admin.allowed_hosts.{i}"),
-                format!("{h:?} is not a host name (address literals need no entry)"),
-            );
-        }
-    }
-    if s.server.read_buffer_bytes != 0 && s.server.read_buffer_bytes < 4096 {
-        bad(
-            "server.read_buffer_bytes",
-            "must be 0 (none) or at least 4096".into(),
-        );
-    }
-    if s.server.threads == 0 {
-        bad("server.threads", "must be at least 1".into());
-    }
-    if s.server.max_connections == 0 {
-        bad("server.max_connections", "must be at least 1".into());
-    }
-    if s.server.header_timeout_seconds == 0 {
-        bad("server.header_timeout_seconds", "must be at least 1".into());
-    }
-    if s.server.keepalive_timeout_seconds == 0 {
-        // Pingora reads 0 as "no timeout": an idle connection would be held forever.
-        bad(
-            "server.keepalive_timeout_seconds",
-            "must be at least 1".into(),
-        );
-    }
-    for (i, entry) in s.server.trusted_proxies.iter().enumerate() {
-        for p in crate::client_ip::entries(std::slice::from_ref(entry)) {
-            if crate::client_ip::parse_net(p).is_some() {
-                continue;
-            }
-            bad(
-                &format!("server.trusted_proxies.{i}"),
-                format!("{p:?} is not an IP address or CIDR"),
-            );
-        }
-    }
-    match s.tls.source {
-        // Without an HTTPS listener no certificate is loaded.
-        _ if !s.listen.https_enabled() => {}
-        TlsSource::Files if s.tls.certificates.is_empty() => {
-            bad(
-                "tls.certificates",
-                "the files source needs at least one [[tls.certificates]]".into(),
-            );
-        }
-        TlsSource::Acme => {
-            let a = &s.tls.acme;
-            if !a.directory.starts_with("https://") {
-                bad(
-                    "tls.acme.directory",
-                    "must be the CA's https:// directory URL".into(),
-                );
-            }
-            if a.domains.is_empty() {
-                bad("tls.acme.domains", "name at least one domain".into());
-            }
-            for (i, d) in a.domains.iter().enumerate() {
-                if let Err(e) = crate::acme::check_domain(d) {
-                    bad(&format!("tls.acme.domains.{i}"), format!("{d:?}: {e}"));
-                }
-            }
-            if a.storage == AcmeStorage::Postgres && a.database_url.is_empty() {
-                bad(
-                    "tls.acme.database_url",
-                    "postgres storage needs a database URL".into(),
-                );
-            }
-            if a.storage == AcmeStorage::Files && a.dir.is_empty() {
-                bad("tls.acme.dir", "files storage needs a directory".into());
-            }
-            if !(a.renew_remaining_fraction > 0.0 && a.renew_remaining_fraction < 1.0) {
-                bad(
-                    "tls.acme.renew_remaining_fraction",
-                    "must be between 0 and 1".into(),
-                );
-            }
-            if a.retry_min_seconds == 0 || a.retry_max_seconds < a.retry_min_seconds {
-                bad(
-                    "tls.acme.retry_min_seconds",
-                    "must be at least 1 and at most retry_max_seconds".into(),
-                );
-            }
-            if a.poll_seconds == 0 {
-                bad("tls.acme.poll_seconds", "must be at least 1".into());
-            }
-            if a.eab_kid.is_empty() != a.eab_hmac_key.is_empty() {
-                bad(
-                    "tls.acme.eab_kid",
-                    "external account binding needs both eab_kid and eab_hmac_key".into(),
-                );
-            }
-        }
-        TlsSource::SelfSigned if env != Environment::Development => {
-            bad(
-                "tls.source",
-                format!("self-signed certificates are for development only, not {env}"),
-            );
-        }
-        _ => {}
-    }
-    if s.jwt.issuer.is_empty() {
-        bad("jwt.issuer", "must name the issuer of access tokens".into());
-    }
-    if s.jwt.audience.is_empty() {
-        bad("jwt.audience", "must not be empty".into());
-    }
-    // 0 would let every request with an unknown kid (anyone can forge one) trigger a fetch.
-    if s.jwt.min_refetch_seconds == 0 {
-        bad(
-            "jwt.min_refetch_seconds",
-            "must be at least 1 (tokens naming unknown keys would each trigger a JWKS fetch)"
-                .into(),
-        );
-    }
-    if s.jwt.refresh_seconds == 0 {
-        bad("jwt.refresh_seconds", "must be at least 1".into());
-    }
-    if s.jwt.leeway_seconds > gatehouse_common::jwt::MAX_LEEWAY_SECS {
-        bad("jwt.leeway_seconds", "must be at most 30".into());
-    }
-    for (i, a) in s.jwt.algorithms.iter().enumerate() {
-        match a.parse::<jsonwebtoken::Algorithm>() {
-            Ok(
-                jsonwebtoken::Algorithm::HS256
-                | jsonwebtoken::Algorithm::HS384
-                | jsonwebtoken::Algorithm::HS512,
-            ) => bad(
-                &format!("jwt.algorithms.{i}"),
-                "symmetric algorithms cannot come from a JWKS".into(),
-            ),
-            Ok(_) => {}
-            Err(_) => bad(
-                &format!("jwt.algorithms.{i}"),
-                format!("{a:?} is not a JWS algorithm"),
-            ),
-        }
-    }
-    if s.jwt.jwks_url.is_empty() && s.jwt.key_files.is_empty() {
-        bad(
-            "jwt.jwks_url",
-            "set a JWKS URL or at least one [[jwt.key_files]]".into(),
-        );
-    } else if !s.jwt.jwks_url.is_empty() && !is_http_url(&s.jwt.jwks_url) {
-        bad("jwt.jwks_url", "must be an http:// or https:// URL".into());
-    }
-    for (name, u) in &s.upstreams {
-        if u.targets.is_empty() {
-            bad(
-                &format!("upstreams.{name}.targets"),
-                "needs at least one host:port".into(),
-            );
-        }
-        for (i, t) in u.targets.iter().enumerate() {
-            if !is_target(t) {
-                bad(
-                    &format!("upstreams.{name}.targets.{i}"),
-                    format!("{t:?} is not IP:port or host:port"),
-                );
-            }
-        }
-    }
-    for (name, c) in &s.cors {
-        for (i, o) in c.origins.iter().enumerate() {
-            if let Err(e) = crate::cors::OriginPattern::parse(o) {
-                bad(&format!("cors.{name}.origins.{i}"), e);
-            } else if c.credentials && o.contains('*') {
-                bad(
-                    &format!("cors.{name}.origins.{i}"),
-                    "credentials are only allowed with exact origins".into(),
-                );
-            }
-        }
-    }
-    for (name, l) in &s.limits {
-        if l.per_second == 0 || l.burst == 0 {
-            bad(
-                &format!("limits.{name}"),
-                "per_second and burst must be at least 1".into(),
-            );
-        }
-        match l.ipv6_prefix {
-            Some(_) if l.key != LimitKey::Ip => bad(
-                &format!("limits.{name}.ipv6_prefix"),
-                "only limits with key = \"ip\" are keyed by address".into(),
-            ),
-            // Shorter than /32 puts whole providers into one bucket.
-            Some(p) if !(32..=128).contains(&p) => bad(
-                &format!("limits.{name}.ipv6_prefix"),
-                format!("{p} is not a prefix length between 32 and 128"),
-            ),
-            _ => {}
-        }
-        if l.store == LimitStore::Redis && s.redis.url.is_empty() {
-            bad(
-                &format!("limits.{name}.store"),
-                "\"redis\" needs [redis] url".into(),
-            );
-        }
-    }
-    if !s.redis.url.is_empty() && !s.redis.url.starts_with("redis://") {
-        bad(
-            "redis.url",
-            "must be a redis://host:port URL (Redis on the private network)".into(),
-        );
-    }
-    if s.routes.is_empty() {
-        bad("routes", "at least one [[routes]] is needed".into());
-    }
-    for (i, r) in s.routes.iter().enumerate() {
-        let key = |k: &str| format!("routes.{i}.{k}");
-        if !r.prefix.starts_with('/') {
-            bad(&key("prefix"), "must start with /".into());
-        }
-        if !s.upstreams.contains_key(&r.upstream) {
-            bad(&key("upstream"), format!("no [upstreams.{}]", r.upstream));
-        }
-        if let Some(c) = &r.cors
-            && !s.cors.contains_key(c)
-        {
-            bad(&key("cors"), format!("no [cors.{c}]"));
-        }
-        for l in &r.limits {
-            match s.limits.get(l) {
-                None => bad(&key("limits"), format!("no [limits.{l}]")),
-                Some(limit) if limit.key == LimitKey::Subject && r.auth != Auth::Jwt => bad(
-                    &key("limits"),
-                    format!("limit {l:?} is keyed by subject but the route has no auth"),
-                ),
-                Some(_) => {}
-            }
-        }
-        if let Some(pc) = &r.path_claim {
-            if r.auth != Auth::Jwt {
-                bad(&key("path_claim"), "needs auth = \"jwt\"".into());
-            }
-            if !pc.contains("{sub}") || !pc.starts_with('/') {
-                bad(
-                    &key("path_claim"),
-                    "must be a path like /api/users/{sub}/".into(),
-                );
-            }
-        }
-        for (j, m) in r.methods.iter().enumerate() {
-            if m.parse::<http::Method>().is_err() {
-                bad(
-                    &format!("routes.{i}.methods.{j}"),
-                    format!("{m:?} is not an HTTP method"),
-                );
-            }
-        }
-    }
-    errs
-}

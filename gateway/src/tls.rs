@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::settings::{Tls, TlsSource};
+use crate::settings::{Invalid, Tls, TlsSource};
 
 /// Certificates by name, plus the one served when SNI is absent or unknown.
 #[derive(Debug, Default)]
@@ -215,7 +215,7 @@ pub fn read_pem(
 }
 
 /// The certificate store of these settings: none when the HTTPS listener is off.
-pub fn load_for(settings: &crate::settings::Settings) -> Result<CertStore, String> {
+pub fn load_for(settings: &crate::settings::Settings) -> Result<CertStore, Invalid> {
     if settings.listen.https_enabled() {
         load(&settings.tls)
     } else {
@@ -224,7 +224,7 @@ pub fn load_for(settings: &crate::settings::Settings) -> Result<CertStore, Strin
 }
 
 /// Builds the certificate store the configuration asks for.
-pub fn load(tls: &Tls) -> Result<CertStore, String> {
+pub fn load(tls: &Tls) -> Result<CertStore, Invalid> {
     let mut store = CertStore::default();
     match tls.source {
         // With ACME, configured files serve until (and for names without) an issued certificate.
@@ -234,22 +234,19 @@ pub fn load(tls: &Tls) -> Result<CertStore, String> {
                 if tls.source == TlsSource::Acme && c.cert.is_empty() && c.key.is_empty() {
                     continue;
                 }
+                let at = |why: String| Invalid::new(format!("tls.certificates.{i}"), why);
                 if c.cert.is_empty() || c.key.is_empty() {
-                    return Err(format!(
-                        "tls.certificates.{i}: cert and key must name PEM files (the shipped configuration reads TLS_CERT_FILE and TLS_KEY_FILE)"
-                    ));
+                    return Err(at("cert and key must name PEM files (the shipped configuration reads TLS_CERT_FILE and TLS_KEY_FILE)".into()));
                 }
-                let (chain, key) =
-                    read_pem(&c.cert, &c.key).map_err(|e| format!("tls.certificates.{i}: {e}"))?;
-                store
-                    .add(chain, key)
-                    .map_err(|e| format!("tls.certificates.{i}: {e}"))?;
+                let (chain, key) = read_pem(&c.cert, &c.key).map_err(at)?;
+                store.add(chain, key).map_err(at)?;
             }
         }
         TlsSource::SelfSigned => {
+            let at = |why| Invalid::new("tls.self_signed_dir", why);
             let (chain, key) =
-                self_signed(&tls.self_signed_names, Path::new(&tls.self_signed_dir))?;
-            store.add(chain, key)?;
+                self_signed(&tls.self_signed_names, Path::new(&tls.self_signed_dir)).map_err(at)?;
+            store.add(chain, key).map_err(at)?;
         }
     }
     Ok(store)

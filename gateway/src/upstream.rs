@@ -13,7 +13,7 @@ use pingora::lb::LoadBalancer;
 use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 
-use crate::settings::{Balance, Upstream};
+use crate::settings::{Balance, Invalid, Upstream};
 
 /// One upstream: its balancer, health-checked by a task that lives as long as the upstream
 /// is part of the running configuration, and its peer timeouts.
@@ -41,28 +41,46 @@ struct TargetState {
     consecutive_5xx: u32,
 }
 
-/// The addresses `targets` stand for now (`host:port` names through the system resolver).
-pub fn resolve(targets: &[String]) -> Result<BTreeSet<SocketAddr>, String> {
+/// The addresses `targets` stand for now (`host:port` names through the system resolver);
+/// else the index of the first target that does not resolve, and why.
+pub fn resolve(targets: &[String]) -> Result<BTreeSet<SocketAddr>, (usize, String)> {
     let mut out = BTreeSet::new();
-    for t in targets {
+    for (i, t) in targets.iter().enumerate() {
         let addrs = std::net::ToSocketAddrs::to_socket_addrs(t.as_str())
-            .map_err(|e| format!("{t}: cannot resolve: {e}"))?;
+            .map_err(|e| (i, format!("{t}: cannot resolve: {e}")))?;
         out.extend(addrs);
     }
     Ok(out)
 }
 
 impl UpstreamRt {
-    pub fn new(name: &str, u: &Upstream) -> Result<Self, String> {
-        let err = |e: &dyn std::fmt::Display| format!("upstreams.{name}: {e}");
-        let addresses = resolve(&u.targets).map_err(|e| err(&e))?;
+    /// `previous` when its settings are the same and, for host names, its targets still
+    /// resolve to the same addresses (it keeps its health state and connections; a name that
+    /// fails to resolve now keeps the old); else a new upstream `name`.
+    pub fn reuse_or_new(
+        name: &str,
+        u: &Upstream,
+        previous: Option<&Arc<UpstreamRt>>,
+    ) -> Result<Arc<Self>, Invalid> {
+        let reused = previous.filter(|old| old.settings == *u).filter(|old| {
+            !old.has_names() || resolve(&u.targets).map_or(true, |now| now == old.addresses)
+        });
+        match reused {
+            Some(up) => Ok(up.clone()),
+            None => Self::new(name, u).map(Arc::new),
+        }
+    }
+
+    pub fn new(name: &str, u: &Upstream) -> Result<Self, Invalid> {
+        let key = |k: &str| format!("upstreams.{name}.{k}");
+        let addresses = resolve(&u.targets)
+            .map_err(|(i, why)| Invalid::new(key(&format!("targets.{i}")), why))?;
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addresses.iter().copied())
-            .map_err(|e| err(&e))?;
+            .map_err(|e| Invalid::new(key("targets"), e.to_string()))?;
         let mut hc = HttpHealthCheck::new("localhost", false);
-        let mut req =
-            RequestHeader::build("GET", u.health_path.as_bytes(), None).map_err(|e| err(&e))?;
-        req.insert_header("host", "localhost")
-            .map_err(|e| err(&e))?;
+        let err = |e: Box<pingora::Error>| Invalid::new(key("health_path"), e.to_string());
+        let mut req = RequestHeader::build("GET", u.health_path.as_bytes(), None).map_err(err)?;
+        req.insert_header("host", "localhost").map_err(err)?;
         hc.req = req;
         hc.consecutive_success = 1;
         hc.consecutive_failure = 2;

@@ -173,7 +173,8 @@ fn shipped_config_for_platforms_acme_and_files() {
         .env("GATEWAY_HTTPS_LISTEN", "")
         .env("GATEWAY_HTTP_MODE", "proxy")
         .env("PORT", "10000")
-        .env("API_UPSTREAM", "gatehouse-api:8000")
+        // A host name, as on a platform; `check` resolves it like `run` does.
+        .env("API_UPSTREAM", "localhost:8000")
         .env("TRUSTED_PROXIES", "10.0.0.0/8, 172.16.0.0/12"));
     assert!(ok, "behind a platform: {text}");
     let (ok, text) = run(base("production").env("GATEWAY_HTTPS_LISTEN", ""));
@@ -227,6 +228,39 @@ fn hostile_input_settings_are_refused_with_key_and_line() {
         "gateway.toml:24: admin.allowed_hosts.0: \"10.0.0.1\" is not a host name",
     ] {
         assert!(text.contains(needle), "{needle}: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `check` compiles what `run` compiles: a key file it cannot read and an upstream name that
+/// does not resolve fail `check` too, each with file, line and key (issue 11).
+#[test]
+fn check_fails_where_run_would_fail() {
+    let dir = std::env::temp_dir().join(format!("gw-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    let missing = dir.join("no-such-key.pem");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttps = \"\"\nhttp_mode = \"proxy\"\n\n[jwt]\nissuer = \"https://api.example.com\"\njwks_url = \"\"\n\n[[jwt.key_files]]\nkid = \"k1\"\nalgorithm = \"EdDSA\"\npath = \"{}\"\n\n[upstreams.api]\ntargets = [\"127.0.0.1:8000\", \"api.invalid:8000\"]\n\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    for command in ["check", "run"] {
+        let (ok, text) = run(gateway()
+            .args([command, "--config"])
+            .arg(&config)
+            .env("APP_ENV", "development"));
+        assert!(!ok, "{command}: {text}");
+        for needle in [
+            "gateway.toml:12: jwt.key_files.0.path: ",
+            "no-such-key.pem: cannot read",
+            "gateway.toml:15: upstreams.api.targets.1: api.invalid:8000: cannot resolve",
+        ] {
+            assert!(text.contains(needle), "{command}: {needle}: {text}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

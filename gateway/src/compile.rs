@@ -1,0 +1,524 @@
+//! The one pass from the settings as read to the running configuration: every check, every
+//! file read, every host name resolved, and every problem reported together, each naming file,
+//! line and key. `gateway check`, `gateway run` and every reload go through [`compile`], so
+//! `check` fails on everything `run` would fail on.
+//!
+//! One function per section builds that section's part of the [`Runtime`] (or only checks it,
+//! for what the server reads at start-up: listeners, connection limits, the admin listener).
+//! Certificates are loaded last, and only when nothing else was wrong: the `self-signed`
+//! source writes files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use gatehouse_common::config::{ConfigError, Environment};
+use secrecy::ExposeSecret;
+
+use crate::admission::HeadLimits;
+use crate::client_ip::TrustedProxies;
+use crate::cors;
+use crate::headers;
+use crate::jwks::Jwks;
+use crate::limits::{Limits, RedisLimits};
+use crate::metrics::Metrics;
+use crate::runtime::{RouteRt, Runtime};
+use crate::settings::{
+    AcmeStorage, Auth, Config, DEFAULT_BODY_LIMIT, HttpMode, Invalid, LimitKey, LimitStore,
+    Settings, TlsSource,
+};
+use crate::tls::CertStore;
+use crate::upstream::UpstreamRt;
+
+/// A configuration ready to serve: what the proxy reads per request, and the certificates.
+pub struct Compiled {
+    pub runtime: Runtime,
+    pub certs: CertStore,
+}
+
+/// Every problem found so far, each as `file:line: key: why`.
+struct Problems<'a> {
+    config: &'a Config,
+    found: Vec<String>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, key: &str, why: impl std::fmt::Display) {
+        self.found
+            .push(format!("{}: {why}", self.config.locate(key)));
+    }
+
+    fn invalid(&mut self, i: Invalid) {
+        self.at(&i.key, i.why);
+    }
+
+    fn ok(&self) -> bool {
+        self.found.is_empty()
+    }
+}
+
+/// Compiles `config`, reusing the upstreams, key fetcher and Redis connection of `previous`
+/// where their settings did not change (health state and verified-token caches survive a
+/// reload).
+pub fn compile(
+    config: &Config,
+    previous: Option<&Runtime>,
+    metrics: &Arc<Metrics>,
+) -> Result<Compiled, ConfigError> {
+    let s = config.settings();
+    let mut p = Problems {
+        config,
+        found: Vec::new(),
+    };
+    listen(s, &mut p);
+    server(s, &mut p);
+    admin(s, &mut p);
+    tls(s, config.env, &mut p);
+    let trusted = trusted_proxies(s, &mut p);
+    let jwks = jwt(s, previous, metrics, &mut p);
+    let upstreams = upstreams(s, previous, &mut p);
+    let policies = cors_policies(s, &mut p);
+    let (limits, redis) = limits(s, previous, metrics, &mut p);
+    let routes = routes(s, &upstreams, &policies, &limits, &mut p);
+    let (Some(jwks), true) = (jwks, p.ok()) else {
+        return Err(ConfigError(p.found));
+    };
+    let certs = crate::tls::load_for(s).map_err(|i| {
+        p.invalid(i);
+        ConfigError(std::mem::take(&mut p.found))
+    })?;
+    let runtime = Runtime {
+        settings: s.clone(),
+        jwks,
+        upstreams,
+        routes,
+        limits,
+        redis,
+        trusted,
+        hsts: headers::hsts_value(s.tls.hsts_max_age_seconds),
+        head: HeadLimits {
+            max_uri_bytes: s.server.max_uri_bytes,
+            max_header_bytes: s.server.max_header_bytes,
+        },
+        keepalive_secs: s.server.keepalive_timeout_seconds,
+    };
+    Ok(Compiled { runtime, certs })
+}
+
+/// `[listen]`: addresses, and a plain-HTTP listener that has something to redirect to.
+fn listen(s: &Settings, p: &mut Problems) {
+    for (key, addr) in [
+        ("listen.https", &s.listen.https),
+        ("listen.http", &s.listen.http),
+        ("listen.admin", &s.listen.admin),
+        ("listen.metrics", &s.listen.metrics),
+    ] {
+        if matches!(key, "listen.https" | "listen.metrics") && addr.is_empty() {
+            continue; // off (HTTPS: a platform terminates TLS in front)
+        }
+        if addr.parse::<SocketAddr>().is_err() {
+            p.at(key, format!("{addr:?} is not an address like 0.0.0.0:443"));
+        }
+    }
+    if !s.listen.https_enabled() && s.listen.http_mode != HttpMode::Proxy {
+        p.at(
+            "listen.https",
+            "with the HTTPS listener off, listen.http_mode must be \"proxy\" (nothing would answer the redirect)",
+        );
+    }
+    if s.listen
+        .admin
+        .parse::<SocketAddr>()
+        .is_ok_and(|a| !a.ip().is_loopback())
+    {
+        p.at(
+            "listen.admin",
+            "the admin listener must be on a loopback address",
+        );
+    }
+}
+
+/// `[server]`: threads, buffers, connection caps and deadlines.
+fn server(s: &Settings, p: &mut Problems) {
+    let v = &s.server;
+    if v.read_buffer_bytes != 0 && v.read_buffer_bytes < 4096 {
+        p.at(
+            "server.read_buffer_bytes",
+            "must be 0 (none) or at least 4096",
+        );
+    }
+    for (key, value) in [
+        ("server.threads", v.threads as u64),
+        ("server.max_connections", v.max_connections as u64),
+        ("server.header_timeout_seconds", v.header_timeout_seconds),
+        // Pingora reads 0 as "no timeout": an idle connection would be held forever.
+        (
+            "server.keepalive_timeout_seconds",
+            v.keepalive_timeout_seconds,
+        ),
+    ] {
+        if value == 0 {
+            p.at(key, "must be at least 1");
+        }
+    }
+}
+
+/// `[admin]`: the reload token and the host names the admin listener answers to.
+fn admin(s: &Settings, p: &mut Problems) {
+    let token = s.admin.token.expose_secret();
+    let min = crate::admin::MIN_TOKEN_CHARS;
+    if !token.is_empty() && token.chars().count() < min {
+        p.at(
+            "admin.token",
+            format!("must be at least {min} characters (e.g. openssl rand -hex 32)"),
+        );
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        p.at(
+            "admin.token",
+            "must be printable ASCII without spaces (it is sent in an Authorization header)",
+        );
+    }
+    for (i, h) in s.admin.allowed_hosts.iter().enumerate() {
+        if crate::acme::check_domain(h.strip_suffix('.').unwrap_or(h)).is_err() {
+            p.at(
+                &format!("admin.allowed_hosts.{i}"),
+                format!("{h:?} is not a host name (address literals need no entry)"),
+            );
+        }
+    }
+}
+
+/// `[tls]`: the certificate source and, for ACME, the CA, names and storage.
+fn tls(s: &Settings, env: Environment, p: &mut Problems) {
+    if !s.listen.https_enabled() {
+        if s.tls.source == TlsSource::Acme {
+            p.at(
+                "tls.source",
+                "acme certificates need the HTTPS listener (listen.https)",
+            );
+        }
+        return; // without an HTTPS listener no certificate is loaded
+    }
+    match s.tls.source {
+        TlsSource::Files if s.tls.certificates.is_empty() => p.at(
+            "tls.certificates",
+            "the files source needs at least one [[tls.certificates]]",
+        ),
+        TlsSource::Acme => acme(&s.tls.acme, p),
+        TlsSource::SelfSigned if env != Environment::Development => p.at(
+            "tls.source",
+            format!("self-signed certificates are for development only, not {env}"),
+        ),
+        _ => {}
+    }
+}
+
+/// `[tls.acme]` (RFC 8555).
+fn acme(a: &crate::settings::Acme, p: &mut Problems) {
+    if !a.directory.starts_with("https://") {
+        p.at(
+            "tls.acme.directory",
+            "must be the CA's https:// directory URL",
+        );
+    }
+    if a.domains.is_empty() {
+        p.at("tls.acme.domains", "name at least one domain");
+    }
+    for (i, d) in a.domains.iter().enumerate() {
+        if let Err(e) = crate::acme::check_domain(d) {
+            p.at(&format!("tls.acme.domains.{i}"), format!("{d:?}: {e}"));
+        }
+    }
+    if a.storage == AcmeStorage::Postgres && a.database_url.is_empty() {
+        p.at(
+            "tls.acme.database_url",
+            "postgres storage needs a database URL",
+        );
+    }
+    if a.storage == AcmeStorage::Files && a.dir.is_empty() {
+        p.at("tls.acme.dir", "files storage needs a directory");
+    }
+    if !(a.renew_remaining_fraction > 0.0 && a.renew_remaining_fraction < 1.0) {
+        p.at(
+            "tls.acme.renew_remaining_fraction",
+            "must be between 0 and 1",
+        );
+    }
+    if a.retry_min_seconds == 0 || a.retry_max_seconds < a.retry_min_seconds {
+        p.at(
+            "tls.acme.retry_min_seconds",
+            "must be at least 1 and at most retry_max_seconds",
+        );
+    }
+    if a.poll_seconds == 0 {
+        p.at("tls.acme.poll_seconds", "must be at least 1");
+    }
+    if a.eab_kid.is_empty() != a.eab_hmac_key.is_empty() {
+        p.at(
+            "tls.acme.eab_kid",
+            "external account binding needs both eab_kid and eab_hmac_key",
+        );
+    }
+}
+
+/// `server.trusted_proxies`: whose `X-Forwarded-For` is believed.
+fn trusted_proxies(s: &Settings, p: &mut Problems) -> TrustedProxies {
+    TrustedProxies::parse(&s.server.trusted_proxies).unwrap_or_else(|refused| {
+        for (i, why) in refused {
+            p.at(&format!("server.trusted_proxies.{i}"), why);
+        }
+        TrustedProxies::default()
+    })
+}
+
+/// `[jwt]`: the token policy, and the key fetcher with its key files read.
+fn jwt(
+    s: &Settings,
+    previous: Option<&Runtime>,
+    metrics: &Arc<Metrics>,
+    p: &mut Problems,
+) -> Option<Arc<Jwks>> {
+    let j = &s.jwt;
+    if j.issuer.is_empty() {
+        p.at("jwt.issuer", "must name the issuer of access tokens");
+    }
+    if j.audience.is_empty() {
+        p.at("jwt.audience", "must not be empty");
+    }
+    // 0 would let every request with an unknown kid (anyone can forge one) trigger a fetch.
+    if j.min_refetch_seconds == 0 {
+        p.at(
+            "jwt.min_refetch_seconds",
+            "must be at least 1 (tokens naming unknown keys would each trigger a JWKS fetch)",
+        );
+    }
+    if j.refresh_seconds == 0 {
+        p.at("jwt.refresh_seconds", "must be at least 1");
+    }
+    if j.leeway_seconds > gatehouse_common::jwt::MAX_LEEWAY_SECS {
+        p.at("jwt.leeway_seconds", "must be at most 30");
+    }
+    for (i, a) in j.algorithms.iter().enumerate() {
+        use jsonwebtoken::Algorithm::{HS256, HS384, HS512};
+        match a.parse::<jsonwebtoken::Algorithm>() {
+            Ok(HS256 | HS384 | HS512) => p.at(
+                &format!("jwt.algorithms.{i}"),
+                "symmetric algorithms cannot come from a JWKS",
+            ),
+            Ok(_) => {}
+            Err(_) => p.at(
+                &format!("jwt.algorithms.{i}"),
+                format!("{a:?} is not a JWS algorithm"),
+            ),
+        }
+    }
+    if j.jwks_url.is_empty() && j.key_files.is_empty() {
+        p.at(
+            "jwt.jwks_url",
+            "set a JWKS URL or at least one [[jwt.key_files]]",
+        );
+    }
+    match previous.filter(|prev| prev.settings.jwt == *j) {
+        Some(prev) => Some(prev.jwks.clone()),
+        None => Jwks::from_settings(j, metrics.clone())
+            .map(Arc::new)
+            .map_err(|i| p.invalid(i))
+            .ok(),
+    }
+}
+
+/// `[upstreams.*]`: targets resolved, balancers built (unchanged ones kept from `previous`).
+fn upstreams(
+    s: &Settings,
+    previous: Option<&Runtime>,
+    p: &mut Problems,
+) -> HashMap<String, Arc<UpstreamRt>> {
+    let mut out = HashMap::new();
+    for (name, u) in &s.upstreams {
+        if u.targets.is_empty() {
+            p.at(
+                &format!("upstreams.{name}.targets"),
+                "needs at least one host:port",
+            );
+            continue;
+        }
+        let malformed: Vec<usize> = (0..u.targets.len())
+            .filter(|&i| !is_target(&u.targets[i]))
+            .collect();
+        for &i in &malformed {
+            p.at(
+                &format!("upstreams.{name}.targets.{i}"),
+                format!("{:?} is not IP:port or host:port", u.targets[i]),
+            );
+        }
+        if !malformed.is_empty() {
+            continue;
+        }
+        let old = previous.and_then(|prev| prev.upstreams.get(name));
+        match UpstreamRt::reuse_or_new(name, u, old) {
+            Ok(up) => {
+                out.insert(name.clone(), up);
+            }
+            Err(i) => p.invalid(i),
+        }
+    }
+    out
+}
+
+/// `IP:port`, or `host:port` with a DNS name (resolved at start-up, on every reload and every
+/// 15 s while running).
+fn is_target(t: &str) -> bool {
+    if t.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    t.rsplit_once(':').is_some_and(|(host, port)| {
+        port.parse::<u16>().is_ok_and(|p| p > 0) && crate::acme::check_domain(host).is_ok()
+    })
+}
+
+/// `[cors.*]`: each policy compiled once, by name.
+fn cors_policies(s: &Settings, p: &mut Problems) -> BTreeMap<String, cors::Policy> {
+    let mut out = BTreeMap::new();
+    for (name, c) in &s.cors {
+        match cors::Policy::compile(c) {
+            Ok(policy) => {
+                out.insert(name.clone(), policy);
+            }
+            Err(refused) => {
+                for (i, why) in refused {
+                    p.at(&format!("cors.{name}.origins.{i}"), why);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `[limits.*]` and `[redis]`: the buckets, and the Redis connection of shared ones (kept
+/// from `previous` while the URL is the same).
+fn limits(
+    s: &Settings,
+    previous: Option<&Runtime>,
+    metrics: &Arc<Metrics>,
+    p: &mut Problems,
+) -> (Limits, Option<Arc<RedisLimits>>) {
+    for (name, l) in &s.limits {
+        if l.per_second == 0 || l.burst == 0 {
+            p.at(
+                &format!("limits.{name}"),
+                "per_second and burst must be at least 1",
+            );
+        }
+        match l.ipv6_prefix {
+            Some(_) if l.key != LimitKey::Ip => p.at(
+                &format!("limits.{name}.ipv6_prefix"),
+                "only limits with key = \"ip\" are keyed by address",
+            ),
+            // Shorter than /32 puts whole providers into one bucket.
+            Some(n) if !(32..=128).contains(&n) => p.at(
+                &format!("limits.{name}.ipv6_prefix"),
+                format!("{n} is not a prefix length between 32 and 128"),
+            ),
+            _ => {}
+        }
+        if l.store == LimitStore::Redis && s.redis.url.is_empty() {
+            p.at(
+                &format!("limits.{name}.store"),
+                "\"redis\" needs [redis] url",
+            );
+        }
+    }
+    let url = &s.redis.url;
+    let redis = if url.is_empty() {
+        None
+    } else if !url.starts_with("redis://") {
+        p.at(
+            "redis.url",
+            "must be a redis://host:port URL (Redis on the private network)",
+        );
+        None
+    } else {
+        match previous
+            .and_then(|prev| prev.redis.clone())
+            .filter(|r| r.url == *url)
+        {
+            Some(r) => Some(r),
+            None => RedisLimits::new(&s.redis, metrics)
+                .map(Arc::new)
+                .map_err(|i| p.invalid(i))
+                .ok(),
+        }
+    };
+    (Limits::new(&s.limits), redis)
+}
+
+/// `[[routes]]`: each with the CORS policy, limits and upstream it names resolved.
+fn routes(
+    s: &Settings,
+    upstreams: &HashMap<String, Arc<UpstreamRt>>,
+    policies: &BTreeMap<String, cors::Policy>,
+    limits: &Limits,
+    p: &mut Problems,
+) -> Vec<RouteRt> {
+    if s.routes.is_empty() {
+        p.at("routes", "at least one [[routes]] is needed");
+    }
+    let mut out = Vec::new();
+    for (i, r) in s.routes.iter().enumerate() {
+        let key = |k: &str| format!("routes.{i}.{k}");
+        if !r.prefix.starts_with('/') {
+            p.at(&key("prefix"), "must start with /");
+        }
+        for (j, m) in r.methods.iter().enumerate() {
+            if m.parse::<http::Method>().is_err() {
+                p.at(
+                    &format!("routes.{i}.methods.{j}"),
+                    format!("{m:?} is not an HTTP method"),
+                );
+            }
+        }
+        if let Some(pc) = &r.path_claim {
+            if r.auth != Auth::Jwt {
+                p.at(&key("path_claim"), "needs auth = \"jwt\"");
+            }
+            if !pc.contains("{sub}") || !pc.starts_with('/') {
+                p.at(&key("path_claim"), "must be a path like /api/users/{sub}/");
+            }
+        }
+        let upstream = upstreams.get(&r.upstream).cloned();
+        if upstream.is_none() && !s.upstreams.contains_key(&r.upstream) {
+            p.at(&key("upstream"), format!("no [upstreams.{}]", r.upstream));
+        }
+        let cors = match &r.cors {
+            Some(c) if !s.cors.contains_key(c) => {
+                p.at(&key("cors"), format!("no [cors.{c}]"));
+                None
+            }
+            Some(c) => policies.get(c).cloned(),
+            None => None,
+        };
+        let mut route_limits = Vec::new();
+        for l in &r.limits {
+            match (s.limits.get(l), limits.get(l)) {
+                (Some(limit), _) if limit.key == LimitKey::Subject && r.auth != Auth::Jwt => p.at(
+                    &key("limits"),
+                    format!("limit {l:?} is keyed by subject but the route has no auth"),
+                ),
+                (Some(_), Some(named)) => route_limits.push(named.clone()),
+                _ => p.at(&key("limits"), format!("no [limits.{l}]")),
+            }
+        }
+        // A route whose upstream failed to build was reported there; it is not served.
+        if let Some(upstream) = upstream {
+            out.push(RouteRt {
+                cfg: r.clone(),
+                cors,
+                limits: route_limits,
+                body_limit: r.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT),
+                upstream,
+            });
+        }
+    }
+    out
+}
