@@ -181,9 +181,9 @@ impl Metrics {
     }
 
     /// Counts a refusal by its reason and, for a 429, by the limit that fired.
-    pub fn reject(&self, r: &crate::rejection::Rejection) {
-        self.rejections.with_label_values(&[r.reason()]).inc();
-        if let Some(limit) = r.limit() {
+    pub fn reject(&self, reason: &str, limit: Option<&str>) {
+        self.rejections.with_label_values(&[reason]).inc();
+        if let Some(limit) = limit {
             self.rate_limited.with_label_values(&[limit]).inc();
         }
     }

@@ -229,7 +229,7 @@ impl Gateway {
             _ => {}
         }
         if r.is_refusal() {
-            self.metrics.reject(&r);
+            self.metrics.reject(r.reason(), r.limit());
         }
         let status = r.status();
         let body = r.problem().request_id(ctx.request_id.clone()).to_bytes();

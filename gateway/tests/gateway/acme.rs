@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::helpers::{Echo, Gateway, Options, TestKey, free_port, rustls_client};
+use crate::helpers::{Echo, Gateway, Options, TestConfig, TestKey, free_port, list, rustls_client};
 use crate::pebble::Pebble;
 
 const NAME: &str = "a.gatehouse.test";
@@ -36,42 +36,38 @@ fn scratch(label: &str) -> PathBuf {
     dir
 }
 
-/// The test configuration with `tls.source = "acme"` against `pebble`.
-fn acme_config(
-    pebble: &Pebble,
-    challenge: &str,
-    storage: &str,
-    extra: &str,
-) -> impl FnOnce(String) -> String + use<> {
-    let table = format!(
-        r#"
-[tls.acme]
-directory = "{directory}"
-ca_file = "{ca}"
-domains = ["{NAME}"]
-challenge = "{challenge}"
-retry_min_seconds = 1
-retry_max_seconds = 4
-poll_seconds = 1
-{storage}
-{extra}
-"#,
-        directory = pebble.directory,
-        ca = pebble.ca_file.display(),
-    );
-    // ACME steps log at info.
-    move |t| {
-        t.replace("source = \"self-signed\"", "source = \"acme\"")
-            .replace(
-                "level = \"warn\"",
-                "level = \"info,access=warn,rustls=error\"",
-            )
-            + &table
-    }
+/// Where a test keeps the ACME state.
+#[derive(Clone, Copy)]
+enum Storage<'a> {
+    Files(&'a Path),
+    Postgres(&'a str),
 }
 
-fn files_storage(dir: &Path) -> String {
-    format!("storage = \"files\"\ndir = \"{}\"", dir.display())
+/// `tls.source = "acme"` for `NAME` against `directory`, retrying after a second.
+fn acme(c: &mut TestConfig, directory: &str, storage: Storage) {
+    c.set("tls.source", "acme")
+        // ACME steps log at info.
+        .set("log.level", "info,access=warn,rustls=error")
+        .set("tls.acme.directory", directory)
+        .set("tls.acme.domains", list(&[NAME]))
+        .set("tls.acme.retry_min_seconds", 1);
+    match storage {
+        Storage::Files(dir) => c
+            .set("tls.acme.storage", "files")
+            .set("tls.acme.dir", dir.display().to_string()),
+        Storage::Postgres(url) => c
+            .set("tls.acme.storage", "postgres")
+            .set("tls.acme.database_url", url),
+    };
+}
+
+/// `acme` against `pebble`, validating by `challenge`, storage read every second.
+fn acme_config(c: &mut TestConfig, pebble: &Pebble, challenge: &str, storage: Storage) {
+    acme(c, &pebble.directory, storage);
+    c.set("tls.acme.ca_file", pebble.ca_file.display().to_string())
+        .set("tls.acme.challenge", challenge)
+        .set("tls.acme.retry_max_seconds", 4)
+        .set("tls.acme.poll_seconds", 1);
 }
 
 /// Handshakes with `name` as SNI, verifying against `root_pem`; the leaf's serial (hex).
@@ -129,8 +125,8 @@ fn client_for(gw: &Gateway, root: &str, keep_alive: bool) -> reqwest::Client {
     b.build().unwrap()
 }
 
-async fn start_gateway(ports: &Ports, echo: &Echo, edit: impl FnOnce(String) -> String) -> Gateway {
-    Gateway::start_on(ports.tuple(), Options::echo(echo), edit).await
+async fn start_gateway(ports: &Ports, echo: &Echo, tweak: impl FnOnce(&mut TestConfig)) -> Gateway {
+    Gateway::start_on(ports.tuple(), Options::echo(echo), tweak).await
 }
 
 const OTHER: &str = "b.gatehouse.test";
@@ -146,17 +142,11 @@ async fn first_certificates_over_http01_verify_against_the_ca_and_follow_sni() {
     let pebble = Pebble::start_with(ports.http, ports.https, 3600, &[], Some((kid, hmac))).await;
     let echo = Echo::start(TestKey::new(31).jwks.clone()).await;
     let store = scratch("acme-files");
-    let config = acme_config(
-        &pebble,
-        "http-01",
-        &files_storage(&store),
-        &format!("eab_kid = \"{kid}\"\neab_hmac_key = \"{hmac}\""),
-    );
-    let gw = start_gateway(&ports, &echo, move |t| {
-        config(t).replace(
-            &format!("domains = [\"{NAME}\"]"),
-            &format!("domains = [\"{NAME}\", \"{OTHER}\"]"),
-        )
+    let gw = start_gateway(&ports, &echo, |c| {
+        acme_config(c, &pebble, "http-01", Storage::Files(&store));
+        c.set("tls.acme.eab_kid", kid)
+            .set("tls.acme.eab_hmac_key", hmac)
+            .set("tls.acme.domains", list(&[NAME, OTHER]));
     })
     .await;
     let first = wait_for_certificate(&gw, &pebble, None).await;
@@ -208,11 +198,9 @@ async fn first_certificate_over_tls_alpn01_with_port_80_closed() {
     let pebble = Pebble::start(free_port(), ports.https, 3600, &[]).await;
     let echo = Echo::start(TestKey::new(32).jwks.clone()).await;
     let store = scratch("acme-files");
-    let gw = start_gateway(
-        &ports,
-        &echo,
-        acme_config(&pebble, "tls-alpn-01", &files_storage(&store), ""),
-    )
+    let gw = start_gateway(&ports, &echo, |c| {
+        acme_config(c, &pebble, "tls-alpn-01", Storage::Files(&store))
+    })
     .await;
     wait_for_certificate(&gw, &pebble, None).await;
     assert_eq!(
@@ -242,16 +230,10 @@ async fn short_lived_certificates_renew_under_load_without_a_failed_request() {
     let echo = Echo::start(TestKey::new(33).jwks.clone()).await;
     let store = scratch("acme-files");
     // Renew when 3/4 of a 20-second lifetime remain: 5 s after issuance.
-    let gw = start_gateway(
-        &ports,
-        &echo,
-        acme_config(
-            &pebble,
-            "http-01",
-            &files_storage(&store),
-            "renew_remaining_fraction = 0.75",
-        ),
-    )
+    let gw = start_gateway(&ports, &echo, |c| {
+        acme_config(c, &pebble, "http-01", Storage::Files(&store));
+        c.set("tls.acme.renew_remaining_fraction", 0.75);
+    })
     .await;
     let first = wait_for_certificate(&gw, &pebble, None).await;
     let root = pebble.root().await;
@@ -293,16 +275,10 @@ async fn ca_outage_keeps_the_certificate_serving_backs_off_and_recovers() {
     let echo = Echo::start(TestKey::new(34).jwks.clone()).await;
     let store = scratch("acme-files");
     // Renew almost at once (when 99.9 % of the hour remains: after 3.6 s).
-    let gw = start_gateway(
-        &ports,
-        &echo,
-        acme_config(
-            &pebble,
-            "http-01",
-            &files_storage(&store),
-            "renew_remaining_fraction = 0.999",
-        ),
-    )
+    let gw = start_gateway(&ports, &echo, |c| {
+        acme_config(c, &pebble, "http-01", Storage::Files(&store));
+        c.set("tls.acme.renew_remaining_fraction", 0.999);
+    })
     .await;
     let first = wait_for_certificate(&gw, &pebble, None).await;
     let old_root = pebble.root().await;
@@ -334,11 +310,9 @@ async fn a_restart_serves_the_stored_certificate_without_a_new_order() {
     let pebble = Pebble::start(ports.http, ports.https, 3600, &[]).await;
     let echo = Echo::start(TestKey::new(35).jwks.clone()).await;
     let store = scratch("acme-files");
-    let mut gw = start_gateway(
-        &ports,
-        &echo,
-        acme_config(&pebble, "http-01", &files_storage(&store), ""),
-    )
+    let mut gw = start_gateway(&ports, &echo, |c| {
+        acme_config(c, &pebble, "http-01", Storage::Files(&store))
+    })
     .await;
     let serial = wait_for_certificate(&gw, &pebble, None).await;
     assert_eq!(pebble.orders(), 1);
@@ -363,19 +337,13 @@ async fn two_gateways_share_postgres_storage_with_one_order_per_renewal() {
     // Pebble validates against B; A may be the one that orders.
     let pebble = Pebble::start(b_ports.http, b_ports.https, 30, &[]).await;
     let echo = Echo::start(TestKey::new(36).jwks.clone()).await;
-    let storage = format!("storage = \"postgres\"\ndatabase_url = \"{url}\"");
-    let extra = "renew_remaining_fraction = 0.5";
+    let shared = |c: &mut TestConfig| {
+        acme_config(c, &pebble, "http-01", Storage::Postgres(&url));
+        c.set("tls.acme.renew_remaining_fraction", 0.5);
+    };
     let (a, b) = tokio::join!(
-        start_gateway(
-            &a_ports,
-            &echo,
-            acme_config(&pebble, "http-01", &storage, extra)
-        ),
-        start_gateway(
-            &b_ports,
-            &echo,
-            acme_config(&pebble, "http-01", &storage, extra)
-        ),
+        start_gateway(&a_ports, &echo, shared),
+        start_gateway(&b_ports, &echo, shared),
     );
     let first = wait_for_certificate(&a, &pebble, None).await;
     assert_eq!(
@@ -475,17 +443,11 @@ async fn a_flood_of_unknown_tokens_on_port_80_neither_fails_renewal_nor_queries_
     // 20-second certificates renewed when 3/4 remain: an order at start, another 5 s later.
     let pebble = Pebble::start(ports.http, ports.https, 20, &[]).await;
     let echo = Echo::start(TestKey::new(38).jwks.clone()).await;
-    let storage = format!("storage = \"postgres\"\ndatabase_url = \"{url}\"");
-    let gw = start_gateway(
-        &ports,
-        &echo,
-        acme_config(
-            &pebble,
-            "http-01",
-            &storage,
-            "renew_remaining_fraction = 0.75",
-        ),
-    )
+    let storage = Storage::Postgres(&url);
+    let gw = start_gateway(&ports, &echo, |c| {
+        acme_config(c, &pebble, "http-01", storage);
+        c.set("tls.acme.renew_remaining_fraction", 0.75);
+    })
     .await;
     let stop = Arc::new(AtomicBool::new(false));
     let (unknown, malformed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -587,20 +549,11 @@ async fn unreachable_ca_and_rejected_name_are_reported_while_the_fallback_serves
     let echo = Echo::start(TestKey::new(37).jwks.clone()).await;
     let fallback = scratch("acme-fallback");
     gateway::tls::self_signed(&[NAME.into()], &fallback).unwrap();
-    let fallback_table = format!(
-        "\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
-        fallback.join("gateway.pem").display(),
-        fallback.join("gateway.key").display()
-    );
     let store = scratch("acme-files");
-    let storage = files_storage(&store);
     let unreachable = format!("https://127.0.0.1:{}/dir", free_port());
-    let gw = start_gateway(&ports, &echo, move |t| {
-        t.replace("source = \"self-signed\"", "source = \"acme\"")
-            .replace("level = \"warn\"", "level = \"info,access=warn,rustls=error\"")
-            + &format!(
-                "{fallback_table}\n[tls.acme]\ndirectory = \"{unreachable}\"\ndomains = [\"{NAME}\"]\nretry_min_seconds = 1\n{storage}\n"
-            )
+    let gw = start_gateway(&ports, &echo, |c| {
+        acme(c, &unreachable, Storage::Files(&store));
+        c.certificate(&fallback);
     })
     .await;
     let reason = "gatehouse_gateway_acme_renewal_failures_total{name=\"a.gatehouse.test\",reason=\"ca_unreachable\"}";
@@ -615,11 +568,9 @@ async fn unreachable_ca_and_rejected_name_are_reported_while_the_fallback_serves
     // The CA refuses the name (Pebble's block list): the reason and the CA's words are logged.
     let ports = Ports::new();
     let pebble = Pebble::start(ports.http, ports.https, 3600, &["gatehouse.test"]).await;
-    let gw = start_gateway(
-        &ports,
-        &echo,
-        acme_config(&pebble, "http-01", &files_storage(&store), ""),
-    )
+    let gw = start_gateway(&ports, &echo, |c| {
+        acme_config(c, &pebble, "http-01", Storage::Files(&store))
+    })
     .await;
     let rejected = "gatehouse_gateway_acme_renewal_failures_total{name=\"a.gatehouse.test\",reason=\"ca_rejected\"}";
     gw.wait_metric(rejected, 1.0, 10).await;

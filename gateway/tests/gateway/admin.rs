@@ -25,16 +25,11 @@ async fn rebinding_and_cross_site_pages_get_nothing_and_reload_needs_the_token()
     );
     let metrics_port = free_port();
     let gw = Gateway::start_in_env(
-        Options {
-            extra: "\n[admin]\ntoken = \"${GATEWAY_ADMIN_TOKEN:-}\"\n".into(),
-            ..Options::echo(&echo)
-        },
+        Options::echo(&echo),
         &[("GATEWAY_ADMIN_TOKEN", &token)],
-        |t| {
-            t.replace(
-                "[listen]\n",
-                &format!("[listen]\nmetrics = \"127.0.0.1:{metrics_port}\"\n"),
-            )
+        |c| {
+            c.set("admin.token", "${GATEWAY_ADMIN_TOKEN:-}")
+                .set("listen.metrics", format!("127.0.0.1:{metrics_port}"));
         },
     )
     .await;
@@ -151,19 +146,9 @@ async fn outside_development_reload_over_http_is_off_without_a_token() {
     let echo = Echo::start(key.jwks.clone()).await;
     let certs = std::env::temp_dir().join(format!("gw-admin-{}", uuid::Uuid::new_v4().simple()));
     gateway::tls::self_signed(&["localhost".into()], &certs).unwrap();
-    let files = format!(
-        "\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
-        certs.join("gateway.pem").display(),
-        certs.join("gateway.key").display()
-    );
-    let gw = Gateway::start_in_env(
-        Options {
-            extra: files,
-            ..Options::echo(&echo)
-        },
-        &[("APP_ENV", "staging")],
-        |t| t.replace("source = \"self-signed\"", "source = \"files\""),
-    )
+    let gw = Gateway::start_in_env(Options::echo(&echo), &[("APP_ENV", "staging")], |c| {
+        c.set("tls.source", "files").certificate(&certs);
+    })
     .await;
     let r = Resp::from(
         plain()

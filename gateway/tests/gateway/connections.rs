@@ -9,11 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::helpers::{Echo, Gateway, Options, TestKey, rustls_client};
-
-fn with_server_settings(extra: &'static str) -> impl FnOnce(String) -> String {
-    move |t| t.replace("[server]\n", &format!("[server]\n{extra}\n"))
-}
+use crate::helpers::{Echo, Gateway, Options, TestConfig, TestKey, list, rustls_client};
 
 /// The deadlines every slow-client test runs with (configured in seconds).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -21,22 +17,17 @@ const KEEPALIVE: Duration = Duration::from_secs(2);
 /// Slack on a deadline: timers, a busy test machine.
 const SLACK: Duration = Duration::from_secs(2);
 
-/// Short deadlines, a small per-client cap if given, and a read-only metrics listener.
-fn slow_client_settings(metrics_port: u16, extra: &'static str) -> impl FnOnce(String) -> String {
-    move |t| {
-        t.replace(
-            "keepalive_timeout_seconds = 30\n",
-            &format!(
-                "keepalive_timeout_seconds = {}\nheader_timeout_seconds = {}\n{extra}\n",
-                KEEPALIVE.as_secs(),
-                HEADER_TIMEOUT.as_secs()
-            ),
-        )
-        .replace(
-            "[listen]\n",
-            &format!("[listen]\nmetrics = \"127.0.0.1:{metrics_port}\"\n"),
-        )
-    }
+/// Short deadlines and a read-only metrics listener.
+fn slow_client_settings(c: &mut TestConfig, metrics_port: u16) {
+    c.set(
+        "server.keepalive_timeout_seconds",
+        KEEPALIVE.as_secs() as i64,
+    )
+    .set(
+        "server.header_timeout_seconds",
+        HEADER_TIMEOUT.as_secs() as i64,
+    )
+    .set("listen.metrics", format!("127.0.0.1:{metrics_port}"));
 }
 
 trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -256,8 +247,10 @@ async fn slow_and_idle_http1_clients_on_https_plain_redirect_admin_and_metrics()
     let key = TestKey::new(21);
     let echo = Echo::start(key.jwks.clone()).await;
     let metrics_port = crate::helpers::free_port();
-    let gw =
-        Gateway::start_with(Options::echo(&echo), slow_client_settings(metrics_port, "")).await;
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        slow_client_settings(c, metrics_port)
+    })
+    .await;
     let listeners = [
         Listener::https(&gw, b"http/1.1"),
         Listener::plain("http", gw.http, "/anything", 308),
@@ -278,9 +271,9 @@ async fn slow_and_idle_http1_clients_on_plain_http_in_proxy_mode() {
     let key = TestKey::new(27);
     let echo = Echo::start(key.jwks.clone()).await;
     let metrics_port = crate::helpers::free_port();
-    let gw = Gateway::start_with(Options::echo(&echo), |t| {
-        slow_client_settings(metrics_port, "")(t)
-            .replace("[listen]\n", "[listen]\nhttp_mode = \"proxy\"\n")
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        slow_client_settings(c, metrics_port);
+        c.set("listen.http_mode", "proxy");
     })
     .await;
     let http = Listener::plain("http", gw.http, "/open/slow-clients", 200);
@@ -341,8 +334,10 @@ async fn slow_and_idle_http2_clients() {
     let key = TestKey::new(28);
     let echo = Echo::start(key.jwks.clone()).await;
     let metrics_port = crate::helpers::free_port();
-    let gw =
-        Gateway::start_with(Options::echo(&echo), slow_client_settings(metrics_port, "")).await;
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        slow_client_settings(c, metrics_port)
+    })
+    .await;
     let h2 = Listener::https(&gw, b"h2");
     let deadline = HEADER_TIMEOUT + SLACK;
     let closes_within = |start: &'static [u8], limit: Duration| {
@@ -430,10 +425,10 @@ async fn served(l: &Listener, source: [u8; 4]) -> bool {
 async fn connections_beyond_the_caps_are_refused_and_slots_come_back() {
     let key = TestKey::new(22);
     let echo = Echo::start(key.jwks.clone()).await;
-    let gw = Gateway::start_with(
-        Options::echo(&echo),
-        with_server_settings("max_connections = 3\nmax_connections_per_client = 2"),
-    )
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        c.set("server.max_connections", 3)
+            .set("server.max_connections_per_client", 2);
+    })
     .await;
     let https = Listener::https(&gw, b"http/1.1");
     let admin = Listener::plain("admin", gw.admin, "/healthz", 200);
@@ -488,17 +483,10 @@ async fn plain_http_proxy_mode_behind_a_tls_terminator() {
     let key = TestKey::new(23);
     let echo = Echo::start(key.jwks.clone()).await;
     // TLS ends at the platform: the HTTPS listener is off.
-    let gw = Gateway::start_with(Options::echo(&echo), |t| {
-        let https = t
-            .lines()
-            .find(|l| l.starts_with("https = "))
-            .unwrap_or_default()
-            .to_string();
-        t.replace(&https, "https = \"\"\nhttp_mode = \"proxy\"")
-            .replace(
-                "[server]\n",
-                "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
-            )
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        c.set("listen.https", "")
+            .set("listen.http_mode", "proxy")
+            .set("server.trusted_proxies", list(&["127.0.0.1"]));
     })
     .await;
     assert!(
@@ -557,13 +545,10 @@ async fn a_target_answering_5xx_in_a_row_is_ejected() {
         Options {
             targets: vec![good.addr, bad.addr],
             jwks: jwks.addr,
-            extra: String::new(),
         },
-        |t| {
-            t.replace(
-                "[upstreams.echo]\n",
-                "[upstreams.echo]\neject_after_5xx = 3\neject_seconds = 60\n",
-            )
+        |c| {
+            c.set("upstreams.echo.eject_after_5xx", 3)
+                .set("upstreams.echo.eject_seconds", 60);
         },
     )
     .await;
@@ -591,26 +576,13 @@ async fn keys_from_an_https_jwks_url_with_a_private_ca() {
     std::fs::create_dir_all(&dir).unwrap();
     let addr = https_jwks(key.jwks.clone(), &dir.join("ca.pem")).await;
     let ca = dir.join("ca.pem").display().to_string();
-    let gw = Gateway::start_with(Options::echo(&echo), move |t| {
-        let plain = format!("jwks_url = \"http://{}/.well-known/jwks.json\"", echo_addr(&t));
-        t.replace(
-            &plain,
-            &format!("jwks_url = \"https://localhost:{}/.well-known/jwks.json\"\njwks_ca_file = \"{ca}\"", addr.port()),
-        )
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        let url = format!("https://localhost:{}/.well-known/jwks.json", addr.port());
+        c.set("jwt.jwks_url", url).set("jwt.jwks_ca_file", ca);
     })
     .await;
     let r = gw.get("/api/x", Some(&key.token("u1"))).await;
     assert_eq!(r.status, 200, "{}", r.text);
-}
-
-/// The JWKS address the generated configuration points at.
-fn echo_addr(config: &str) -> String {
-    config
-        .split("jwks_url = \"http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// Serves `jwks` over TLS with a fresh self-signed certificate for `localhost`, written to
@@ -659,11 +631,8 @@ async fn the_metrics_listener_serves_metrics_and_health_but_no_reload() {
     let key = TestKey::new(26);
     let echo = Echo::start(key.jwks.clone()).await;
     let port = crate::helpers::free_port();
-    let gw = Gateway::start_with(Options::echo(&echo), move |t| {
-        t.replace(
-            "[listen]\n",
-            &format!("[listen]\nmetrics = \"127.0.0.1:{port}\"\n"),
-        )
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        c.set("listen.metrics", format!("127.0.0.1:{port}"));
     })
     .await;
     let plain = reqwest::Client::new();

@@ -46,12 +46,12 @@ async fn core_api() -> std::net::SocketAddr {
 #[tokio::test]
 async fn register_login_and_tasks_through_the_gateway() {
     let api = core_api().await;
-    let extra =
-        "\n[[routes]]\nprefix = \"/auth/\"\nupstream = \"echo\"\ncors = \"web\"\n".to_string();
-    let gw = Gateway::start(Options {
+    let options = Options {
         targets: vec![api],
         jwks: api,
-        extra,
+    };
+    let gw = Gateway::start_with(options, |c| {
+        c.route("/auth/", &[("cors", "web".into())]);
     })
     .await;
     let creds = json!({"email": "e2e@example.com", "password": "correct horse battery"});

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Echo, Gateway, Options, TestKey, raw_tls};
+use crate::helpers::{Echo, Gateway, Options, TestKey, list, raw_tls};
 
 async fn setup() -> (Echo, Gateway, TestKey) {
     let key = TestKey::new(7);
@@ -368,17 +368,56 @@ async fn rate_limits_answer_429_with_headers() {
     assert_eq!(gw.get("/limited/x", Some(&bob)).await.status, 200);
 }
 
+/// Issue 11: a 429 names the limit that fired, in a metric label and in the access log line,
+/// and still counts as `rejections_total{reason="rate_limited"}`.
+#[tokio::test]
+async fn a_429_names_the_limit_that_fired() {
+    let key = TestKey::new(14);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        c.set("log.level", "warn,access=info");
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(gw.get("/tight/x", None).await.status, 200);
+    }
+    assert_eq!(gw.get("/tight/x", None).await.status, 429);
+    let alice = key.token("alice");
+    for _ in 0..2 {
+        assert_eq!(gw.get("/limited/x", Some(&alice)).await.status, 200);
+    }
+    assert_eq!(gw.get("/limited/x", Some(&alice)).await.status, 429);
+    let by = |limit: &str| format!("gatehouse_gateway_rate_limited_total{{limit=\"{limit}\"}}");
+    assert_eq!(gw.metric(&by("tight")).await, 1.0);
+    assert_eq!(gw.metric(&by("per_subject")).await, 1.0);
+    assert_eq!(
+        gw.metric("gatehouse_gateway_rejections_total{reason=\"rate_limited\"}")
+            .await,
+        2.0
+    );
+    let lines = gw.log();
+    let refused: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.contains("\"decision\":\"rate_limited\""))
+        .collect();
+    assert_eq!(refused.len(), 2, "{lines}");
+    assert!(refused[0].contains("\"limit\":\"tight\""), "{}", refused[0]);
+    assert!(
+        refused[1].contains("\"limit\":\"per_subject\"")
+            && refused[1].contains("\"user_id\":\"alice\""),
+        "{}",
+        refused[1]
+    );
+}
+
 /// Issue 9, item 10: one IPv6 /64 is one client. The gateway is reached through a trusted
 /// proxy that forwards IPv6 client addresses (the tests run on IPv4 loopback).
 #[tokio::test]
 async fn ipv6_clients_share_a_bucket_per_64_and_mapped_ipv4_is_ipv4() {
     let key = TestKey::new(13);
     let echo = Echo::start(key.jwks.clone()).await;
-    let gw = Gateway::start_with(Options::echo(&echo), |t| {
-        t.replace(
-            "[server]\n",
-            "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
-        )
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        c.set("server.trusted_proxies", list(&["127.0.0.1"]));
     })
     .await;
     let from = |client: &'static str| {
@@ -579,14 +618,15 @@ async fn keys_from_pem_files() {
     let pem = std::env::temp_dir().join(format!("gw-key-{}.pem", uuid::Uuid::new_v4().simple()));
     std::fs::write(&pem, &key.public_pem).unwrap();
     let pem_path = pem.display().to_string();
-    let gw = Gateway::start_with(Options::echo(&echo), move |text| {
-        let start = text.find("jwks_url = ").unwrap();
-        let end = start + text[start..].find('\n').unwrap();
-        let text = format!("{}jwks_url = \"\"{}", &text[..start], &text[end..]);
-        text.replace(
-            "[upstreams.echo]",
-            &format!("[[jwt.key_files]]\nkid = \"test-key\"\nalgorithm = \"EdDSA\"\npath = \"{pem_path}\"\n\n[upstreams.echo]"),
-        )
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        c.set("jwt.jwks_url", "").push(
+            "jwt.key_files",
+            &[
+                ("kid", "test-key".into()),
+                ("algorithm", "EdDSA".into()),
+                ("path", pem_path.into()),
+            ],
+        );
     })
     .await;
     let r = gw.get("/api/me", Some(&key.token("carol"))).await;

@@ -241,8 +241,6 @@ pub struct Gateway {
 pub struct Options {
     pub targets: Vec<SocketAddr>,
     pub jwks: SocketAddr,
-    /// Appended to the generated configuration.
-    pub extra: String,
 }
 
 impl Options {
@@ -250,8 +248,105 @@ impl Options {
         Self {
             targets: vec![echo.addr],
             jwks: echo.addr,
-            extra: String::new(),
         }
+    }
+}
+
+/// The configuration a test gateway runs with: `config_text` as a TOML document, changed
+/// through typed setters (it stays a file with lines, for the tests that read errors).
+pub struct TestConfig(toml_edit::DocumentMut);
+
+/// A TOML array of strings.
+pub fn list(values: &[&str]) -> toml_edit::Value {
+    toml_edit::Value::Array(values.iter().copied().collect())
+}
+
+impl TestConfig {
+    pub fn new(o: &Options, https: u16, http: u16, admin: u16, dir: &std::path::Path) -> Self {
+        Self::parse(&config_text(o, https, http, admin, dir))
+    }
+
+    pub fn parse(text: &str) -> Self {
+        Self(text.parse().expect("a TOML document"))
+    }
+
+    /// Sets a dotted key, creating tables on the way; a number picks an entry of an array of
+    /// tables (`routes.0.prefix`).
+    pub fn set(&mut self, key: &str, value: impl Into<toml_edit::Value>) -> &mut Self {
+        let (table, last) = self.parent(key);
+        table.insert(last, toml_edit::Item::Value(value.into()));
+        self
+    }
+
+    pub fn remove(&mut self, key: &str) -> &mut Self {
+        let (table, last) = self.parent(key);
+        table.remove(last);
+        self
+    }
+
+    /// Appends an entry to the array of tables at `key` (`routes`, `jwt.key_files`,
+    /// `tls.certificates`).
+    pub fn push(&mut self, key: &str, entry: &[(&str, toml_edit::Value)]) -> &mut Self {
+        let (table, last) = self.parent(key);
+        let mut t = toml_edit::Table::new();
+        for (k, v) in entry {
+            t.insert(k, toml_edit::Item::Value(v.clone()));
+        }
+        table
+            .entry(last)
+            .or_insert(toml_edit::Item::ArrayOfTables(Default::default()))
+            .as_array_of_tables_mut()
+            .expect("an array of tables")
+            .push(t);
+        self
+    }
+
+    /// A `[[tls.certificates]]` entry for the `gateway.pem` and `gateway.key` in `dir` (as
+    /// `gateway::tls::self_signed` writes them).
+    pub fn certificate(&mut self, dir: &std::path::Path) -> &mut Self {
+        let file = |name: &str| dir.join(name).display().to_string().into();
+        self.push(
+            "tls.certificates",
+            &[("cert", file("gateway.pem")), ("key", file("gateway.key"))],
+        )
+    }
+
+    /// Another route to the echo upstream, with `more` settings.
+    pub fn route(&mut self, prefix: &str, more: &[(&str, toml_edit::Value)]) -> &mut Self {
+        let mut entry = vec![("prefix", prefix.into()), ("upstream", "echo".into())];
+        entry.extend(more.iter().cloned());
+        self.push("routes", &entry)
+    }
+
+    /// The table holding the last segment of `key`, and that segment.
+    fn parent<'k>(&mut self, key: &'k str) -> (&mut toml_edit::Table, &'k str) {
+        let mut segments: Vec<&str> = key.split('.').collect();
+        let last = segments.pop().expect("a key");
+        let mut table = self.0.as_table_mut();
+        let mut rest = segments.as_slice();
+        while let [name, tail @ ..] = rest {
+            let item = table.entry(name).or_insert_with(|| {
+                let mut t = toml_edit::Table::new();
+                t.set_implicit(true);
+                toml_edit::Item::Table(t)
+            });
+            if item.is_array_of_tables() {
+                let index: usize = tail[0].parse().expect("an index into an array of tables");
+                let entries = item.as_array_of_tables_mut().expect("an array of tables");
+                table = entries.get_mut(index).expect("an entry");
+                rest = &tail[1..];
+            } else {
+                table = item.as_table_mut().expect("a table");
+                rest = tail;
+            }
+        }
+        (table, last)
+    }
+}
+
+impl std::fmt::Display for TestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -349,52 +444,52 @@ prefix = "/api/"
 upstream = "echo"
 auth = "jwt"
 cors = "web"
-{extra}
 "#,
         certs = dir.join("certs").display(),
         jwks = o.jwks,
-        extra = o.extra,
     )
 }
 
 impl Gateway {
     pub async fn start(o: Options) -> Self {
-        Self::start_with(o, |t| t).await
+        Self::start_with(o, |_| {}).await
     }
 
-    /// Like `start`, with a last edit of the generated configuration text.
-    pub async fn start_with(o: Options, edit: impl FnOnce(String) -> String) -> Self {
-        Self::start_on((free_port(), free_port(), free_port()), o, edit).await
+    /// Like `start`, with settings changed from the defaults of `config_text`.
+    pub async fn start_with(o: Options, tweak: impl FnOnce(&mut TestConfig)) -> Self {
+        Self::start_on((free_port(), free_port(), free_port()), o, tweak).await
     }
 
     /// Like `start_with`, on the given (https, http, admin) ports.
     pub async fn start_on(
         ports: (u16, u16, u16),
         o: Options,
-        edit: impl FnOnce(String) -> String,
+        tweak: impl FnOnce(&mut TestConfig),
     ) -> Self {
-        Self::start_full(ports, o, &[], edit).await
+        Self::start_full(ports, o, &[], tweak).await
     }
 
     /// Like `start_with`, with environment variables (e.g. another `APP_ENV`).
     pub async fn start_in_env(
         o: Options,
         env: &[(&str, &str)],
-        edit: impl FnOnce(String) -> String,
+        tweak: impl FnOnce(&mut TestConfig),
     ) -> Self {
-        Self::start_full((free_port(), free_port(), free_port()), o, env, edit).await
+        Self::start_full((free_port(), free_port(), free_port()), o, env, tweak).await
     }
 
     async fn start_full(
         (https, http, admin): (u16, u16, u16),
         o: Options,
         env: &[(&str, &str)],
-        edit: impl FnOnce(String) -> String,
+        tweak: impl FnOnce(&mut TestConfig),
     ) -> Self {
         let dir = std::env::temp_dir().join(format!("gw-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("gateway.toml");
-        std::fs::write(&config, edit(config_text(&o, https, http, admin, &dir))).unwrap();
+        let mut settings = TestConfig::new(&o, https, http, admin, &dir);
+        tweak(&mut settings);
+        std::fs::write(&config, settings.to_string()).unwrap();
         let mut gw = Self {
             https,
             http,

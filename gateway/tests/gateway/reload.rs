@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crate::helpers::{Echo, Gateway, Options, TestKey, config_text};
+use crate::helpers::{Echo, Gateway, Options, TestConfig, TestKey};
 
 #[tokio::test]
 async fn sighup_reload_with_a_new_route_fails_no_request() {
@@ -37,18 +37,9 @@ async fn sighup_reload_with_a_new_route_fails_no_request() {
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let extra = "\n[[routes]]\nprefix = \"/new/\"\nupstream = \"echo\"\n".to_string();
-    let text = config_text(
-        &Options {
-            extra,
-            ..Options::echo(&echo)
-        },
-        gw.https,
-        gw.http,
-        gw.admin,
-        &gw.dir,
-    );
-    std::fs::write(&gw.config, text).unwrap();
+    let mut next = TestConfig::new(&Options::echo(&echo), gw.https, gw.http, gw.admin, &gw.dir);
+    next.route("/new/", &[]);
+    std::fs::write(&gw.config, next.to_string()).unwrap();
     gw.signal("HUP");
     let mut live = false;
     for _ in 0..50 {
@@ -82,15 +73,11 @@ async fn invalid_reload_is_refused_and_the_old_config_keeps_serving() {
     let key = TestKey::new(6);
     let echo = Echo::start(key.jwks.clone()).await;
     let gw = Gateway::start(Options::echo(&echo)).await;
-    let good = std::fs::read_to_string(&gw.config).unwrap();
-    std::fs::write(
-        &gw.config,
-        good.replace(
-            "[[routes]]\nprefix = \"/open/\"",
-            "[[routes]]\nprefx = \"/open/\"",
-        ),
-    )
-    .unwrap();
+    let mut bad = TestConfig::parse(&std::fs::read_to_string(&gw.config).unwrap());
+    // A typo in the first route's key.
+    bad.remove("routes.0.prefix")
+        .set("routes.0.prefx", "/open/");
+    std::fs::write(&gw.config, bad.to_string()).unwrap();
     let plain = reqwest::Client::builder().no_proxy().build().unwrap();
     let r = crate::helpers::Resp::from(
         plain
@@ -211,11 +198,8 @@ async fn the_swap_script_upgrades_and_rolls_back_under_load() {
         crate::helpers::free_port(),
     );
     let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        config_text(&Options::echo(&echo), https, http, admin, &dir),
-    )
-    .unwrap();
+    let settings = TestConfig::new(&Options::echo(&echo), https, http, admin, &dir);
+    std::fs::write(&config, settings.to_string()).unwrap();
     // Two distinguishable binaries: v2 is v1 with bytes appended (still the same program).
     let v1 = dir.join("gateway");
     std::fs::copy(env!("CARGO_BIN_EXE_gateway"), &v1).unwrap();

@@ -4,7 +4,18 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::helpers::{Echo, Gateway, Options, TestKey, free_port};
+use crate::helpers::{Echo, Gateway, Options, TestConfig, TestKey, free_port, list};
+
+/// A route `/shared/` behind the limit `shared` (one per second, `burst`) kept in the Redis
+/// on `port`.
+fn shared_limit(c: &mut TestConfig, port: u16, burst: i64) {
+    c.route("/shared/", &[("limits", list(&["shared"]))])
+        .set("limits.shared.per_second", 1)
+        .set("limits.shared.burst", burst)
+        .set("limits.shared.store", "redis")
+        .set("redis.url", format!("redis://127.0.0.1:{port}"))
+        .set("redis.timeout_ms", 200);
+}
 
 /// A throwaway redis-server (Debian package) on a free loopback port, no persistence.
 struct Redis {
@@ -61,30 +72,11 @@ async fn a_redis_limit_is_one_bucket_across_gateways_and_local_when_redis_fails(
     let mut redis = Redis::start().await;
     let key = TestKey::new(41);
     let echo = Echo::start(key.jwks.clone()).await;
-    let extra = format!(
-        r#"
-[[routes]]
-prefix = "/shared/"
-upstream = "echo"
-limits = ["shared"]
-
-[limits.shared]
-per_second = 1
-burst = 4
-store = "redis"
-
-[redis]
-url = "redis://127.0.0.1:{}"
-timeout_ms = 200
-"#,
-        redis.port
+    let tweak = |c: &mut TestConfig| shared_limit(c, redis.port, 4);
+    let (a, b) = tokio::join!(
+        Gateway::start_with(Options::echo(&echo), tweak),
+        Gateway::start_with(Options::echo(&echo), tweak)
     );
-    let options = || Options {
-        targets: vec![echo.addr],
-        jwks: echo.addr,
-        extra: extra.clone(),
-    };
-    let (a, b) = tokio::join!(Gateway::start(options()), Gateway::start(options()));
 
     // Four requests from one client, alternating between the gateways: one bucket of four.
     for i in 0..4 {
@@ -151,24 +143,11 @@ async fn a_redis_limit_keys_ipv6_clients_by_their_64() {
     let redis = Redis::start().await;
     let key = TestKey::new(42);
     let echo = Echo::start(key.jwks.clone()).await;
-    let extra = format!(
-        "\n[[routes]]\nprefix = \"/shared/\"\nupstream = \"echo\"\nlimits = [\"shared\"]\n\n[limits.shared]\nper_second = 1\nburst = 2\nstore = \"redis\"\n\n[redis]\nurl = \"redis://127.0.0.1:{}\"\ntimeout_ms = 200\n",
-        redis.port
-    );
     let start = || {
-        Gateway::start_with(
-            Options {
-                targets: vec![echo.addr],
-                jwks: echo.addr,
-                extra: extra.clone(),
-            },
-            |t| {
-                t.replace(
-                    "[server]\n",
-                    "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n",
-                )
-            },
-        )
+        Gateway::start_with(Options::echo(&echo), |c| {
+            shared_limit(c, redis.port, 2);
+            c.set("server.trusted_proxies", list(&["127.0.0.1"]));
+        })
     };
     let (a, b) = tokio::join!(start(), start());
     let from = |gw: &Gateway, client: &str| {

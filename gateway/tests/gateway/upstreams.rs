@@ -1,7 +1,7 @@
 //! Upstream failure handling: all targets down → 503 then recovery; one of two targets killed
 //! during a request loop → no failed GET.
 
-use crate::helpers::{Echo, Gateway, Options, TestKey};
+use crate::helpers::{Echo, Gateway, Options, TestKey, list};
 
 #[tokio::test]
 async fn upstream_down_gives_503_then_recovers() {
@@ -11,7 +11,6 @@ async fn upstream_down_gives_503_then_recovers() {
     let gw = Gateway::start(Options {
         targets: vec![echo.addr],
         jwks: jwks.addr,
-        extra: String::new(),
     })
     .await;
     assert_eq!(gw.get("/open/x", None).await.status, 200);
@@ -51,7 +50,6 @@ async fn one_of_two_targets_killed_during_a_loop_fails_no_get() {
     let gw = Gateway::start(Options {
         targets: vec![a.addr, b.addr],
         jwks: jwks.addr,
-        extra: String::new(),
     })
     .await;
     let mut ports = std::collections::BTreeSet::new();
@@ -77,14 +75,10 @@ async fn least_connections_avoids_the_busy_target() {
     let o = Options {
         targets: vec![a.addr, b.addr],
         jwks: jwks.addr,
-        extra: String::new(),
     };
     let gw = std::sync::Arc::new(
-        Gateway::start_with(o, |text| {
-            text.replace(
-                "[upstreams.echo]\n",
-                "[upstreams.echo]\nbalance = \"least_connections\"\n",
-            )
+        Gateway::start_with(o, |c| {
+            c.set("upstreams.echo.balance", "least_connections");
         })
         .await,
     );
@@ -118,8 +112,8 @@ async fn least_connections_avoids_the_busy_target() {
 async fn route_timeout_gives_504() {
     let key = TestKey::new(13);
     let echo = Echo::start(key.jwks.clone()).await;
-    let gw = Gateway::start_with(Options::echo(&echo), |t| {
-        t.replace("[[routes]]\nprefix = \"/tight/\"", "[[routes]]\nprefix = \"/slowroute/\"\nupstream = \"echo\"\ntimeout_ms = 300\n\n[[routes]]\nprefix = \"/tight/\"")
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        c.route("/slowroute/", &[("timeout_ms", 300.into())]);
     })
     .await;
     let r = gw.get("/slowroute/x?delay_ms=1500", None).await;
@@ -134,11 +128,8 @@ async fn route_timeout_gives_504() {
 async fn the_total_upstream_timeout_answers_504() {
     let key = TestKey::new(5);
     let echo = Echo::start(key.jwks.clone()).await;
-    let gw = Gateway::start_with(Options::echo(&echo), |t| {
-        t.replace(
-            "[upstreams.echo]\n",
-            "[upstreams.echo]\ntotal_timeout_ms = 300\n",
-        )
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        c.set("upstreams.echo.total_timeout_ms", 300);
     })
     .await;
     let r = gw.get("/open/slow?delay_ms=2000", None).await;
@@ -154,11 +145,11 @@ async fn a_host_name_target_is_resolved() {
     let key = TestKey::new(6);
     let echo = Echo::start(key.jwks.clone()).await;
     let port = echo.addr.port();
-    let gw = Gateway::start_with(Options::echo(&echo), move |t| {
-        t.replace(
-            &format!("targets = [\"127.0.0.1:{port}\"]"),
-            &format!("targets = [\"localhost:{port}\"]"),
-        )
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        c.set(
+            "upstreams.echo.targets",
+            list(&[&format!("localhost:{port}")]),
+        );
     })
     .await;
     assert!(
