@@ -182,15 +182,8 @@ pub const MIN_TOKEN_CHARS: usize = 32;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::map as headers;
     use http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
 
     fn host(h: &'static str) -> Result<(), Refusal> {
         let uri: http::Uri = "/reload".parse().unwrap_or_default();

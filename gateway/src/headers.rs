@@ -40,3 +40,13 @@ pub fn secure(resp: &mut ResponseHeader, hsts: &str, authenticated: bool) {
 pub fn hsts_value(max_age: u64) -> String {
     format!("max-age={max_age}; includeSubDomains")
 }
+
+/// A header map of `pairs`, in order (repeated names append), for unit tests.
+#[cfg(test)]
+pub fn map(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(*k, http::HeaderValue::from_static(v));
+    }
+    h
+}

@@ -155,17 +155,9 @@ pub fn path_claim(route: &RouteRt, path: &str, sub: &str) -> Result<(), Rejectio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::map as headers;
     use crate::settings::{Cors as CorsSettings, Limit, Route};
-    use http::HeaderValue;
     use std::sync::Arc;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
 
     fn route(cfg: Route, limits: &[(&str, Limit)]) -> RouteRt {
         RouteRt::for_tests(

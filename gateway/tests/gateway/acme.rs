@@ -456,7 +456,7 @@ async fn a_flood_of_unknown_tokens_on_port_80_neither_fails_renewal_nor_queries_
         let (stop, unknown, malformed) = (stop.clone(), unknown.clone(), malformed.clone());
         let base = format!("http://127.0.0.1:{}/.well-known/acme-challenge/", gw.http);
         flood.spawn(async move {
-            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let client = crate::helpers::plain_client();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;

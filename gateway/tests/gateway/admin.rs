@@ -2,17 +2,7 @@
 //! its own name at 127.0.0.1 (DNS rebinding) or posts a form to 127.0.0.1 cross-site gets
 //! nothing; `POST /reload` needs the admin token; outside development it is off without one.
 
-use crate::helpers::{Echo, Gateway, Options, Resp, TestKey, free_port};
-
-fn plain() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-fn assert_problem(r: &Resp, status: u16, kind: &str) {
-    assert_eq!(r.status, status, "{}", r.text);
-    assert_eq!(r.header("content-type"), Some("application/problem+json"));
-    assert_eq!(r.body["type"], kind, "{}", r.text);
-}
+use crate::helpers::{Echo, Gateway, Options, TestKey, free_port, plain_client};
 
 #[tokio::test]
 async fn rebinding_and_cross_site_pages_get_nothing_and_reload_needs_the_token() {
@@ -33,16 +23,15 @@ async fn rebinding_and_cross_site_pages_get_nothing_and_reload_needs_the_token()
         },
     )
     .await;
-    let client = plain();
-    let url = |path: &str| format!("http://127.0.0.1:{}{path}", gw.admin);
+    let client = plain_client();
+    let url = |path: &str| gw.admin_url(path);
     let bearer = format!("Bearer {token}");
     let rebound = format!("rebind.attacker.example:{}", gw.admin);
-    let send =
-        |r: reqwest::RequestBuilder| async move { Resp::from(r.send().await.unwrap()).await };
+    let send = |r| gw.send(r);
 
     // DNS rebinding: the page's own name, now resolving to 127.0.0.1, is in Host.
     let r = send(client.get(url("/metrics")).header("host", &rebound)).await;
-    assert_problem(&r, 421, "misdirected_request");
+    r.assert_problem(421, "misdirected_request");
     assert!(!r.text.contains("gatehouse_gateway_"), "no metrics leak");
     let r = send(
         client
@@ -51,7 +40,7 @@ async fn rebinding_and_cross_site_pages_get_nothing_and_reload_needs_the_token()
             .header("authorization", &bearer),
     )
     .await;
-    assert_problem(&r, 421, "misdirected_request");
+    r.assert_problem(421, "misdirected_request");
 
     // A cross-site form post to 127.0.0.1: the browser adds Origin / Sec-Fetch-Site.
     let r = send(
@@ -61,7 +50,7 @@ async fn rebinding_and_cross_site_pages_get_nothing_and_reload_needs_the_token()
             .header("authorization", &bearer),
     )
     .await;
-    assert_problem(&r, 403, "cross_site_refused");
+    r.assert_problem(403, "cross_site_refused");
     let r = send(
         client
             .post(url("/reload"))
@@ -69,11 +58,11 @@ async fn rebinding_and_cross_site_pages_get_nothing_and_reload_needs_the_token()
             .header("authorization", &bearer),
     )
     .await;
-    assert_problem(&r, 403, "cross_site_refused");
+    r.assert_problem(403, "cross_site_refused");
 
     // The token: missing or wrong is 401, right reloads.
     let r = send(client.post(url("/reload"))).await;
-    assert_problem(&r, 401, "unauthorized");
+    r.assert_problem(401, "unauthorized");
     assert_eq!(
         r.header("www-authenticate"),
         Some("Bearer realm=\"gatehouse-admin\"")
@@ -84,7 +73,7 @@ async fn rebinding_and_cross_site_pages_get_nothing_and_reload_needs_the_token()
             .header("authorization", format!("Bearer {}x", &token[1..])),
     )
     .await;
-    assert_problem(&r, 401, "unauthorized");
+    r.assert_problem(401, "unauthorized");
     assert_eq!(
         gw.metric("gatehouse_gateway_reloads_total").await,
         0.0,
@@ -130,7 +119,7 @@ async fn rebinding_and_cross_site_pages_get_nothing_and_reload_needs_the_token()
             .header("sec-fetch-site", "cross-site"),
     )
     .await;
-    assert_problem(&r, 403, "cross_site_refused");
+    r.assert_problem(403, "cross_site_refused");
     let r = send(
         client
             .post(metrics("/reload"))
@@ -150,15 +139,8 @@ async fn outside_development_reload_over_http_is_off_without_a_token() {
         c.set("tls.source", "files").certificate(&certs);
     })
     .await;
-    let r = Resp::from(
-        plain()
-            .post(format!("http://127.0.0.1:{}/reload", gw.admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_problem(&r, 403, "reload_disabled");
+    let r = gw.reload().await;
+    r.assert_problem(403, "reload_disabled");
     assert!(
         r.body["detail"]
             .as_str()

@@ -50,6 +50,23 @@ fn run(c: &mut Command) -> (bool, String) {
     )
 }
 
+/// A fresh directory holding `gateway.toml` with `text`: the directory and the file.
+fn config_file(text: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("gw-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, text).unwrap();
+    (dir, config)
+}
+
+/// `gateway <command> --config <config>` with `APP_ENV=<env>`: success, and what it printed.
+fn gateway_on(command: &str, config: &std::path::Path, env: &str) -> (bool, String) {
+    run(gateway()
+        .args([command, "--config"])
+        .arg(config)
+        .env("APP_ENV", env))
+}
+
 #[test]
 fn every_committed_config_checks() {
     let dir = std::env::temp_dir().join(format!("gw-cli-{}", uuid::Uuid::new_v4().simple()));
@@ -83,14 +100,10 @@ fn errors_name_file_line_and_key() {
         "{text}"
     );
 
-    let dir = std::env::temp_dir().join(format!("gw-cli-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let base = dir.join("gateway.toml");
-    std::fs::write(&base, "[tls]\nsource = \"self-signed\"\n\n[jwt]\nissuer = \"x\"\n\n[[routes]]\nprefix = \"api\"\nupstream = \"nowhere\"\n").unwrap();
-    let (ok, text) = run(gateway()
-        .args(["check", "--config"])
-        .arg(&base)
-        .env("APP_ENV", "production"));
+    let (dir, base) = config_file(
+        "[tls]\nsource = \"self-signed\"\n\n[jwt]\nissuer = \"x\"\n\n[[routes]]\nprefix = \"api\"\nupstream = \"nowhere\"\n",
+    );
+    let (ok, text) = gateway_on("check", &base, "production");
     assert!(!ok);
     assert!(
         text.contains(
@@ -125,18 +138,10 @@ fn errors_name_file_line_and_key() {
 
 #[test]
 fn acme_settings_errors_name_the_key_and_line() {
-    let dir = std::env::temp_dir().join(format!("gw-cli-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
+    let (dir, config) = config_file(
         "[tls]\nsource = \"acme\"\n\n[tls.acme]\ndirectory = \"http://ca.example/dir\"\ndomains = [\"*.example.com\", \"127.0.0.1\"]\nstorage = \"postgres\"\n\n[jwt]\nissuer = \"https://api.example.com\"\n",
-    )
-    .unwrap();
-    let (ok, text) = run(gateway()
-        .args(["check", "--config"])
-        .arg(&config)
-        .env("APP_ENV", "development"));
+    );
+    let (ok, text) = gateway_on("check", &config, "development");
     assert!(!ok);
     for needle in [
         "tls.acme.directory",
@@ -207,18 +212,10 @@ fn shipped_config_for_platforms_acme_and_files() {
 /// Issue 9: settings that would open a hole are refused with file, line and key.
 #[test]
 fn hostile_input_settings_are_refused_with_key_and_line() {
-    let dir = std::env::temp_dir().join(format!("gw-cli-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
+    let (dir, config) = config_file(
         "[tls]\nsource = \"self-signed\"\n\n[jwt]\nissuer = \"https://api.example.com\"\nmin_refetch_seconds = 0\n\n[limits.by_sub]\nkey = \"subject\"\nipv6_prefix = 64\n\n[limits.wide]\nipv6_prefix = 8\n\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n\n[upstreams.api]\ntargets = [\"127.0.0.1:8000\"]\n\n[admin]\ntoken = \"too-short\"\nallowed_hosts = [\"10.0.0.1\"]\n",
-    )
-    .unwrap();
-    let (ok, text) = run(gateway()
-        .args(["check", "--config"])
-        .arg(&config)
-        .env("APP_ENV", "development"));
+    );
+    let (ok, text) = gateway_on("check", &config, "development");
     assert!(!ok, "{text}");
     for needle in [
         "gateway.toml:6: jwt.min_refetch_seconds: must be at least 1",
@@ -236,27 +233,18 @@ fn hostile_input_settings_are_refused_with_key_and_line() {
 /// does not resolve fail `check` too, each with file, line and key (issue 11).
 #[test]
 fn check_fails_where_run_would_fail() {
-    let dir = std::env::temp_dir().join(format!("gw-cli-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    let missing = dir.join("no-such-key.pem");
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\nhttps = \"\"\nhttp_mode = \"proxy\"\n\n[jwt]\nissuer = \"https://api.example.com\"\njwks_url = \"\"\n\n[[jwt.key_files]]\nkid = \"k1\"\nalgorithm = \"EdDSA\"\npath = \"{}\"\n\n[upstreams.api]\ntargets = [\"127.0.0.1:8000\", \"api.invalid:8000\"]\n\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n",
-            missing.display()
-        ),
-    )
-    .unwrap();
+    let missing =
+        std::env::temp_dir().join(format!("no-such-key-{}.pem", uuid::Uuid::new_v4().simple()));
+    let (dir, config) = config_file(&format!(
+        "[listen]\nhttps = \"\"\nhttp_mode = \"proxy\"\n\n[jwt]\nissuer = \"https://api.example.com\"\njwks_url = \"\"\n\n[[jwt.key_files]]\nkid = \"k1\"\nalgorithm = \"EdDSA\"\npath = \"{}\"\n\n[upstreams.api]\ntargets = [\"127.0.0.1:8000\", \"api.invalid:8000\"]\n\n[[routes]]\nprefix = \"/\"\nupstream = \"api\"\n",
+        missing.display()
+    ));
     for command in ["check", "run"] {
-        let (ok, text) = run(gateway()
-            .args([command, "--config"])
-            .arg(&config)
-            .env("APP_ENV", "development"));
+        let (ok, text) = gateway_on(command, &config, "development");
         assert!(!ok, "{command}: {text}");
         for needle in [
             "gateway.toml:12: jwt.key_files.0.path: ",
-            "no-such-key.pem: cannot read",
+            ".pem: cannot read",
             "gateway.toml:15: upstreams.api.targets.1: api.invalid:8000: cannot resolve",
         ] {
             assert!(text.contains(needle), "{command}: {needle}: {text}");

@@ -12,15 +12,9 @@ async fn setup() -> (Echo, Gateway, TestKey) {
     (echo, gw, key)
 }
 
+/// A problem+json answer of the edge, carrying its status and the request id.
 fn assert_problem(r: &crate::helpers::Resp, status: u16, kind: &str) {
-    assert_eq!(r.status, status, "{}", r.text);
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/problem+json"),
-        "{}",
-        r.text
-    );
-    assert_eq!(r.body["type"], kind, "{}", r.text);
+    r.assert_problem(status, kind);
     assert_eq!(r.body["status"], status);
     assert_eq!(r.body["request_id"].as_str(), r.header("x-request-id"));
 }

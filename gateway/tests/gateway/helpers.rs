@@ -217,6 +217,11 @@ impl Drop for Echo {
     }
 }
 
+/// A client that never goes through a proxy, for the plain-HTTP admin and metrics listeners.
+pub fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -567,15 +572,12 @@ impl Gateway {
 
     /// Waits for /readyz (keys loaded, upstream healthy); fails with the log otherwise.
     pub async fn wait_ready(&mut self) {
-        let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+        let plain = plain_client();
         for _ in 0..150 {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("gateway exited with {status}:\n{}", self.log());
             }
-            if let Ok(r) = plain
-                .get(format!("http://127.0.0.1:{}/readyz", self.admin))
-                .send()
-                .await
+            if let Ok(r) = plain.get(self.admin_url("/readyz")).send().await
                 && r.status() == 200
             {
                 return;
@@ -641,16 +643,19 @@ impl Gateway {
         panic!("{series} stayed below {at_least}:\n{}", self.log());
     }
 
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+
+    /// `GET path` on the admin listener.
     pub async fn admin(&self, path: &str) -> Resp {
-        let plain = reqwest::Client::builder().no_proxy().build().unwrap();
-        Resp::from(
-            plain
-                .get(format!("http://127.0.0.1:{}{path}", self.admin))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+        self.send(plain_client().get(self.admin_url(path))).await
+    }
+
+    /// `POST /reload` on the admin listener, without a token.
+    pub async fn reload(&self) -> Resp {
+        self.send(plain_client().post(self.admin_url("/reload")))
+            .await
     }
 }
 
@@ -697,6 +702,18 @@ impl Resp {
 
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// A problem+json answer (RFC 9457) with this status and type.
+    pub fn assert_problem(&self, status: u16, kind: &str) {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            self.text
+        );
+        assert_eq!(self.body["type"], kind, "{}", self.text);
     }
 }
 

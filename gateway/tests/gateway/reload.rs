@@ -78,15 +78,7 @@ async fn invalid_reload_is_refused_and_the_old_config_keeps_serving() {
     bad.remove("routes.0.prefix")
         .set("routes.0.prefx", "/open/");
     std::fs::write(&gw.config, bad.to_string()).unwrap();
-    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
-    let r = crate::helpers::Resp::from(
-        plain
-            .post(format!("http://127.0.0.1:{}/reload", gw.admin))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let r = gw.reload().await;
     assert_eq!(r.status, 422, "{}", r.text);
     assert_eq!(r.body["type"], "reload_refused");
     let detail = r.body["detail"].as_str().unwrap_or_default();
