@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod rejection;
+pub mod reload;
 pub mod routing;
 pub mod runtime;
 pub mod server;

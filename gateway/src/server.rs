@@ -4,13 +4,11 @@
 //! ACME manager and the housekeeping task (JWKS refresh, upstream health loops and name
 //! lookups, rate-limit pruning, SIGHUP reloads). Reloads compile the files again and swap.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use gatehouse_common::config::Environment;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::apps::{HttpServerApp, HttpServerOptions};
@@ -23,10 +21,11 @@ use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
 use crate::acme::{Acme, CHALLENGE_PREFIX};
-use crate::compile::{Compiled, compile};
+use crate::compile::Compiled;
 use crate::conn::{self, Guarded};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::reload::Shared;
 use crate::runtime::Runtime;
 use crate::settings::{Config, HttpMode, Settings};
 use crate::tls::Resolver;
@@ -279,108 +278,6 @@ impl Listener {
     }
 }
 
-/// What the admin listener, the housekeeping task and reloads share.
-pub struct Shared {
-    runtime: Arc<ArcSwap<Runtime>>,
-    resolver: Arc<Resolver>,
-    metrics: Arc<Metrics>,
-    base: PathBuf,
-    env: Environment,
-    reloading: tokio::sync::Mutex<()>,
-}
-
-impl Shared {
-    /// Re-reads the configuration and swaps routes, upstreams, limits, CORS, JWT settings and
-    /// certificates in one step. Anything invalid is refused whole and the running
-    /// configuration keeps serving; connections are never touched.
-    pub async fn reload(&self) -> Result<(), String> {
-        let _one_at_a_time = self.reloading.lock().await;
-        let result = self.try_reload().await;
-        match &result {
-            Ok(()) => {
-                self.metrics.reloads.with_label_values(&["ok"]).inc();
-                tracing::info!(config = %self.base.display(), "configuration reloaded");
-            }
-            Err(e) => {
-                self.metrics.reloads.with_label_values(&["rejected"]).inc();
-                tracing::error!(config = %self.base.display(), error = %e, "configuration reload refused; the running configuration keeps serving");
-            }
-        }
-        result
-    }
-
-    /// Looks up host-name targets again; when one now stands for other addresses, rebuilds
-    /// those upstreams (`Runtime::with_upstreams_resolved_again`) and swaps the runtime.
-    async fn follow_upstream_names(&self) {
-        let current = self.runtime.load_full();
-        if !current.upstreams.values().any(|u| u.has_names()) {
-            return;
-        }
-        let _one_at_a_time = self.reloading.lock().await;
-        let looked_up = {
-            let current = current.clone();
-            tokio::task::spawn_blocking(move || current.with_upstreams_resolved_again()).await
-        };
-        match looked_up {
-            Ok(Ok(Some(next))) => {
-                for up in next.upstreams.values() {
-                    up.ensure_health_loop();
-                }
-                let now: Vec<String> = next
-                    .upstreams
-                    .values()
-                    .filter(|u| {
-                        !current
-                            .upstreams
-                            .get(&u.name)
-                            .is_some_and(|old| Arc::ptr_eq(old, u))
-                    })
-                    .map(|u| format!("{}: {:?}", u.name, u.addresses))
-                    .collect();
-                self.runtime.store(Arc::new(next));
-                tracing::info!(upstreams = ?now, "upstream host names resolve to new addresses; upstreams rebuilt");
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "upstream addresses changed but the rebuild failed; keeping the old ones")
-            }
-            Err(e) => tracing::warn!(error = %e, "looking up upstream names failed"),
-        }
-    }
-
-    async fn try_reload(&self) -> Result<(), String> {
-        let config = crate::settings::load(&self.base, self.env).map_err(|e| e.to_string())?;
-        let s = config.settings();
-        let current = self.runtime.load_full();
-        let (new, old) = (&s.server, &current.settings.server);
-        if s.listen != current.settings.listen
-            || new.threads != old.threads
-            || new.max_connections != old.max_connections
-            || new.max_connections_per_client != old.max_connections_per_client
-            || new.header_timeout_seconds != old.header_timeout_seconds
-            || new.keepalive_timeout_seconds != old.keepalive_timeout_seconds
-            || new.read_buffer_bytes != old.read_buffer_bytes
-        {
-            tracing::warn!(
-                "listener addresses, threads and connection limits (server.max_connections*, header_timeout_seconds, keepalive_timeout_seconds, read_buffer_bytes) change only on restart or binary upgrade"
-            );
-        }
-        let next = compile(&config, Some(&current), &self.metrics).map_err(|e| e.to_string())?;
-        if !Arc::ptr_eq(&next.runtime.jwks, &current.jwks) {
-            next.runtime
-                .jwks
-                .refresh()
-                .await
-                .map_err(|e| format!("jwt: the new settings cannot load keys: {e}"))?;
-        }
-        for up in next.runtime.upstreams.values() {
-            up.ensure_health_loop();
-        }
-        self.resolver.replace(next.certs);
-        self.runtime.store(Arc::new(next.runtime));
-        Ok(())
-    }
-}
 /// `:80`: ACME HTTP-01 answers and a permanent redirect to HTTPS for everything else.
 struct Redirect {
     https_port: u16,
