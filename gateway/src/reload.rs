@@ -50,11 +50,12 @@ impl Shared {
     /// Looks up host-name targets again; when one now stands for other addresses, rebuilds
     /// those upstreams (`Runtime::with_upstreams_resolved_again`) and swaps the runtime.
     pub async fn follow_upstream_names(&self) {
-        let current = self.runtime.load_full();
-        if !current.upstreams.values().any(|u| u.has_names()) {
+        if !self.runtime.load().upstreams.values().any(|u| u.has_names()) {
             return;
         }
         let _one_at_a_time = self.reloading.lock().await;
+        // Read under the lock: a reload that just finished is not overwritten.
+        let current = self.runtime.load_full();
         let looked_up = {
             let current = current.clone();
             tokio::task::spawn_blocking(move || current.with_upstreams_resolved_again()).await
