@@ -1,6 +1,11 @@
-//! Gatehouse gateway: the Pingora edge. `proxy` is the thin `ProxyHttp` implementation; every
-//! decision it makes is a pure function in its own module (`admission`, `routing`, `cors`,
-//! `limits`, `client_ip`, `headers`) or the shared verifier (`gatehouse_common::jwt`).
+//! Gatehouse gateway: the Pingora edge. `proxy` is the thin `ProxyHttp` implementation: it runs
+//! the request `stages` in order, and every decision they make is a pure function in its own
+//! module (`admission`, `routing`, `cors`, `limits`, `client_ip`, `headers`) or the shared
+//! verifier (`gatehouse_common::jwt`); any refusal is one `rejection::Rejection`.
+//!
+//! Configuration flows one way: `settings` (the TOML as typed) → `compile` (every check, one
+//! pass, errors as `file:line: key`) → `runtime` (what requests read, swapped whole by
+//! `reload`). `server` assembles the listeners and background tasks from a compiled runtime.
 
 pub mod acme;
 pub mod admin;
