@@ -50,7 +50,13 @@ impl Shared {
     /// Looks up host-name targets again; when one now stands for other addresses, rebuilds
     /// those upstreams (`Runtime::with_upstreams_resolved_again`) and swaps the runtime.
     pub async fn follow_upstream_names(&self) {
-        if !self.runtime.load().upstreams.values().any(|u| u.has_names()) {
+        if !self
+            .runtime
+            .load()
+            .upstreams
+            .values()
+            .any(|u| u.has_names())
+        {
             return;
         }
         let _one_at_a_time = self.reloading.lock().await;
