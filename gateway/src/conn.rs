@@ -19,40 +19,34 @@
 //!   `header_timeout`; afterwards Pingora's own loop serves the streams, and its
 //!   `h2_idle_timeout` (set by the server from the keep-alive timeout) closes a connection with
 //!   no open stream.
+//!
+//! The caps themselves are `conn/caps.rs`; the stream that reports header and preface progress
+//! to the deadlines is `conn/tracked.rs`.
 
-use std::collections::HashMap;
-use std::fmt;
 use std::future::Future;
-use std::io;
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
-use pingora::listeners::ConnectionFilter;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::tls::{SslDigest, TlsRef};
-use pingora::protocols::{
-    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    Stream, TimingDigest, UniqueID, UniqueIDType,
-};
+use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
-use prometheus::{IntCounter, IntGauge};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
-use crate::settings;
+mod caps;
+mod tracked;
+
+pub use caps::{Exempt, Limits};
+use tracked::{State, Tracked};
 
 /// RFC 9113 §3.4: every HTTP/2 connection starts with these 24 octets from the client.
 const H2_PREFACE_LEN: usize = 24;
@@ -60,192 +54,6 @@ const H2_PREFACE_LEN: usize = 24;
 /// What the first read of a request reads into: Pingora's own initial header buffer size
 /// (`INIT_HEADER_BUF_SIZE` in pingora-core, not exported).
 const HEADER_BUF: usize = 4096;
-
-/// Tells whether a peer is exempt from the per-client cap (a trusted proxy carries many
-/// clients). Read at every accept, so a reload of `server.trusted_proxies` applies at once.
-pub type Exempt = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
-
-/// The connection counts and limits one listener shares between its filter and its app.
-pub struct Limits {
-    listener: &'static str,
-    max: usize,
-    /// 0: no per-client cap.
-    per_client: usize,
-    header_timeout: Duration,
-    keepalive: Duration,
-    active: AtomicUsize,
-    /// Open connections per client key; a key is removed when its last connection closes,
-    /// so the map never holds more than `max` entries.
-    clients: Mutex<HashMap<ClientKey, usize>>,
-    exempt: Exempt,
-    gauge: IntGauge,
-    refused_at_cap: IntCounter,
-    refused_per_client: IntCounter,
-    header_timeouts: IntCounter,
-}
-
-impl fmt::Debug for Limits {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Limits")
-            .field("listener", &self.listener)
-            .field("max", &self.max)
-            .field("per_client", &self.per_client)
-            .field("header_timeout", &self.header_timeout)
-            .field("keepalive", &self.keepalive)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Limits {
-    pub fn new(
-        listener: &'static str,
-        server: &settings::Server,
-        exempt: Exempt,
-        metrics: &Metrics,
-    ) -> Arc<Self> {
-        Self::with(
-            listener,
-            (server.max_connections, server.max_connections_per_client),
-            Duration::from_secs(server.header_timeout_seconds),
-            Duration::from_secs(server.keepalive_timeout_seconds),
-            exempt,
-            metrics,
-        )
-    }
-
-    /// `caps`: (per listener, per client).
-    fn with(
-        listener: &'static str,
-        (max, per_client): (usize, usize),
-        header_timeout: Duration,
-        keepalive: Duration,
-        exempt: Exempt,
-        metrics: &Metrics,
-    ) -> Arc<Self> {
-        let rejected = |reason| {
-            metrics
-                .connections_rejected
-                .with_label_values(&[listener, reason])
-        };
-        Arc::new(Self {
-            listener,
-            max,
-            per_client,
-            header_timeout,
-            keepalive,
-            active: AtomicUsize::new(0),
-            clients: Mutex::new(HashMap::new()),
-            exempt,
-            gauge: metrics.connections_active.with_label_values(&[listener]),
-            refused_at_cap: rejected("max_connections"),
-            refused_per_client: rejected("max_connections_per_client"),
-            header_timeouts: rejected("header_timeout"),
-        })
-    }
-
-    /// The per-client key of `peer`, unless the per-client cap is off or the peer is exempt.
-    fn client_of(&self, peer: Option<IpAddr>) -> Option<ClientKey> {
-        peer.map(|ip| ip.to_canonical())
-            .filter(|ip| self.per_client > 0 && !(self.exempt)(*ip))
-            .map(ClientKey::of)
-    }
-
-    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<ClientKey, usize>> {
-        // Nothing panics while the lock is held; a poisoned map is still consistent.
-        self.clients.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A slot for one more connection from `peer`, or `None` (counted) at either cap.
-    fn admit(self: &Arc<Self>, peer: Option<IpAddr>) -> Option<Slot> {
-        if self.active.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.active.fetch_sub(1, Ordering::AcqRel);
-            self.refused_at_cap.inc();
-            return None;
-        }
-        let client = self.client_of(peer);
-        if let Some(key) = client {
-            let mut clients = self.clients();
-            let open = clients.entry(key).or_insert(0);
-            if *open >= self.per_client {
-                drop(clients);
-                self.active.fetch_sub(1, Ordering::AcqRel);
-                self.refused_per_client.inc();
-                return None;
-            }
-            *open += 1;
-        }
-        self.gauge.inc();
-        Some(Slot {
-            limits: self.clone(),
-            client,
-        })
-    }
-}
-
-/// Held while a connection lives.
-struct Slot {
-    limits: Arc<Limits>,
-    client: Option<ClientKey>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(key) = self.client {
-            let mut clients = self.limits.clients();
-            if let Some(open) = clients.get_mut(&key) {
-                *open = open.saturating_sub(1);
-                if *open == 0 {
-                    clients.remove(&key);
-                }
-            }
-        }
-        self.limits.active.fetch_sub(1, Ordering::AcqRel);
-        self.limits.gauge.dec();
-    }
-}
-
-/// Refuses a new TCP connection at either cap before a task is spawned for it or any TLS work
-/// is done. (The app takes the slot; this is the cheap early look.)
-#[async_trait]
-impl ConnectionFilter for Limits {
-    async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
-        if self.active.load(Ordering::Acquire) >= self.max {
-            self.refused_at_cap.inc();
-            return false;
-        }
-        if let Some(key) = self.client_of(addr.map(SocketAddr::ip))
-            && self
-                .clients()
-                .get(&key)
-                .is_some_and(|n| *n >= self.per_client)
-        {
-            self.refused_per_client.inc();
-            return false;
-        }
-        true
-    }
-}
-
-/// Whose connections count together against `server.max_connections_per_client`: an IPv4
-/// address, or an IPv6 /64 — the smallest block an end site is assigned (RFC 6177), inside
-/// which a host picks addresses at will (SLAAC, temporary addresses of RFC 8981), so it cannot
-/// walk around the cap through its own subnet. An IPv4-mapped IPv6 address (a dual-stack
-/// listener) counts as its IPv4 address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum ClientKey {
-    V4(u32),
-    V6(u64),
-}
-
-impl ClientKey {
-    fn of(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V4(a) => Self::V4(a.into()),
-            // The upper 64 bits: the network part of the address.
-            IpAddr::V6(a) => Self::V6((u128::from(a) >> 64) as u64),
-        }
-    }
-}
 
 /// A listener's application with connection limits — and, on the HTTPS listener, the TLS
 /// handshake — in front. The handshake happens here rather than in Pingora's listener because
@@ -528,274 +336,14 @@ impl<S: ServeHttp + Send + Sync> ServeHttp for HeaderMarked<S> {
     }
 }
 
-/// Per-connection progress, shared between [`Guarded`] and the connection's [`Tracked`] stream.
-#[derive(Debug, Default)]
-struct State {
-    /// HTTP/1: the current request's header was parsed.
-    header_done: AtomicBool,
-    /// HTTP/2: octets of the connection preface not read yet; 0 on HTTP/1.
-    preface_left: AtomicUsize,
-    /// Bytes to read before the stream's own (only when pipelining; see `serve_h1`).
-    stashed: AtomicBool,
-    stash: Mutex<Option<BytesMut>>,
-}
-
-impl State {
-    fn h2() -> Self {
-        Self {
-            preface_left: AtomicUsize::new(H2_PREFACE_LEN),
-            ..Self::default()
-        }
-    }
-
-    fn stash(&self, bytes: BytesMut) {
-        let mut stash = self.stash.lock().unwrap_or_else(PoisonError::into_inner);
-        match stash.as_mut() {
-            Some(pending) => pending.extend_from_slice(&bytes),
-            None => *stash = Some(bytes),
-        }
-        self.stashed.store(true, Ordering::Release);
-    }
-
-    /// Moves stashed bytes into `buf`; false when there are none.
-    fn unstash(&self, buf: &mut ReadBuf<'_>) -> bool {
-        let mut stash = self.stash.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(pending) = stash.as_mut() else {
-            self.stashed.store(false, Ordering::Release);
-            return false;
-        };
-        let n = pending.len().min(buf.remaining());
-        buf.put_slice(&pending.split_to(n));
-        if pending.is_empty() {
-            *stash = None;
-            self.stashed.store(false, Ordering::Release);
-        }
-        true
-    }
-}
-
-/// A client stream that reports progress to its connection's [`State`] (or, without state,
-/// just passes through: the TCP stream under a TLS handshake).
-pub struct Tracked {
-    inner: Stream,
-    state: Option<Arc<State>>,
-}
-
-impl Tracked {
-    fn plain(inner: Stream) -> Self {
-        Self { inner, state: None }
-    }
-
-    fn new(inner: Stream, state: Arc<State>) -> Self {
-        Self {
-            inner,
-            state: Some(state),
-        }
-    }
-}
-
-impl fmt::Debug for Tracked {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tracked")
-            .field("inner", &self.inner)
-            .finish()
-    }
-}
-
-impl AsyncRead for Tracked {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let Some(state) = &this.state else {
-            return Pin::new(&mut *this.inner).poll_read(cx, buf);
-        };
-        if state.stashed.load(Ordering::Acquire) && state.unstash(buf) {
-            return Poll::Ready(Ok(()));
-        }
-        let left = state.preface_left.load(Ordering::Relaxed);
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut *this.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if left > 0 && read > 0 {
-            state
-                .preface_left
-                .store(left.saturating_sub(read), Ordering::Release);
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-#[async_trait]
-impl Shutdown for Tracked {
-    async fn shutdown(&mut self) {
-        self.inner.shutdown().await;
-    }
-}
-
-impl UniqueID for Tracked {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl Ssl for Tracked {
-    fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
-    }
-
-    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for Tracked {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for Tracked {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.set_proxy_digest(digest);
-    }
-}
-
-impl GetSocketDigest for Tracked {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest);
-    }
-}
-
-#[async_trait]
-impl Peek for Tracked {
-    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::conn::caps::test_limits as limits;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-
-    fn limits(per_client: usize, header_ms: u64, keepalive_ms: u64) -> Arc<Limits> {
-        let metrics = Metrics::new().unwrap();
-        let exempt: Exempt = Arc::new(|ip: IpAddr| ip == IpAddr::from([10, 0, 0, 1]));
-        Limits::with(
-            "test",
-            (3, per_client),
-            Duration::from_millis(header_ms),
-            Duration::from_millis(keepalive_ms),
-            exempt,
-            &metrics,
-        )
-    }
-
-    #[test]
-    fn clients_are_ipv4_addresses_and_ipv6_slash_64s() {
-        let key = |s: &str| ClientKey::of(s.parse().unwrap());
-        assert_eq!(key("192.0.2.1"), key("192.0.2.1"));
-        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
-        assert_eq!(
-            key("2001:db8:1:2::1"),
-            key("2001:db8:1:2:ffff:ffff:ffff:ffff")
-        );
-        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
-        // A dual-stack listener sees IPv4 clients as mapped addresses: still one per address,
-        // not all of IPv4 in one ::ffff:0:0/96.
-        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
-        assert_ne!(key("::ffff:192.0.2.1"), key("::ffff:192.0.2.2"));
-    }
-
-    #[test]
-    fn the_per_client_cap_counts_open_connections_and_spares_trusted_proxies() {
-        let l = limits(2, 1000, 1000);
-        let a: IpAddr = "2001:db8::1".parse().unwrap();
-        let same_64: IpAddr = "2001:db8::2".parse().unwrap();
-        let b: IpAddr = "192.0.2.7".parse().unwrap();
-        let first = l.admit(Some(a)).unwrap();
-        let second = l.admit(Some(same_64)).unwrap();
-        assert!(l.admit(Some(a)).is_none(), "a third from one /64");
-        assert_eq!(l.refused_per_client.get(), 1);
-        let other = l.admit(Some(b)).unwrap();
-        assert!(
-            l.admit(Some(b)).is_none(),
-            "the listener cap (3) is reached"
-        );
-        assert_eq!(l.refused_at_cap.get(), 1);
-        drop((first, other));
-        let again = l.admit(Some(a)).unwrap();
-        drop((second, again));
-        assert!(l.clients().is_empty(), "keys go with their last connection");
-        // A trusted proxy carries many clients: only the listener cap applies.
-        let proxy = IpAddr::from([10, 0, 0, 1]);
-        let held: Vec<_> = (0..3).map(|_| l.admit(Some(proxy)).unwrap()).collect();
-        assert_eq!(l.active.load(Ordering::Acquire), 3);
-        drop(held);
-        // Also as seen on a dual-stack listener.
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        let held: Vec<_> = (0..3).map(|_| l.admit(Some(mapped)).unwrap()).collect();
-        drop(held);
-        // 0 turns the per-client cap off.
-        let off = limits(0, 1000, 1000);
-        let held: Vec<_> = (0..3).map(|_| off.admit(Some(b)).unwrap()).collect();
-        assert_eq!(held.len(), 3);
-    }
 
     /// Answers every request with its path; `pipelining` turns Pingora's opt-in on.
     struct Paths {
