@@ -1,6 +1,6 @@
 //! Connection-level limits and modes: the slowloris header deadline, the connection cap, the
 //! plain-HTTP proxy mode for platforms that terminate TLS, passive ejection of a target that
-//! answers with server errors, and keys fetched over https.
+//! answers with server errors, and the read-only metrics listener.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -566,64 +566,6 @@ async fn a_target_answering_5xx_in_a_row_is_ejected() {
         errors, 3,
         "the failing target is ejected after three errors"
     );
-}
-
-#[tokio::test]
-async fn keys_from_an_https_jwks_url_with_a_private_ca() {
-    let key = TestKey::new(25);
-    let echo = Echo::start(key.jwks.clone()).await;
-    let dir = std::env::temp_dir().join(format!("gw-jwks-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let addr = https_jwks(key.jwks.clone(), &dir.join("ca.pem")).await;
-    let ca = dir.join("ca.pem").display().to_string();
-    let gw = Gateway::start_with(Options::echo(&echo), |c| {
-        let url = format!("https://localhost:{}/.well-known/jwks.json", addr.port());
-        c.set("jwt.jwks_url", url).set("jwt.jwks_ca_file", ca);
-    })
-    .await;
-    let r = gw.get("/api/x", Some(&key.token("u1"))).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-}
-
-/// Serves `jwks` over TLS with a fresh self-signed certificate for `localhost`, written to
-/// `ca_path` for the gateway to trust.
-async fn https_jwks(jwks: serde_json::Value, ca_path: &std::path::Path) -> std::net::SocketAddr {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(ca_path, cert.cert.pem()).unwrap();
-    let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
-    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![der], key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let body = jwks.to_string();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let body = body.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut buf = vec![0u8; 4096];
-                let _ = tls.read(&mut buf).await;
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tls.write_all(response.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test]

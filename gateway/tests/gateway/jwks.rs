@@ -1,12 +1,14 @@
 //! Keys from the JWKS URL as the issuer changes them (issue 9, item 12): a key replaced under
 //! the same `kid` is installed and the old one refused; tokens with a new `kid` arriving
-//! together share one fetch and are all accepted.
+//! together share one fetch and are all accepted. Keys over an https JWKS URL with a private
+//! CA, and from PEM files instead of a URL.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{Echo, Gateway, Options, TestKey};
 
@@ -75,4 +77,93 @@ async fn tokens_with_a_new_kid_arriving_together_share_one_fetch() {
         gw.get("/api/me", Some(&old.token("dave"))).await.status,
         200
     );
+}
+
+#[tokio::test]
+async fn keys_from_an_https_jwks_url_with_a_private_ca() {
+    let key = TestKey::new(25);
+    let echo = Echo::start(key.jwks.clone()).await;
+    let dir = std::env::temp_dir().join(format!("gw-jwks-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = https_jwks(key.jwks.clone(), &dir.join("ca.pem")).await;
+    let ca = dir.join("ca.pem").display().to_string();
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        let url = format!("https://localhost:{}/.well-known/jwks.json", addr.port());
+        c.set("jwt.jwks_url", url).set("jwt.jwks_ca_file", ca);
+    })
+    .await;
+    let r = gw.get("/api/x", Some(&key.token("u1"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// Serves `jwks` over TLS with a fresh self-signed certificate for `localhost`, written to
+/// `ca_path` for the gateway to trust.
+async fn https_jwks(jwks: serde_json::Value, ca_path: &std::path::Path) -> std::net::SocketAddr {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(ca_path, cert.cert.pem()).unwrap();
+    let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![der], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = jwks.to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Keys from PEM files instead of a JWKS URL.
+#[tokio::test]
+async fn keys_from_pem_files() {
+    let key = TestKey::new(11);
+    let echo = Echo::start(serde_json::json!({"keys": []})).await;
+    let pem = std::env::temp_dir().join(format!("gw-key-{}.pem", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&pem, &key.public_pem).unwrap();
+    let pem_path = pem.display().to_string();
+    let gw = Gateway::start_with(Options::echo(&echo), |c| {
+        c.set("jwt.jwks_url", "").push(
+            "jwt.key_files",
+            &[
+                ("kid", "test-key".into()),
+                ("algorithm", "EdDSA".into()),
+                ("path", pem_path.into()),
+            ],
+        );
+    })
+    .await;
+    let r = gw.get("/api/me", Some(&key.token("carol"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["headers"]["x-user-id"], "carol");
+    assert_eq!(
+        gw.get("/api/me", Some(&TestKey::new(12).token("carol")))
+            .await
+            .status,
+        401
+    );
+    let _ = std::fs::remove_file(&pem);
 }

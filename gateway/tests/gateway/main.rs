@@ -5,12 +5,14 @@
 mod acme;
 mod admin;
 mod cli;
+mod config;
 mod connections;
 mod e2e;
 mod edge;
 mod helpers;
 mod jwks;
 mod pebble;
+mod rate_limits;
 mod reload;
 mod shared_limits;
 mod upstreams;
