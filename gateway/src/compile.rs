@@ -321,10 +321,13 @@ fn jwt(
     }
     match previous.filter(|prev| prev.settings.jwt == *j) {
         Some(prev) => Some(prev.jwks.clone()),
-        None => Jwks::from_settings(j, metrics.clone())
-            .map(Arc::new)
-            .map_err(|i| p.invalid(i))
-            .ok(),
+        None => match Jwks::from_settings(j, metrics.clone()) {
+            Ok(jwks) => Some(Arc::new(jwks)),
+            Err(invalid) => {
+                invalid.into_iter().for_each(|i| p.invalid(i));
+                None
+            }
+        },
     }
 }
 
@@ -521,4 +524,63 @@ fn routes(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile_text(text: &str) -> Result<Compiled, Vec<String>> {
+        let path =
+            std::env::temp_dir().join(format!("gw-compile-{}.toml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, text).map_err(|e| vec![e.to_string()])?;
+        let config = crate::settings::load(&path, Environment::Development).map_err(|e| e.0);
+        let _ = std::fs::remove_file(&path);
+        let metrics = Arc::new(Metrics::new().map_err(|e| vec![e.to_string()])?);
+        compile(&config?, None, &metrics).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn every_problem_of_every_section_is_reported_in_one_pass_with_its_line() {
+        let errors = compile_text(
+            "[listen]\nhttps = \"\"\nhttp_mode = \"proxy\"\n\n\
+             [server]\ntrusted_proxies = [\"10.0.0.0/8, nonsense\"]\n\n\
+             [jwt]\nissuer = \"https://api.example.com\"\njwks_ca_file = \"/nonexistent/ca.pem\"\n\n\
+             [[jwt.key_files]]\nkid = \"k\"\nalgorithm = \"EdDSA\"\npath = \"/nonexistent/key.pem\"\n\n\
+             [cors.web]\norigins = [\"https://*.example.com\"]\ncredentials = true\n\n\
+             [upstreams.api]\ntargets = [\"127.0.0.1:8000\"]\n\n\
+             [[routes]]\nprefix = \"/\"\nupstream = \"api\"\ncors = \"web\"\nlimits = [\"missing\"]\n",
+        )
+        .err()
+        .unwrap_or_default();
+        for needle in [
+            ":6: server.trusted_proxies.0: \"nonsense\" is not an IP address or CIDR",
+            ":10: jwt.jwks_ca_file: /nonexistent/ca.pem",
+            ":15: jwt.key_files.0.path: /nonexistent/key.pem: cannot read",
+            ":18: cors.web.origins.0: credentials are only allowed with exact origins",
+            ":28: routes.0.limits: no [limits.missing]",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(needle)),
+                "{needle}: {errors:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_good_configuration_compiles_into_its_routes() {
+        let compiled = compile_text(
+            "[listen]\nhttps = \"\"\nhttp_mode = \"proxy\"\n\n[jwt]\nissuer = \"i\"\n\n\
+             [limits.ip]\nper_second = 5\n\n[upstreams.api]\ntargets = [\"127.0.0.1:8000\"]\n\n\
+             [[routes]]\nprefix = \"/api/\"\nupstream = \"api\"\nlimits = [\"ip\"]\nbody_limit_bytes = 10\n",
+        );
+        let Ok(c) = compiled else {
+            panic!("{compiled:?}", compiled = compiled.err());
+        };
+        let route = &c.runtime.routes[0];
+        assert_eq!(route.cfg.prefix, "/api/");
+        assert_eq!(route.limits[0].name, "ip");
+        assert_eq!(route.body_limit, 10);
+        assert!(Arc::ptr_eq(&route.upstream, &c.runtime.upstreams["api"]));
+    }
 }

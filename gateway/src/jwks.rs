@@ -47,39 +47,40 @@ struct Fetches {
     installed: Option<[u8; 32]>,
 }
 
+/// The `jwt.jwks_url` to fetch: none when empty, else an http(s) URL.
+fn jwks_url(url: &str) -> Result<Option<http::Uri>, Invalid> {
+    let invalid = |why: String| Invalid::new("jwt.jwks_url", why);
+    match url.trim() {
+        "" => Ok(None),
+        u => {
+            let url: http::Uri = u
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
+            if !matches!(url.scheme_str(), Some("http" | "https")) {
+                return Err(invalid("must be an http:// or https:// URL".into()));
+            }
+            Ok(Some(url))
+        }
+    }
+}
+
 impl Jwks {
-    pub fn new(
-        url: &str,
-        ca_file: &str,
+    fn new(
+        url: Option<http::Uri>,
+        tls: rustls::ClientConfig,
         static_keys: Vec<VerificationKey>,
         allowed: Vec<Algorithm>,
         verifier: Arc<Verifier>,
         min_refetch: Duration,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, Invalid> {
-        let url = match url.trim() {
-            "" => None,
-            u => {
-                let url: http::Uri = u.parse().map_err(|e: http::uri::InvalidUri| {
-                    Invalid::new("jwt.jwks_url", e.to_string())
-                })?;
-                if !matches!(url.scheme_str(), Some("http" | "https")) {
-                    return Err(Invalid::new(
-                        "jwt.jwks_url",
-                        "must be an http:// or https:// URL",
-                    ));
-                }
-                Some(url)
-            }
-        };
-        let tls = client_tls(ca_file).map_err(|e| Invalid::new("jwt.jwks_ca_file", e))?;
+    ) -> Self {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .build();
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Self {
+        Self {
             url,
             static_keys,
             allowed,
@@ -88,22 +89,33 @@ impl Jwks {
             fetches: Mutex::new(Fetches::default()),
             min_refetch,
             metrics,
-        })
+        }
     }
 
-    /// A fetcher and its verifier for the `[jwt]` settings (keys empty until the first fetch).
-    pub fn from_settings(s: &crate::settings::Jwt, metrics: Arc<Metrics>) -> Result<Self, Invalid> {
+    /// A fetcher and its verifier for the `[jwt]` settings (keys empty until the first fetch);
+    /// else every key file, URL and CA file that cannot be used.
+    pub fn from_settings(
+        s: &crate::settings::Jwt,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Vec<Invalid>> {
+        let mut invalid = Vec::new();
+        let mut static_keys = Vec::new();
+        for (i, k) in s.key_files.iter().enumerate() {
+            match key_from_file(k) {
+                Ok(key) => static_keys.push(key),
+                Err((field, why)) => {
+                    invalid.push(Invalid::new(format!("jwt.key_files.{i}.{field}"), why))
+                }
+            }
+        }
+        let url = jwks_url(&s.jwks_url).map_err(|i| invalid.push(i));
+        let tls = client_tls(&s.jwks_ca_file)
+            .map_err(|why| invalid.push(Invalid::new("jwt.jwks_ca_file", why)));
+        let (Ok(url), Ok(tls), true) = (url, tls, invalid.is_empty()) else {
+            return Err(invalid);
+        };
         let algorithms: Vec<Algorithm> =
             s.algorithms.iter().filter_map(|a| a.parse().ok()).collect();
-        let static_keys = s
-            .key_files
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                key_from_file(k)
-                    .map_err(|(field, why)| Invalid::new(format!("jwt.key_files.{i}.{field}"), why))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let verifier = Arc::new(Verifier::new(
             gatehouse_common::jwt::Policy {
                 issuer: s.issuer.clone(),
@@ -114,15 +126,15 @@ impl Jwks {
             },
             KeySet::new(static_keys.clone()),
         ));
-        Self::new(
-            &s.jwks_url,
-            &s.jwks_ca_file,
+        Ok(Self::new(
+            url,
+            tls,
             static_keys,
             algorithms,
             verifier,
             Duration::from_secs(s.min_refetch_seconds),
             metrics,
-        )
+        ))
     }
 
     pub fn verifier(&self) -> &Arc<Verifier> {
