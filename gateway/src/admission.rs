@@ -14,14 +14,16 @@ pub struct HeadLimits {
     pub max_header_bytes: usize,
 }
 
-/// Why a head is refused. Each maps to one status and problem type.
+/// Why a head is refused; `rejection.rs` maps each to its status, problem type and label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// RFC 9110 §15.5.15: 414.
     UriTooLong {
         max: usize,
     },
     /// Ambiguous framing: the connection must be closed after the answer.
     Framing(&'static str),
+    /// RFC 6585 §5: 431.
     HeadersTooLarge {
         max: usize,
     },
@@ -30,57 +32,6 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn status(self) -> u16 {
-        match self {
-            Self::UriTooLong { .. } => 414,
-            Self::Framing(_) | Self::DotSegments => 400,
-            Self::HeadersTooLarge { .. } => 431,
-            Self::Method => 405,
-        }
-    }
-
-    /// The problem type slug.
-    pub fn kind(self) -> &'static str {
-        match self {
-            Self::UriTooLong { .. } => "uri_too_long",
-            Self::Framing(_) | Self::DotSegments => "malformed_request",
-            Self::HeadersTooLarge { .. } => "headers_too_large",
-            Self::Method => "method_not_allowed",
-        }
-    }
-
-    pub fn title(self) -> &'static str {
-        match self {
-            Self::UriTooLong { .. } => "URI too long",
-            Self::Framing(_) | Self::DotSegments => "Malformed request",
-            Self::HeadersTooLarge { .. } => "Request header fields too large",
-            Self::Method => "Method not allowed",
-        }
-    }
-
-    pub fn detail(self) -> String {
-        match self {
-            Self::UriTooLong { max } => format!("The request target must be at most {max} bytes."),
-            Self::Framing(why) => why.to_string(),
-            Self::HeadersTooLarge { max } => {
-                format!("The request headers must be at most {max} bytes.")
-            }
-            Self::DotSegments => "Dot segments are not allowed in paths.".to_string(),
-            Self::Method => "TRACE and CONNECT are not served.".to_string(),
-        }
-    }
-
-    /// The label of the access log's `decision` and of `rejections_total{reason}`.
-    pub fn decision(self) -> &'static str {
-        match self {
-            Self::UriTooLong { .. } => "uri_too_long",
-            Self::Framing(_) => "framing",
-            Self::HeadersTooLarge { .. } => "headers_too_large",
-            Self::DotSegments => "dot_segments",
-            Self::Method => "method",
-        }
-    }
-
     /// After a framing refusal nobody knows where the next request starts.
     pub fn closes_connection(self) -> bool {
         matches!(self, Self::Framing(_))
@@ -309,9 +260,10 @@ mod tests {
                     prop_assert!(!(h.contains_key("transfer-encoding") && h.contains_key("content-length")));
                 }
                 Err(r) => {
-                    prop_assert!((400..500).contains(&r.status()));
                     prop_assert_eq!(r.closes_connection(), matches!(r, Refusal::Framing(_)));
-                    prop_assert!(!r.detail().is_empty());
+                    let answer = crate::rejection::Rejection::from(r);
+                    prop_assert!((400..500).contains(&answer.status()));
+                    prop_assert!(answer.problem().detail.is_some_and(|d| !d.is_empty()));
                 }
             }
         }

@@ -72,7 +72,10 @@ const BEARER_INVALID: &str = "Bearer realm=\"gatehouse\", error=\"invalid_token\
 impl Rejection {
     pub fn status(&self) -> u16 {
         match self {
-            Self::Head(r) => r.status(),
+            Self::Head(Refusal::UriTooLong { .. }) => 414,
+            Self::Head(Refusal::Framing(_) | Refusal::DotSegments) => 400,
+            Self::Head(Refusal::HeadersTooLarge { .. }) => 431,
+            Self::Head(Refusal::Method) => 405,
             Self::NoRoute => 404,
             Self::Preflight(_) | Self::PathClaim => 403,
             Self::BodyTooLarge { .. } => 413,
@@ -91,7 +94,19 @@ impl Rejection {
     pub fn problem(&self) -> Problem {
         let p = |kind, title| Problem::new(self.status(), kind, title);
         match self {
-            Self::Head(r) => p(r.kind(), r.title()).detail(r.detail()),
+            Self::Head(Refusal::UriTooLong { max }) => p("uri_too_long", "URI too long")
+                .detail(format!("The request target must be at most {max} bytes.")),
+            Self::Head(Refusal::Framing(why)) => {
+                p("malformed_request", "Malformed request").detail(*why)
+            }
+            Self::Head(Refusal::HeadersTooLarge { max }) => {
+                p("headers_too_large", "Request header fields too large")
+                    .detail(format!("The request headers must be at most {max} bytes."))
+            }
+            Self::Head(Refusal::DotSegments) => p("malformed_request", "Malformed request")
+                .detail("Dot segments are not allowed in paths."),
+            Self::Head(Refusal::Method) => p("method_not_allowed", "Method not allowed")
+                .detail("TRACE and CONNECT are not served."),
             Self::NoRoute => p("not_found", "Not found").detail("No route for this path."),
             Self::Preflight(why) => p("cors_rejected", "CORS preflight rejected")
                 .detail(format!("The preflight was refused: {why}.")),
@@ -149,7 +164,11 @@ impl Rejection {
     /// The label of `rejections_total{reason}` and the access log's `decision`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Head(r) => r.decision(),
+            Self::Head(Refusal::UriTooLong { .. }) => "uri_too_long",
+            Self::Head(Refusal::Framing(_)) => "framing",
+            Self::Head(Refusal::HeadersTooLarge { .. }) => "headers_too_large",
+            Self::Head(Refusal::DotSegments) => "dot_segments",
+            Self::Head(Refusal::Method) => "method",
             Self::NoRoute => "no_route",
             Self::Preflight(_) => "cors",
             Self::BodyTooLarge { .. } => "body_too_large",
