@@ -13,4 +13,5 @@ mod jwks;
 mod pebble;
 mod reload;
 mod shared_limits;
+mod tls;
 mod upstreams;
