@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 /// `typ` value required on access tokens (RFC 9068 §2.1).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
-/// Largest leeway we accept from configuration (SECURITY.md: ≤ 30 s).
+/// Largest leeway we accept from configuration (docs/security.md: ≤ 30 s).
 pub const MAX_LEEWAY_SECS: u64 = 30;
 
 /// The claims of a verified access token that callers use.

@@ -319,15 +319,31 @@ async fn handle(
         .latency
         .with_label_values(&[ctx.route])
         .observe(elapsed.as_secs_f64());
-    tracing::info!(
-        target: "access",
-        request_id = %ctx.request_id,
-        method = %method,
-        route = ctx.route,
-        status = status.as_u16(),
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        user_id = ctx.user_id.map(|u| u.to_string()).unwrap_or_default(),
-        "request"
-    );
+    macro_rules! access {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "access",
+                request_id = %ctx.request_id,
+                method = %method,
+                route = ctx.route,
+                status = status.as_u16(),
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                user_id = ctx.user_id.map(|u| u.to_string()).unwrap_or_default(),
+                "request"
+            )
+        };
+    }
+    // Health checks (the gateway probes every second) and scrapes would bury every other
+    // line: successful ones are logged at debug.
+    if status.is_success() && is_probe(ctx.route) {
+        access!(debug);
+    } else {
+        access!(info);
+    }
     Ok(resp)
+}
+
+/// Routes polled by machines (health checks, Prometheus).
+fn is_probe(route: &str) -> bool {
+    matches!(route, "/healthz" | "/readyz" | "/metrics")
 }

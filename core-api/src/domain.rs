@@ -60,7 +60,7 @@ impl fmt::Display for Email {
     }
 }
 
-/// A password that satisfies the length rules (SECURITY.md: at least 8 characters, at least
+/// A password that satisfies the length rules (docs/security.md: at least 8 characters, at least
 /// 64 accepted, no composition rules). Redacted in `Debug`.
 #[derive(Debug, Clone)]
 pub struct Password(SecretString);

@@ -23,7 +23,7 @@ pub const DEFAULT_TRUSTED_PROXIES: &[&str] = &[
     "fc00::/7",
 ];
 
-/// Lowest bcrypt cost ever accepted (SECURITY.md).
+/// Lowest bcrypt cost ever accepted (docs/security.md).
 pub const MIN_BCRYPT_COST: u32 = 10;
 /// Lowest bcrypt cost accepted when `auth.insecure_test_bcrypt` is set: only the test suite
 /// does that, to keep hundreds of registrations fast. Refused outside development.
@@ -176,7 +176,7 @@ pub struct AuthSettings {
     /// Defaults to the RFC 7638 thumbprint of the public key.
     pub signing_kid: Option<String>,
     pub previous_keys: Vec<PreviousKey>,
-    /// HS256 must be opted into explicitly (SECURITY.md).
+    /// HS256 must be opted into explicitly (docs/security.md).
     pub allow_hs256: bool,
     pub bcrypt_cost: u32,
     /// Concurrent bcrypt computations; 0 = one less than the CPU count (at least 1), so a

@@ -1,6 +1,6 @@
 //! bcrypt password hashing off the async threads, behind a concurrency cap.
 //!
-//! bcrypt reads only 72 bytes of input (SECURITY.md). Rather than reject long pass phrases, we
+//! bcrypt reads only 72 bytes of input (docs/security.md). Rather than reject long pass phrases, we
 //! pre-hash: bcrypt(base64(SHA-256("gatehouse-bcrypt-v1\0" ‖ password))). The 44-byte base64
 //! input is under the limit and has no NUL bytes, so two passwords that share their first 72
 //! bytes never both verify. The stored string is still a standard `$2b$<cost>$…` hash.

@@ -327,6 +327,17 @@ impl TestApp {
             .await
     }
 
+    /// A new task of `user`; returns its path.
+    pub async fn task_of(&self, user: &TestUser) -> String {
+        let r = self.create_task(user, json!({"title": "t"})).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        format!(
+            "{}/{}",
+            self.tasks_path(user.id),
+            r.body["id"].as_str().expect("task id")
+        )
+    }
+
     /// Signs arbitrary claims with the app's real key and kid (for forged-token tests).
     pub fn sign(&self, claims: &Value, tweak: impl FnOnce(&mut Header)) -> String {
         let key = EncodingKey::from_ed_pem(self.signing_pem.expose_secret().as_bytes()).unwrap();

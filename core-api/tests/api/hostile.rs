@@ -31,12 +31,7 @@ fn field_errors(body: &Value) -> Vec<(String, String)> {
 async fn due_dates_outside_rfc3339_years_are_refused_before_the_database() {
     let app = spawn_app().await;
     let u = app.user().await;
-    let task = app.create_task(&u, json!({"title": "t"})).await;
-    let task_path = format!(
-        "{}/{}",
-        app.tasks_path(u.id),
-        task.body["id"].as_str().unwrap()
-    );
+    let task_path = app.task_of(&u).await;
     for due in [
         "9999-12-31T23:59:59-00:01",
         "0000-01-01T00:00:00+00:01",
@@ -104,12 +99,7 @@ async fn the_schema_refuses_unservable_due_dates() {
 async fn control_characters_are_refused_in_every_text_field() {
     let app = spawn_app().await;
     let u = app.user().await;
-    let task = app.create_task(&u, json!({"title": "t"})).await;
-    let task_path = format!(
-        "{}/{}",
-        app.tasks_path(u.id),
-        task.body["id"].as_str().unwrap()
-    );
+    let task_path = app.task_of(&u).await;
     for (body, field) in [
         (
             json!({"title": "t", "description": "a\u{0}b"}),

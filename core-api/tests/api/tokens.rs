@@ -1,4 +1,4 @@
-//! Access-token attacks (SECURITY.md, RFC 8725): every one is a 401 with a Bearer challenge.
+//! Access-token attacks (docs/security.md, RFC 8725): every one is a 401 with a Bearer challenge.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -15,4 +15,5 @@ mod pebble;
 mod rate_limits;
 mod reload;
 mod shared_limits;
+mod tls;
 mod upstreams;
