@@ -3,7 +3,7 @@
 
 use pingora::http::{RequestHeader, ResponseHeader};
 
-/// Identity and forwarding headers only the gateway may set (SECURITY.md): removed from every
+/// Identity and forwarding headers only the gateway may set (docs/security.md): removed from every
 /// request before anything reads them. `x-request-id` is kept only from trusted proxies.
 pub const SPOOFABLE: &[&str] = &[
     "x-user-id",
@@ -24,7 +24,7 @@ pub fn strip_spoofable(req: &mut RequestHeader, keep_request_id: bool) {
     }
 }
 
-/// Security headers on every response, local or proxied (DESIGN.md, SECURITY.md).
+/// Security headers on every response, local or proxied (docs/contracts.md, docs/security.md).
 pub fn secure(resp: &mut ResponseHeader, hsts: &str, authenticated: bool) {
     let _ = resp.insert_header("strict-transport-security", hsts);
     let _ = resp.insert_header("x-content-type-options", "nosniff");
