@@ -371,7 +371,8 @@ async fn concurrent_refreshes_have_exactly_one_winner() {
     let results = futures_util::future::join_all(attempts).await;
     let ok = results.iter().filter(|r| r.status == 200).count();
     let refused = results.iter().filter(|r| r.status == 401).count();
-    assert_eq!((ok, refused), (1, 7));
+    let statuses: Vec<_> = results.iter().map(|r| (r.status, r.text.clone())).collect();
+    assert_eq!((ok, refused), (1, 7), "{statuses:?}");
 }
 
 #[tokio::test]

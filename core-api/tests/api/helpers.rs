@@ -142,7 +142,9 @@ pub fn test_settings(db_url: &str, pem: &SecretString) -> Settings {
     s.database.url = SecretString::from(db_url.to_string());
     s.database.pool_size = 10;
     s.database.acquire_timeout_ms = 1_000;
-    s.database.connect_timeout_ms = 1_000;
+    // Generous: opening a connection (SCRAM) takes longer than a second on a loaded 2-core CI
+    // machine, and a test must not fail for that.
+    s.database.connect_timeout_ms = 5_000;
     // Documented test setting: bcrypt cost 4 keeps hundreds of registrations fast. The API
     // refuses it outside development.
     s.auth.bcrypt_cost = 4;
