@@ -28,17 +28,35 @@ die() { printf 'schemathesis: %s\n' "$*" >&2; exit 1; }
 : "${DATABASE_URL:?DATABASE_URL is not set (source the env of scripts/pg.sh)}"
 : "${TEST_PG_ADMIN_URL:?TEST_PG_ADMIN_URL is not set (source the env of scripts/pg.sh)}"
 
-# ---- the tool: a venv whose stamp records the pin.
+# ---- the interpreter: CPython 3.11.0-3.11.4 (Debian 12's 3.11.2) turns a RecursionError that
+# hypothesis catches into "SystemError: AST constructor recursion depth mismatch" (CPython
+# gh-106905, fixed in 3.11.5), which stops a run now and then. Prefer a newer python3 when the
+# machine has one (these machines carry CPython 3.11.7 through pyenv), else Debian's.
+pick_python() {
+  local c
+  for c in python3.13 python3.12 python3 /usr/bin/python3; do
+    command -v "$c" >/dev/null 2>&1 || continue
+    if "$c" -c 'import sys, venv; sys.exit(0 if sys.version_info >= (3, 11, 5) else 1)' 2>/dev/null; then
+      command -v "$c"
+      return
+    fi
+  done
+  echo /usr/bin/python3
+}
+python=$(pick_python)
+stamp="$PIN $("$python" -c 'import sys; print(sys.version.split()[0])')"
+
+# ---- the tool: a venv whose stamp records the pin and the interpreter.
 mkdir -p "$tools"
 exec 9>"$tools/.lock"
 flock 9
-if [[ ! -x $venv/bin/st || $(cat "$venv/.gatehouse-stamp" 2>/dev/null) != "$PIN" ]]; then
-  say "installing $PIN into $venv"
+if [[ ! -x $venv/bin/st || $(cat "$venv/.gatehouse-stamp" 2>/dev/null) != "$stamp" ]]; then
+  say "installing $PIN into $venv ($python)"
   rm -rf "$venv"
-  /usr/bin/python3 -m venv "$venv" >"$tools/install.log" 2>&1 || { cat "$tools/install.log" >&2; die "python3 -m venv failed (apt-get install python3-venv)"; }
+  "$python" -m venv "$venv" >"$tools/install.log" 2>&1 || { cat "$tools/install.log" >&2; die "$python -m venv failed (apt-get install python3-venv)"; }
   "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input "$PIN" >>"$tools/install.log" 2>&1 \
     || { tail -n 30 "$tools/install.log" >&2; rm -rf "$venv"; die "pip install $PIN failed"; }
-  echo "$PIN" >"$venv/.gatehouse-stamp"
+  echo "$stamp" >"$venv/.gatehouse-stamp"
 fi
 flock -u 9
 
