@@ -1,7 +1,8 @@
 //! Admission of a request head, before routing: size limits (RFC 9110 §15.5.15 414,
 //! RFC 6585 §5 431), message framing (RFC 9112 §6.1, §6.3: the ambiguities requests are
-//! smuggled through), dot segments (RFC 3986 §5.2.4: `.` and `..`, also percent-encoded, would
-//! be resolved differently here and upstream) and methods never served (TRACE, CONNECT).
+//! smuggled through), dot segments (RFC 3986 §5.2.4: `.` and `..`, also percent-encoded, next
+//! to an encoded slash or backslash, or with `;` parameters, would be resolved differently here
+//! and upstream) and methods never served (TRACE, CONNECT).
 //!
 //! [`admit`] is a pure function of the head, so it is property-tested and fuzzed on its own.
 
@@ -144,22 +145,41 @@ pub fn framing_problem(h: &HeaderMap) -> Option<&'static str> {
     None
 }
 
-/// Whether a path has a `.` or `..` segment, literally or percent-encoded in any mix
-/// (`.%2e`, `%2E.`): an upstream that decodes before resolving would climb out of the route.
+/// Whether a path has a `.` or `..` segment (RFC 3986 §5.2.4) as some upstream could see it:
+/// percent-decoded once (`%2e%2e`, `.%2E`), split on `/` and also on `\` (IIS, Windows
+/// servers and Spring treat it as `/`, encoded as `%5C` too), so that `..%2f` is a `..`
+/// segment for an upstream that decodes before it splits; and with `;` path parameters
+/// ignored (RFC 3986 §3.3; Tomcat and Spring strip them, so `..;x` is `..` there). An
+/// upstream resolving any of these would climb out of the route the gateway chose.
 pub fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let mut dots = 0;
-        let mut rest = segment.as_bytes();
-        while !rest.is_empty() {
-            match rest {
-                [b'.', tail @ ..] => rest = tail,
-                [b'%', b'2', b'e' | b'E', tail @ ..] => rest = tail,
-                _ => return false,
-            }
-            dots += 1;
+    percent_decode(path.as_bytes())
+        .split(|b| matches!(b, b'/' | b'\\'))
+        .any(|segment| {
+            let name = segment.split(|b| *b == b';').next().unwrap_or(segment);
+            name == b"." || name == b".."
+        })
+}
+
+/// RFC 3986 §2.1 percent-decoding, once; a `%` without two hex digits stays as it is.
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%'
+            && let Some((hi, lo)) = s
+                .get(i + 1)
+                .and_then(|&h| hex(h))
+                .zip(s.get(i + 2).and_then(|&l| hex(l)))
+        {
+            out.push((hi << 4) | lo);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
         }
-        (1..=2).contains(&dots)
-    })
+    }
+    out
 }
 
 #[cfg(test)]
@@ -199,6 +219,18 @@ mod tests {
             "/a/%2e./b",
             "/a/%2E/b",
             "/.",
+            // Found by fuzz/fuzz_targets/request_head.rs: `..` then an encoded slash or
+            // backslash, which an upstream that decodes before it splits reads as `../`.
+            "/api/used4e5f6a7z/..%2f%5c",
+            "/api/users/alice/..%2fbob/tasks",
+            "/a/%2e%2E%2F/b",
+            "/a/..%5cb",
+            "/a/..\\b",
+            "/a/.\\b",
+            // Path parameters: Tomcat and Spring read `..;x` as `..`.
+            "/api/users/alice/..;x/bob",
+            "/a/.;/b",
+            "/a/%2e%2e%3bx/b",
         ] {
             assert!(has_dot_segments(p), "{p}");
         }
@@ -210,6 +242,13 @@ mod tests {
             "/a/%2e%2e%2e",
             "/",
             "/a/%2f",
+            "/a/...;x/b",
+            "/a/;x/b",
+            "/a/b.;/c",
+            "/a/%252e%252e/b",
+            "/a/%2/b",
+            "/a/%",
+            "/a/%%2e",
         ] {
             assert!(!has_dot_segments(p), "{p}");
         }
@@ -247,11 +286,15 @@ mod tests {
             Just("e"),
             Just("a"),
             Just("%2f"),
+            Just("%5C"),
+            Just("\\"),
+            Just(";"),
+            Just("%3b"),
         ];
         prop::collection::vec(piece, 0..4).prop_map(|p| p.concat())
     }
 
-    fn percent_decode(s: &str) -> Vec<u8> {
+    fn oracle_decode(s: &str) -> Vec<u8> {
         let b = s.as_bytes();
         let mut out = Vec::new();
         let mut i = 0;
@@ -275,15 +318,16 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
 
-        /// Refused exactly when some segment decodes to `.` or `..`.
+        /// Refused exactly when, decoded once, some segment between `/` or `\` is `.` or
+        /// `..` once its `;` parameters are dropped.
         #[test]
         fn a_path_is_refused_iff_a_segment_decodes_to_a_dot_segment(
             segments in prop::collection::vec(segment(), 0..6)
         ) {
             let path = format!("/{}", segments.join("/"));
-            let decodes_to_dots = path
-                .split('/')
-                .any(|s| matches!(percent_decode(s).as_slice(), b"." | b".."));
+            let decodes_to_dots = String::from_utf8_lossy(&oracle_decode(&path))
+                .split(['/', '\\'])
+                .any(|s| matches!(s.split(';').next(), Some("." | "..")));
             prop_assert_eq!(has_dot_segments(&path), decodes_to_dots, "{}", path);
         }
 
