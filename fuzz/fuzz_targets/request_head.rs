@@ -82,7 +82,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(req) = parse_head(data) else {
         return;
     };
-    match admission::admit(&req.method, &req.uri, &req.headers, LIMITS) {
+    match admission::admit(&req.method, &req.uri, req.raw_path(), &req.headers, LIMITS) {
         Err(refusal) => {
             assert!((400..500).contains(&refusal.status()), "{refusal:?}");
             assert!(!refusal.detail().is_empty());
@@ -132,6 +132,17 @@ fn check_admitted(req: &RequestHeader) {
     );
 
     assert!(req.method != Method::TRACE && req.method != Method::CONNECT);
+    // RFC 9112 §3.2: origin-form, absolute-form http(s) with an authority, OPTIONS *.
+    let lower = raw.to_ascii_lowercase();
+    let authority_first = |rest: &[u8]| rest.first().is_some_and(|b| !b"/?#".contains(b));
+    assert!(
+        raw.first() == Some(&b'/')
+            || (raw == b"*" && req.method == Method::OPTIONS)
+            || lower.strip_prefix(b"http://").is_some_and(authority_first)
+            || lower.strip_prefix(b"https://").is_some_and(authority_first),
+        "admitted the request-target {:?}",
+        String::from_utf8_lossy(raw)
+    );
     check_framing(&req.headers);
 }
 

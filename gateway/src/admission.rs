@@ -2,9 +2,12 @@
 //! RFC 6585 §5 431), message framing (RFC 9112 §6.1, §6.3: the ambiguities requests are
 //! smuggled through), dot segments (RFC 3986 §5.2.4: `.` and `..`, also percent-encoded, next
 //! to an encoded slash or backslash, or with `;` parameters, would be resolved differently here
-//! and upstream) and methods never served (TRACE, CONNECT).
+//! and upstream), methods never served (TRACE, CONNECT) and request-target forms never served
+//! (RFC 9112 §3.2: only origin-form, absolute-form http(s) and `OPTIONS *`).
 //!
 //! [`admit`] is a pure function of the head, so it is property-tested and fuzzed on its own.
+//! It checks the request-target as received (`target`, Pingora's `raw_path()`: the bytes that
+//! are forwarded) as well as the parsed `Uri` that routing reads, so the two cannot disagree.
 
 use http::{HeaderMap, Method, Uri};
 
@@ -28,13 +31,15 @@ pub enum Refusal {
     },
     DotSegments,
     Method,
+    /// Authority-form, another scheme, or a target that is not a path.
+    TargetForm,
 }
 
 impl Refusal {
     pub fn status(self) -> u16 {
         match self {
             Self::UriTooLong { .. } => 414,
-            Self::Framing(_) | Self::DotSegments => 400,
+            Self::Framing(_) | Self::DotSegments | Self::TargetForm => 400,
             Self::HeadersTooLarge { .. } => 431,
             Self::Method => 405,
         }
@@ -44,7 +49,7 @@ impl Refusal {
     pub fn kind(self) -> &'static str {
         match self {
             Self::UriTooLong { .. } => "uri_too_long",
-            Self::Framing(_) | Self::DotSegments => "malformed_request",
+            Self::Framing(_) | Self::DotSegments | Self::TargetForm => "malformed_request",
             Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::Method => "method_not_allowed",
         }
@@ -53,7 +58,7 @@ impl Refusal {
     pub fn title(self) -> &'static str {
         match self {
             Self::UriTooLong { .. } => "URI too long",
-            Self::Framing(_) | Self::DotSegments => "Malformed request",
+            Self::Framing(_) | Self::DotSegments | Self::TargetForm => "Malformed request",
             Self::HeadersTooLarge { .. } => "Request header fields too large",
             Self::Method => "Method not allowed",
         }
@@ -68,6 +73,10 @@ impl Refusal {
             }
             Self::DotSegments => "Dot segments are not allowed in paths.".to_string(),
             Self::Method => "TRACE and CONNECT are not served.".to_string(),
+            Self::TargetForm => {
+                "The request target must be a path, an absolute http(s) URL, or * for OPTIONS."
+                    .to_string()
+            }
         }
     }
 
@@ -79,6 +88,7 @@ impl Refusal {
             Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::DotSegments => "dot_segments",
             Self::Method => "method",
+            Self::TargetForm => "target_form",
         }
     }
 
@@ -88,16 +98,21 @@ impl Refusal {
     }
 }
 
-/// Checks a request head; the first problem found, in the order above.
+/// Checks a request head; the first problem found, in the order above. `target` is the
+/// request-target as received, which is what goes upstream (Pingora keeps an absolute-form or
+/// unusual target verbatim and gives `uri` only its path, or `/`).
 pub fn admit(
     method: &Method,
     uri: &Uri,
+    target: &[u8],
     headers: &HeaderMap,
     limits: HeadLimits,
 ) -> Result<(), Refusal> {
     let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len());
-    if uri_len > limits.max_uri_bytes {
+    // An absolute-form authority is in `target` only: without this, a Host-less request with
+    // a megabyte of authority passed the 414 limit.
+    if uri_len.max(target.len()) > limits.max_uri_bytes {
         return Err(Refusal::UriTooLong {
             max: limits.max_uri_bytes,
         });
@@ -114,13 +129,39 @@ pub fn admit(
             max: limits.max_header_bytes,
         });
     }
-    if has_dot_segments(uri.path()) {
+    let target_path = target.split(|b| *b == b'?').next().unwrap_or(target);
+    if has_dot_segments(uri.path().as_bytes()) || has_dot_segments(target_path) {
         return Err(Refusal::DotSegments);
     }
     if method == Method::TRACE || method == Method::CONNECT {
         return Err(Refusal::Method);
     }
+    if !served_target_form(method, target) {
+        return Err(Refusal::TargetForm);
+    }
     Ok(())
+}
+
+/// RFC 9112 §3.2: origin-form (`/path`); absolute-form (§3.2.2, which servers must accept)
+/// with an `http` or `https` URI and an authority; asterisk-form for OPTIONS (§3.2.4). Any
+/// other target (a bare `api/x`, `mailto:x`, `foo://h/x`) is one Pingora forwards verbatim
+/// while routing reads `/`: the gateway and the upstream would judge different requests.
+fn served_target_form(method: &Method, target: &[u8]) -> bool {
+    match target {
+        [b'/', ..] => true,
+        b"*" => method == Method::OPTIONS,
+        _ => {
+            let Some(colon) = target.iter().position(|b| *b == b':') else {
+                return false;
+            };
+            let (scheme, rest) = target.split_at(colon);
+            (scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https"))
+                && rest
+                    .strip_prefix(b"://")
+                    .and_then(|authority| authority.first())
+                    .is_some_and(|b| !matches!(b, b'/' | b'?' | b'#'))
+        }
+    }
 }
 
 /// Conflicting or unsupported message framing, if any (RFC 9112 §6.1: chunked must be the
@@ -151,8 +192,8 @@ pub fn framing_problem(h: &HeaderMap) -> Option<&'static str> {
 /// segment for an upstream that decodes before it splits; and with `;` path parameters
 /// ignored (RFC 3986 §3.3; Tomcat and Spring strip them, so `..;x` is `..` there). An
 /// upstream resolving any of these would climb out of the route the gateway chose.
-pub fn has_dot_segments(path: &str) -> bool {
-    percent_decode(path.as_bytes())
+pub fn has_dot_segments(path: &[u8]) -> bool {
+    percent_decode(path)
         .split(|b| matches!(b, b'/' | b'\\'))
         .any(|segment| {
             let name = segment.split(|b| *b == b';').next().unwrap_or(segment);
@@ -232,7 +273,7 @@ mod tests {
             "/a/.;/b",
             "/a/%2e%2e%3bx/b",
         ] {
-            assert!(has_dot_segments(p), "{p}");
+            assert!(has_dot_segments(p.as_bytes()), "{p}");
         }
         for p in [
             "/a/b",
@@ -250,8 +291,47 @@ mod tests {
             "/a/%",
             "/a/%%2e",
         ] {
-            assert!(!has_dot_segments(p), "{p}");
+            assert!(!has_dot_segments(p.as_bytes()), "{p}");
         }
+    }
+
+    #[test]
+    fn the_target_as_received_is_measured_and_must_be_a_served_form() {
+        let admit_target = |method: &Method, target: &str, uri: &str| {
+            let uri = uri.parse::<Uri>().unwrap_or_default();
+            admit(method, &uri, target.as_bytes(), &HeaderMap::new(), LIMITS)
+        };
+        // Found by fuzz/fuzz_targets/request_head.rs: Pingora gives the Uri of an
+        // absolute-form target only its path, so a long authority passed the limit.
+        let long = format!("http://{}/x?y", "a".repeat(70));
+        assert_eq!(
+            admit_target(&Method::GET, &long, "/x?y"),
+            Err(Refusal::UriTooLong { max: 64 })
+        );
+        assert_eq!(admit_target(&Method::GET, "http://h/x?y", "/x?y"), Ok(()));
+        assert_eq!(admit_target(&Method::GET, "HTTPS://h:8443", "/"), Ok(()));
+        assert_eq!(admit_target(&Method::OPTIONS, "*", "/"), Ok(()));
+        // Pingora anchors these to `/` for routing and forwards them verbatim.
+        for target in [
+            "api/x",
+            "mailto:x",
+            "foo://h/x",
+            "http:/x",
+            "http:///x",
+            "*",
+            "",
+        ] {
+            assert_eq!(
+                admit_target(&Method::GET, target, "/"),
+                Err(Refusal::TargetForm),
+                "{target:?}"
+            );
+        }
+        // The forwarded target is checked for dot segments too, not only the parsed path.
+        assert_eq!(
+            admit_target(&Method::GET, "http://h/a/%2e%2e/b", "/b"),
+            Err(Refusal::DotSegments)
+        );
     }
 
     #[test]
@@ -328,14 +408,18 @@ mod tests {
             let decodes_to_dots = String::from_utf8_lossy(&oracle_decode(&path))
                 .split(['/', '\\'])
                 .any(|s| matches!(s.split(';').next(), Some("." | "..")));
-            prop_assert_eq!(has_dot_segments(&path), decodes_to_dots, "{}", path);
+            prop_assert_eq!(has_dot_segments(path.as_bytes()), decodes_to_dots, "{}", path);
         }
 
         /// Any head gives admission or one typed refusal; a refused framing closes.
         #[test]
         fn any_head_is_admitted_or_refused_with_a_typed_reason(
             method in prop_oneof![Just("GET".to_string()), Just("TRACE".to_string()), Just("CONNECT".to_string()), "[A-Z]{1,8}"],
-            path in "/[ -~]{0,80}",
+            path in prop_oneof![
+                "/[ -~]{0,80}",
+                "(http|HTTPS|ftp)://[a-z.:]{0,70}(/[ -~]{0,40})?",
+                "[a-z*:/]{0,10}",
+            ],
             headers in prop::collection::vec(
                 (prop_oneof![Just("transfer-encoding".to_string()), Just("content-length".to_string()), "[a-z-]{1,12}"], "[ -~]{0,40}"),
                 0..8,
@@ -344,10 +428,19 @@ mod tests {
             let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
             let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (&k[..], &v[..])).collect();
             let (uri, h) = head(&path, &pairs);
-            match admit(&method, &uri, &h, LIMITS) {
+            match admit(&method, &uri, path.as_bytes(), &h, LIMITS) {
                 Ok(()) => {
                     prop_assert!(uri.path().len() <= LIMITS.max_uri_bytes);
-                    prop_assert!(!has_dot_segments(uri.path()));
+                    prop_assert!(path.len() <= LIMITS.max_uri_bytes);
+                    let lower = path.to_ascii_lowercase();
+                    prop_assert!(
+                        path.starts_with('/')
+                            || (path == "*" && method == Method::OPTIONS)
+                            || lower.starts_with("http://")
+                            || lower.starts_with("https://"),
+                        "{}", path
+                    );
+                    prop_assert!(!has_dot_segments(uri.path().as_bytes()));
                     prop_assert!(method != Method::TRACE && method != Method::CONNECT);
                     // Admitted framing is unambiguous: no CL+TE, only chunked.
                     prop_assert!(!(h.contains_key("transfer-encoding") && h.contains_key("content-length")));

@@ -596,7 +596,9 @@ impl ProxyHttp for Gateway {
             max_uri_bytes: rt.max_uri,
             max_header_bytes: rt.max_header_bytes,
         };
-        if let Err(refusal) = admission::admit(&method, &req.uri, &req.headers, head_limits) {
+        if let Err(refusal) =
+            admission::admit(&method, &req.uri, req.raw_path(), &req.headers, head_limits)
+        {
             if refusal.closes_connection() {
                 // RFC 9112 §6.3: after ambiguous framing nobody knows where the next request
                 // starts; answer and close rather than guess.

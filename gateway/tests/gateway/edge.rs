@@ -410,6 +410,36 @@ async fn size_limits() {
     assert_eq!(echo.count(&format!("/open/{}", "a".repeat(9000))), 0);
 }
 
+/// The request-target as sent is what Pingora forwards, so it is what admission judges (both
+/// found by the request_head fuzz target): a long absolute-form authority passed the 414 limit,
+/// and targets that are neither a path nor an http(s) URL were routed as `/` but forwarded as
+/// they came.
+#[tokio::test]
+async fn request_targets_are_judged_as_sent() {
+    let (echo, gw, _key) = setup().await;
+    let long_authority = format!(
+        "GET http://{}.test/open/long HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "a".repeat(9000)
+    );
+    let answer = raw_tls(&gw, long_authority.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+    assert!(answer.contains("uri_too_long"), "{answer}");
+    for target in ["foo://localhost/open/scheme", "open/bare"] {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let answer = raw_tls(&gw, raw.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+        assert!(answer.contains("malformed_request"), "{target}: {answer}");
+    }
+    // Absolute-form http(s) is still served (RFC 9112 §3.2.2).
+    let absolute = "GET https://localhost/open/absolute HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let answer = raw_tls(&gw, absolute.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(echo.count("/open/absolute"), 1);
+    for path in ["/open/long", "/open/scheme", "/open/bare", "/"] {
+        assert_eq!(echo.count(path), 0, "{path} reached the upstream");
+    }
+}
+
 #[tokio::test]
 async fn request_smuggling_vectors_never_reach_the_upstream() {
     let (echo, gw, _key) = setup().await;
