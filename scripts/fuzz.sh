@@ -64,8 +64,8 @@ for t in "${targets[@]}"; do
   grep -A1 'panicked at' "$log" || true
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
   took=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n1)
-  corpus=$(find "fuzz/target/corpus/$t" -type f | wc -l)
-  summary+=("$(printf '%-13s %12s execs %6ss  corpus %5s  %s' "$t" "${execs:-?}" "${took:-?}" "$corpus" \
+  corpus=$(sed -n 's/.*DONE .* corp: \([0-9]*\)\/.*/\1/p' "$log" | tail -n1)
+  summary+=("$(printf '%-13s %12s execs %6ss  corpus %5s  %s' "$t" "${execs:-?}" "${took:-?}" "${corpus:-?}" \
     "$([[ $status -eq 0 ]] && echo ok || echo "CRASH (log: $log)")")")
   [[ $status -eq 0 ]] || failed+=("$t")
 done
