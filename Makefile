@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help dev dev-acme test lint fmt build release bench clean-dev
+.PHONY: help dev dev-acme test fuzz lint fmt build release bench clean-dev
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -17,11 +17,14 @@ dev-acme: ## Like dev, with the certificate from a local ACME CA (Pebble)
 test: ## fmt + clippy + tests against a throwaway PostgreSQL (what CI runs)
 	scripts/test.sh
 
-lint: ## cargo fmt --check and clippy with -D warnings
-	$(CARGO) fmt --all --check && $(CARGO) clippy --workspace --all-targets -- -D warnings
+fuzz: ## cargo-fuzz targets on nightly, FUZZ_SECONDS (60) each, one after another (not in test)
+	scripts/fuzz.sh
 
-fmt: ## Format the workspace
-	$(CARGO) fmt --all
+lint: ## cargo fmt --check and clippy with -D warnings
+	$(CARGO) fmt --all --check && rustfmt --edition 2024 --check fuzz/fuzz_targets/*.rs && $(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the workspace and the fuzz targets
+	$(CARGO) fmt --all && rustfmt --edition 2024 fuzz/fuzz_targets/*.rs
 
 build: ## Debug build of the workspace
 	$(CARGO) build --workspace

@@ -51,8 +51,9 @@ python3 deploy/grafana/check_dashboard.py
 step "deployment files (scripts/check-deploy.sh): Kubernetes schemas, compose-spec, hadolint, project rules"
 "$repo/scripts/check-deploy.sh"
 
-step "cargo fmt --all --check"
+step "cargo fmt --all --check (and the fuzz targets, their own workspace)"
 cargo fmt --all --check
+rustfmt --edition 2024 --check fuzz/fuzz_targets/*.rs
 
 step "cargo clippy --workspace --all-targets --locked -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -312,6 +312,12 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<AccessClaims>(token, &key.key, &validation)
             .map_err(|e| map_error(e.kind()))?;
+        // RFC 9068 §2.2: `sub` is required; jsonwebtoken only checks that the member exists,
+        // and an empty subject would become an empty `X-User-Id` and satisfy an empty path
+        // segment (`/api/users//…`).
+        if data.claims.sub.is_empty() {
+            return Err(Rejection::MissingClaim("sub".into()));
+        }
         Ok(data.claims)
     }
 }
@@ -381,6 +387,20 @@ mod tests {
         h.kid = Some("k1".into());
         let claims = json!({"iss": "iss", "aud": "aud", "sub": "u1", "iat": now, "nbf": now, "exp": now + exp_in});
         jsonwebtoken::encode(&h, &claims, enc).unwrap_or_default()
+    }
+
+    /// Caught by the policy check of fuzz/fuzz_targets/jwt.rs: `"sub": ""` passed as a subject.
+    #[test]
+    fn an_empty_subject_is_a_missing_subject() {
+        let (enc, dec) = keypair(1);
+        let v = verifier(dec);
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.typ = Some("at+jwt".into());
+        h.kid = Some("k1".into());
+        let exp = now_secs() + 300;
+        let claims = json!({"iss": "iss", "aud": "aud", "sub": "", "exp": exp});
+        let t = jsonwebtoken::encode(&h, &claims, &enc).unwrap_or_default();
+        assert_eq!(v.verify(&t), Err(Rejection::MissingClaim("sub".into())));
     }
 
     #[test]

@@ -84,7 +84,7 @@ enum Admitted {
 /// The request stages in order (`stages.rs`); the first refusal stops the request.
 async fn admit(rt: &Runtime, req: &RequestHeader, ctx: &mut Ctx) -> Result<Admitted, Rejection> {
     let (method, uri, headers) = (&req.method, &req.uri, &req.headers);
-    stages::admit_head(rt.head, method, uri, headers)?;
+    stages::admit_head(rt.head, method, uri, req.raw_path(), headers)?;
     let index = stages::route(&rt.routes, method, uri, headers)?;
     ctx.route = Some(index);
     let route = &rt.routes[index];

@@ -73,7 +73,7 @@ impl Rejection {
     pub fn status(&self) -> u16 {
         match self {
             Self::Head(Refusal::UriTooLong { .. }) => 414,
-            Self::Head(Refusal::Framing(_) | Refusal::DotSegments) => 400,
+            Self::Head(Refusal::Framing(_) | Refusal::DotSegments | Refusal::TargetForm) => 400,
             Self::Head(Refusal::HeadersTooLarge { .. }) => 431,
             Self::Head(Refusal::Method) => 405,
             Self::NoRoute => 404,
@@ -107,6 +107,9 @@ impl Rejection {
                 .detail("Dot segments are not allowed in paths."),
             Self::Head(Refusal::Method) => p("method_not_allowed", "Method not allowed")
                 .detail("TRACE and CONNECT are not served."),
+            Self::Head(Refusal::TargetForm) => p("malformed_request", "Malformed request").detail(
+                "The request target must be a path, an absolute http(s) URL, or * for OPTIONS.",
+            ),
             Self::NoRoute => p("not_found", "Not found").detail("No route for this path."),
             Self::Preflight(why) => p("cors_rejected", "CORS preflight rejected")
                 .detail(format!("The preflight was refused: {why}.")),
@@ -169,6 +172,7 @@ impl Rejection {
             Self::Head(Refusal::HeadersTooLarge { .. }) => "headers_too_large",
             Self::Head(Refusal::DotSegments) => "dot_segments",
             Self::Head(Refusal::Method) => "method",
+            Self::Head(Refusal::TargetForm) => "target_form",
             Self::NoRoute => "no_route",
             Self::Preflight(_) => "cors",
             Self::BodyTooLarge { .. } => "body_too_large",

@@ -19,14 +19,16 @@ use crate::routing;
 use crate::runtime::RouteRt;
 use crate::settings::LimitKey;
 
-/// Size, framing, dot segments and method of the request head (RFC 9112, RFC 3986).
+/// Size, framing, dot segments, method and target form of the request head (RFC 9112,
+/// RFC 3986). `target` is the request-target as received (what is forwarded).
 pub fn admit_head(
     limits: HeadLimits,
     method: &Method,
     uri: &Uri,
+    target: &[u8],
     headers: &HeaderMap,
 ) -> Result<(), Rejection> {
-    Ok(admission::admit(method, uri, headers, limits)?)
+    Ok(admission::admit(method, uri, target, headers, limits)?)
 }
 
 /// The index of the route for this host (the `Host` header, else the URI's authority, as in
@@ -300,9 +302,9 @@ mod tests {
             "the longest matching prefix"
         );
         assert_eq!(route_of(&routes, "/other", &h), Err("no_route"));
-        let refused = admit_head(limits, &Method::TRACE, &uri("/api/x"), &h).err();
+        let refused = admit_head(limits, &Method::TRACE, &uri("/api/x"), b"/api/x", &h).err();
         assert_eq!(refused.map(|r| r.reason()), Some("method"));
-        let refused = admit_head(limits, &Method::GET, &uri("/api/../x"), &h).err();
+        let refused = admit_head(limits, &Method::GET, &uri("/api/../x"), b"/api/../x", &h).err();
         assert_eq!(refused.map(|r| r.status()), Some(400));
     }
 
