@@ -413,6 +413,12 @@ fn limits(
                 "per_second and burst must be at least 1",
             );
         }
+        if l.per_minute > 60_000 {
+            p.at(
+                &format!("limits.{name}.per_minute"),
+                "must be at most 60000 (use per_second)",
+            );
+        }
         match l.ipv6_prefix {
             Some(_) if l.key != LimitKey::Ip => p.at(
                 &format!("limits.{name}.ipv6_prefix"),

@@ -83,16 +83,23 @@ pub enum Verdict {
 
 impl Named {
     pub fn new(name: &str, l: &Limit) -> Self {
-        let per_second = NonZeroU32::new(l.per_second).unwrap_or(NonZeroU32::MIN);
+        // One token every `interval_ms`: 1 s / per_second, or 1 min / per_minute.
+        let interval_ms = match l.per_minute {
+            0 => 1000 / u64::from(l.per_second.max(1)),
+            n => 60_000 / u64::from(n),
+        }
+        .max(1);
         let burst = NonZeroU32::new(l.burst).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::per_second(per_second).allow_burst(burst);
+        let quota = Quota::with_period(std::time::Duration::from_millis(interval_ms))
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
         Self {
             name: name.to_string(),
             key: l.key,
             burst: l.burst,
             ipv6_prefix: l.ipv6_prefix.unwrap_or(DEFAULT_IPV6_PREFIX),
             store: l.store,
-            interval_ms: (1000 / u64::from(per_second.get())).max(1),
+            interval_ms,
             quota,
             limiter: ArcSwap::from_pointee(Self::fresh(quota)),
         }
@@ -334,6 +341,7 @@ mod tests {
             &Limit {
                 key: LimitKey::Ip,
                 per_second: 1,
+                per_minute: 0,
                 burst: 3,
                 store: LimitStore::Local,
                 ipv6_prefix: None,
@@ -381,6 +389,7 @@ mod tests {
             &Limit {
                 key: LimitKey::Ip,
                 per_second: 1,
+                per_minute: 0,
                 burst: 2,
                 store: LimitStore::Local,
                 ipv6_prefix: None,

@@ -424,6 +424,9 @@ pub enum LimitKey {
 pub struct Limit {
     pub key: LimitKey,
     pub per_second: u32,
+    /// Instead of `per_second`, for slow rates (sign-ups, password resets): requests a
+    /// minute. 0 (the default) means `per_second` applies.
+    pub per_minute: u32,
     pub burst: u32,
     pub store: LimitStore,
     /// `key = "ip"`: IPv6 clients are keyed by their network of this prefix length (default
@@ -436,6 +439,7 @@ impl Default for Limit {
         Self {
             key: LimitKey::Ip,
             per_second: 10,
+            per_minute: 0,
             burst: 20,
             store: LimitStore::Local,
             ipv6_prefix: None,

@@ -225,6 +225,7 @@ mod tests {
     async fn the_limit_that_fires_is_named() {
         let tight = Limit {
             per_second: 1,
+            per_minute: 0,
             burst: 1,
             ..Limit::default()
         };

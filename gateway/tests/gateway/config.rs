@@ -170,13 +170,14 @@ credentials = false
 per_second = 1000
 burst = 1000
 
+# One token a minute: tests see exactly the burst, however slow the machine is.
 [limits.tight]
-per_second = 1
+per_minute = 1
 burst = 3
 
 [limits.per_subject]
 key = "subject"
-per_second = 1
+per_minute = 1
 burst = 2
 
 [log]
