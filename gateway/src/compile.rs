@@ -485,6 +485,15 @@ fn routes(
                     &format!("routes.{i}.methods.{j}"),
                     format!("{m:?} is not an HTTP method"),
                 );
+            } else if *m != m.to_ascii_uppercase() {
+                // RFC 9110 §9.1: method names are case-sensitive; "get" would never match GET.
+                p.at(
+                    &format!("routes.{i}.methods.{j}"),
+                    format!(
+                        "{m:?}: methods are case-sensitive, write {:?}",
+                        m.to_ascii_uppercase()
+                    ),
+                );
             }
         }
         if let Some(pc) = &r.path_claim {

@@ -12,25 +12,38 @@ pub fn select<'a>(
     method: &Method,
     path: &str,
 ) -> Option<usize> {
-    let host = host.map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase());
+    let host = host.map(host_name);
     routes
         .into_iter()
         .enumerate()
         .filter(|(_, r)| path.starts_with(r.prefix.as_str()))
-        .filter(|(_, r)| match (&r.host, &host) {
+        .filter(|(_, r)| match (&r.host, host) {
             (None, _) => true,
-            (Some(want), Some(h)) => want.eq_ignore_ascii_case(h),
+            (Some(want), Some(h)) => host_name(want).eq_ignore_ascii_case(h),
             (Some(_), None) => false,
         })
         .filter(|(_, r)| {
+            // RFC 9110 §9.1: methods are case-sensitive (`post` is not POST).
             r.methods.is_empty()
                 || method == Method::OPTIONS
-                || r.methods
-                    .iter()
-                    .any(|m| m.eq_ignore_ascii_case(method.as_str()))
+                || r.methods.iter().any(|m| m == method.as_str())
         })
         .max_by_key(|(_, r)| (r.prefix.len(), r.host.is_some()))
         .map(|(i, _)| i)
+}
+
+/// The name part of a `Host` value (RFC 9110 §7.2): without the port, IPv6 literals without
+/// their brackets, without a trailing root dot. Compared case-insensitively by the caller.
+fn host_name(h: &str) -> &str {
+    let name = if let Some(rest) = h.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(inside, _)| inside)
+    } else {
+        match h.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => h,
+        }
+    };
+    name.strip_suffix('.').unwrap_or(name)
 }
 
 /// Whether `path` honours `rule` (e.g. `/api/users/{sub}/`) for subject `sub`. A path that does
@@ -104,6 +117,34 @@ mod tests {
             select(&routes, Some("other.example.com"), &Method::GET, "/x"),
             Some(1)
         );
+        // A trailing root dot, and IPv6 literals with or without a port.
+        assert_eq!(
+            select(&routes, Some("api.example.com."), &Method::GET, "/x"),
+            Some(0)
+        );
+        let v6 = vec![
+            route("/", &[], Some("[2001:db8::1]")),
+            route("/", &[], None),
+        ];
+        for host in ["[2001:db8::1]:8443", "[2001:db8::1]"] {
+            assert_eq!(
+                select(&v6, Some(host), &Method::GET, "/x"),
+                Some(0),
+                "{host}"
+            );
+        }
+        assert_eq!(
+            select(&v6, Some("[2001:db8::2]"), &Method::GET, "/x"),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn methods_are_case_sensitive() {
+        let routes = vec![route("/auth/", &["POST"], None)];
+        let lower = Method::from_bytes(b"post").unwrap_or(Method::GET);
+        assert_eq!(select(&routes, None, &lower, "/auth/login"), None);
+        assert_eq!(select(&routes, None, &Method::POST, "/auth/login"), Some(0));
     }
 
     #[test]

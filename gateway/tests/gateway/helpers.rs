@@ -224,12 +224,27 @@ pub fn plain_client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// A port nothing listens on, for a process the test starts. Picked below Linux's ephemeral
+/// range (32768-60999), where neither `bind(…:0)` elsewhere nor the source port of an outgoing
+/// connection can take it between this check and the process binding it, and handed out once
+/// per test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Each test process starts at its own place in 20000-31999, so parallel test binaries
+    // (gateway and core-api tests, several worktrees) rarely meet.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() % 600) * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = 20_000 + (NEXT.fetch_add(1, Ordering::SeqCst) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running gateway process.
@@ -549,7 +564,7 @@ pub async fn tls_connect(
     let connector = tokio_rustls::TlsConnector::from(rustls_client(&ca));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.https))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("connect to the gateway on :{}: {e}\n{}", gw.https, gw.log()));
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     connector.connect(name, tcp).await
 }

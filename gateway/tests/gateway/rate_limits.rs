@@ -19,7 +19,10 @@ async fn rate_limits_answer_429_with_headers() {
         .await;
     assert_problem(&r, 429, "rate_limited");
     // One token a minute: the next one is up to a minute away.
-    let retry: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     assert!((50..=60).contains(&retry), "Retry-After {retry}");
     assert_eq!(r.header("ratelimit-limit"), Some("3"));
     assert_eq!(r.header("ratelimit-remaining"), Some("0"));
