@@ -9,3 +9,5 @@ pub mod pg;
 pub mod problem;
 pub mod request_id;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -360,12 +360,30 @@ struct Admin {
 }
 
 /// A problem+json answer of the admin listeners.
-fn admin_problem(refusal: &crate::admin::Refusal) -> Response<Vec<u8>> {
-    let (status, kind, title, detail) = refusal.problem();
+/// A problem+json answer of the admin listeners, with a request id in the body and the
+/// `X-Request-Id` header like every other error (the id is also in the log line).
+fn admin_error(
+    request_id: &str,
+    status: u16,
+    kind: &'static str,
+    title: &'static str,
+    detail: String,
+) -> Response<Vec<u8>> {
     let body = gatehouse_common::problem::Problem::new(status, kind, title)
         .detail(detail)
+        .request_id(request_id)
         .to_bytes();
     let mut resp = plain(status, gatehouse_common::problem::CONTENT_TYPE, body);
+    if let Ok(v) = http::HeaderValue::from_str(request_id) {
+        resp.headers_mut()
+            .insert(gatehouse_common::request_id::HEADER, v);
+    }
+    resp
+}
+
+fn admin_problem(request_id: &str, refusal: &crate::admin::Refusal) -> Response<Vec<u8>> {
+    let (status, kind, title, detail) = refusal.problem();
+    let mut resp = admin_error(request_id, status, kind, title, detail.to_string());
     if status == 401 {
         resp.headers_mut().insert(
             "www-authenticate",
@@ -397,13 +415,15 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let rt = self.shared.runtime.load_full();
         if let Err(refusal) = self.admit(session, &rt) {
+            let request_id = gatehouse_common::request_id::generate();
             tracing::warn!(
+                request_id = %request_id,
                 listener = if self.read_only { "metrics" } else { "admin" },
                 path = %session.req_header().uri.path(),
                 refusal = ?refusal,
                 "admin request refused"
             );
-            return admin_problem(&refusal);
+            return admin_problem(&request_id, &refusal);
         }
         let method = session.req_header().method.clone();
         match session.req_header().uri.path() {
@@ -421,13 +441,15 @@ impl ServeHttp for Admin {
                         br#"{"status":"reloaded"}"#.to_vec(),
                     ),
                     Err(e) => {
-                        let p = gatehouse_common::problem::Problem::new(
+                        let request_id = gatehouse_common::request_id::generate();
+                        tracing::warn!(request_id = %request_id, "reload over the admin listener refused");
+                        admin_error(
+                            &request_id,
                             422,
                             "reload_refused",
                             "Configuration reload refused",
+                            e,
                         )
-                        .detail(e);
-                        plain(422, gatehouse_common::problem::CONTENT_TYPE, p.to_bytes())
                     }
                 }
             }

@@ -204,51 +204,11 @@ pub struct TestUser {
     pub refresh: String,
 }
 
-/// A response reduced to what tests look at.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: Value,
-    pub text: String,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The problem body without its per-request id, for pinning.
-    pub fn problem(&self) -> Value {
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json"),
-            "{}",
-            self.text
-        );
-        let mut v = self.body.clone();
-        let id = v.as_object_mut().and_then(|o| o.remove("request_id"));
-        assert!(
-            id.is_some_and(|id| id.as_str() == self.header("x-request-id")),
-            "request_id matches header"
-        );
-        v
-    }
-}
+pub use gatehouse_common::testkit::Resp;
 
 impl TestApp {
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
-        let r = req.send().await.expect("request");
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let text = r.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp {
-            status,
-            headers,
-            body,
-            text,
-        }
+        Resp::from(req.send().await.expect("request")).await
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -481,46 +481,7 @@ impl Drop for Gateway {
     }
 }
 
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub version: reqwest::Version,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: Value,
-    pub text: String,
-}
-
-impl Resp {
-    pub async fn from(r: reqwest::Response) -> Self {
-        let status = r.status().as_u16();
-        let version = r.version();
-        let headers = r.headers().clone();
-        let text = r.text().await.unwrap_or_default();
-        Self {
-            status,
-            version,
-            headers,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
-            text,
-        }
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// A problem+json answer (RFC 9457) with this status and type.
-    pub fn assert_problem(&self, status: u16, kind: &str) {
-        assert_eq!(self.status, status, "{}", self.text);
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json"),
-            "{}",
-            self.text
-        );
-        assert_eq!(self.body["type"], kind, "{}", self.text);
-    }
-}
+pub use gatehouse_common::testkit::Resp;
 
 /// Sends raw bytes over TLS (for framing attacks no HTTP client will produce) and returns what
 /// came back until the server closed or went quiet.
