@@ -62,18 +62,33 @@ fn bad_header(message: &str) -> ApiError {
     ApiError::Validation(vec![FieldError::new("Refresh-Token-Transport", message)])
 }
 
-/// The refresh token in the request's cookies, if any. Browsers send the cookie with the most
-/// specific path first (RFC 6265 §5.4 step 2); the first one named [`NAME`] is the one that
-/// belongs to this path. HTTP/2 may split `Cookie` into several fields (RFC 9113 §8.2.3).
-pub fn read(headers: &HeaderMap) -> Option<String> {
-    headers
+/// What the request's cookies hold under [`NAME`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented {
+    None,
+    One(String),
+    /// More than one: the API sets exactly one per path, so another came from somewhere else,
+    /// such as a sibling subdomain setting `Domain=` cookies for the whole site ("cookie
+    /// tossing", RFC 6265 §8.6). Which one is the user's cannot be told: neither is used.
+    Ambiguous,
+}
+
+/// The refresh token in the request's cookies. HTTP/2 may split `Cookie` into several fields
+/// (RFC 9113 §8.2.3).
+pub fn read(headers: &HeaderMap) -> Presented {
+    let mut found = headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == NAME)
-        .map(|(_, value)| value.trim().trim_matches('"').to_string())
+        .filter(|(name, _)| *name == NAME)
+        .map(|(_, value)| value.trim().trim_matches('"').to_string());
+    match (found.next(), found.next()) {
+        (None, _) => Presented::None,
+        (Some(one), None) => Presented::One(one),
+        (Some(_), Some(_)) => Presented::Ambiguous,
+    }
 }
 
 /// Hands `token` over for `max_age_seconds`: one cookie per path in [`PATHS`]. No `Domain`,
@@ -135,15 +150,25 @@ mod tests {
     }
 
     #[test]
-    fn the_first_cookie_of_that_name_is_read() {
-        let h = headers(&[
+    fn one_cookie_of_that_name_is_read_two_are_neither() {
+        assert_eq!(
+            read(&headers(&[(
+                "cookie",
+                "a=1; __Secure-gatehouse_refresh=tok ; b=2"
+            )])),
+            Presented::One("tok".into())
+        );
+        let two = headers(&[
             ("cookie", "a=1; __Secure-gatehouse_refresh=first"),
             ("cookie", "__Secure-gatehouse_refresh=second"),
         ]);
-        assert_eq!(read(&h).as_deref(), Some("first"));
-        assert_eq!(read(&headers(&[("cookie", "gatehouse_refresh=x")])), None);
-        assert_eq!(read(&headers(&[("cookie", "garbage")])), None);
-        assert_eq!(read(&headers(&[])), None);
+        assert_eq!(read(&two), Presented::Ambiguous);
+        assert_eq!(
+            read(&headers(&[("cookie", "gatehouse_refresh=x")])),
+            Presented::None
+        );
+        assert_eq!(read(&headers(&[("cookie", "garbage")])), Presented::None);
+        assert_eq!(read(&headers(&[])), Presented::None);
     }
 
     #[test]

@@ -65,10 +65,14 @@ impl TokenPair {
 }
 
 /// The refresh token a refresh or logout presents: the body's, else (cookie transport only)
-/// the cookie's. Without the transport header the cookie is never read (CSRF: `auth::cookie`).
+/// the cookie's. Without the transport header the cookie is never read (CSRF: `auth::cookie`);
+/// two cookies of that name are no token at all (`cookie::Presented::Ambiguous`).
 fn presented(body: RefreshBody, transport: Transport, headers: &http::HeaderMap) -> Option<String> {
     body.refresh_token.or_else(|| match transport {
-        Transport::Cookie => cookie::read(headers),
+        Transport::Cookie => match cookie::read(headers) {
+            cookie::Presented::One(token) => Some(token),
+            cookie::Presented::None | cookie::Presented::Ambiguous => None,
+        },
         Transport::Body => None,
     })
 }

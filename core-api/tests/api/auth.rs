@@ -678,3 +678,34 @@ async fn a_null_refresh_token_is_a_validation_error() {
         assert_eq!(r.problem()["errors"][0]["field"], "refresh_token");
     }
 }
+
+/// Cookie tossing: a second cookie of the same name (set by a sibling subdomain for the whole
+/// site) must not make the API use an attacker's token. Two cookies are no token at all.
+#[tokio::test]
+async fn two_refresh_cookies_are_refused_and_neither_is_spent() {
+    let app = spawn_app().await;
+    let victim = app.user().await;
+    let attacker = app.user().await;
+    let r = app
+        .send(
+            app.http
+                .post(app.url("/auth/refresh"))
+                .header(TRANSPORT, "cookie")
+                .header(
+                    "cookie",
+                    format!("{COOKIE}={}; {COOKIE}={}", attacker.refresh, victim.refresh),
+                )
+                .json(&json!({})),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.problem()["type"], "invalid_refresh_token");
+    for token in [&attacker.refresh, &victim.refresh] {
+        assert_eq!(
+            app.post("/auth/refresh", json!({"refresh_token": token}), None)
+                .await
+                .status,
+            200
+        );
+    }
+}
