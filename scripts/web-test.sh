@@ -12,6 +12,8 @@
 #   https://localhost:<web>    the front end (the gateway's CORS origin; same site as the API,
 #                              so the HttpOnly refresh cookie works)
 #   https://127.0.0.1:<web>    the same pages on an origin the gateway does not allow
+#   https://localhost:<memory> the front end built with NEXT_PUBLIC_REFRESH_TRANSPORT=memory
+#                              (allowed too): the refresh token in page memory, no cookie
 #   https://localhost:<https>  the gateway (shipped config/gateway.toml plus the overlay below)
 # Both speak TLS with the gateway's self-signed development certificate; Chromium trusts
 # exactly that key (--ignore-certificate-errors-spki-list), Node (Playwright's API requests)
@@ -60,7 +62,7 @@ cleanup() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   psql -X -q "$TEST_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   if [[ $rc -ne 0 || ${WEB_TEST_KEEP:-} == 1 ]]; then
-    say "work dir kept: $work (api.log, gateway.log, web.log, build.log)"
+    say "work dir kept: $work (api.log, gateway.log, web-*.log, build-*.log)"
   else
     rm -rf "$work"
   fi
@@ -71,20 +73,27 @@ trap 'exit 143' TERM
 
 # Free loopback ports: bound and released at once; a race with another process is possible
 # but each server below fails loudly if its port was taken.
-read -r api_port gw_https gw_http gw_admin web_port < <(python3 -c '
+read -r api_port gw_https gw_http gw_admin web_port memory_port < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(5)]
+socks = [socket.socket() for _ in range(6)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
 web_origin=https://localhost:$web_port
 other_origin=https://127.0.0.1:$web_port
+memory_origin=https://localhost:$memory_port
 api_origin=https://localhost:$gw_https
 
-# ---- the front end, built for this gateway (the API origin is compiled in).
-say "building web/ for $api_origin"
-(cd "$web" && NEXT_TELEMETRY_DISABLED=1 NEXT_PUBLIC_API_ORIGIN=$api_origin npm run --silent build) >"$work/build.log" 2>&1 \
-  || { tail -n 40 "$work/build.log" >&2; die "next build failed (full log: $work/build.log)"; }
-(cd "$web" && node scripts/size.mjs --json "$web/test-results/sizes.json") || die "the JavaScript of a page is over its budget or inline (above)"
+# ---- the front end, built for this gateway (the API origin is compiled in), once per
+# refresh-token transport; the cookie build is the one left in web/out.
+for transport in memory cookie; do
+  say "building web/ for $api_origin, refresh token transport: $transport"
+  (cd "$web" && NEXT_TELEMETRY_DISABLED=1 NEXT_PUBLIC_API_ORIGIN=$api_origin NEXT_PUBLIC_REFRESH_TRANSPORT=$transport \
+    npm run --silent build) >"$work/build-$transport.log" 2>&1 \
+    || { tail -n 40 "$work/build-$transport.log" >&2; die "next build failed (full log: $work/build-$transport.log)"; }
+  (cd "$web" && node scripts/size.mjs --json "$web/test-results/sizes-$transport.json") \
+    || die "the JavaScript of a page is over its budget or inline (above)"
+  cp -r "$web/out" "$work/out-$transport"
+done
 
 # ---- database and core API.
 psql -X -q -v ON_ERROR_STOP=1 "$TEST_PG_ADMIN_URL" -c "CREATE DATABASE $db OWNER gatehouse" >/dev/null
@@ -135,9 +144,9 @@ leeway_seconds = 0
 [upstreams.core-api]
 targets = ["127.0.0.1:$api_port"]
 [cors.web]
-origins = ["$web_origin"]
+origins = ["$web_origin", "$memory_origin"]
 [cors.session]
-origins = ["$web_origin"]
+origins = ["$web_origin", "$memory_origin"]
 [limits.per_ip]
 per_second = 500
 burst = 1000
@@ -172,17 +181,20 @@ await gateway "http://127.0.0.1:$gw_admin/readyz"
 await "gateway TLS" "$api_origin/.well-known/jwks.json" --cacert "$work/certs/ca.pem"
 
 # ---- the pages, with the gateway's certificate (it names localhost and 127.0.0.1).
-node "$web/scripts/serve.mjs" --host 127.0.0.1 --port "$web_port" \
-  --cert "$work/certs/gateway.pem" --key "$work/certs/gateway.key" >"$work/web.log" 2>&1 &
-pids+=($!)
-await "web server" "$web_origin/login" --cacert "$work/certs/ca.pem" --resolve "localhost:$web_port:127.0.0.1"
+for site in "cookie $web_port" "memory $memory_port"; do
+  read -r transport port <<<"$site"
+  node "$web/scripts/serve.mjs" --host 127.0.0.1 --port "$port" --root "$work/out-$transport" \
+    --cert "$work/certs/gateway.pem" --key "$work/certs/gateway.key" >"$work/web-$transport.log" 2>&1 &
+  pids+=($!)
+  await "web server ($transport)" "https://localhost:$port/login" --cacert "$work/certs/ca.pem" --resolve "localhost:$port:127.0.0.1"
+done
 
 # Chromium trusts the leaf's key, nothing else: base64(SHA-256(SubjectPublicKeyInfo)).
 spki=$(openssl x509 -in "$work/certs/gateway.pem" -pubkey -noout | openssl pkey -pubin -outform der \
   | openssl dgst -sha256 -binary | base64)
 
 say "stack up: web $web_origin, gateway $api_origin, core API 127.0.0.1:$api_port, database $db"
-export WEB_ORIGIN=$web_origin OTHER_ORIGIN=$other_origin API_ORIGIN=$api_origin \
+export WEB_ORIGIN=$web_origin OTHER_ORIGIN=$other_origin MEMORY_ORIGIN=$memory_origin API_ORIGIN=$api_origin \
   CHROMIUM=$chromium CHROMIUM_SPKI=$spki NODE_EXTRA_CA_CERTS=$work/certs/ca.pem \
   WEB_TEST_DB=$db ACCESS_TTL_SECONDS=60 LOGIN_ATTEMPTS_PER_MINUTE=3
 status=0
@@ -190,7 +202,7 @@ status=0
 if [[ $status -ne 0 ]]; then
   [[ $status -eq 124 ]] && say "Playwright did not finish within ${WEB_TEST_TIMEOUT:-600} s"
   say "last lines of the servers' logs:"
-  tail -n 15 "$work/api.log" "$work/gateway.log" "$work/web.log" >&2 || true
+  tail -n 15 "$work/api.log" "$work/gateway.log" "$work"/web-*.log >&2 || true
   die "browser tests failed (traces and screenshots: web/test-results/)"
 fi
 if grep -q 'panicked' "$work/api.log" "$work/gateway.log"; then
