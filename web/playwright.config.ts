@@ -34,6 +34,8 @@ export default defineConfig({
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        // Containers (CI) often have a tiny /dev/shm; Chromium then crashes without this.
+        "--disable-dev-shm-usage",
         `--ignore-certificate-errors-spki-list=${need("CHROMIUM_SPKI")}`,
       ],
     },
