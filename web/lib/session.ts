@@ -85,8 +85,6 @@ function authRequest(body: object): RequestInit {
     headers,
     credentials: COOKIE ? "include" : "omit",
     body: JSON.stringify(body),
-    // These run under the cross-tab lock: a stalled request must not hold every tab forever.
-    signal: AbortSignal.timeout(20_000),
   };
 }
 
