@@ -8,13 +8,13 @@ CARGO ?= cargo
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-dev: ## PostgreSQL (.dev/pg) + core API :8000 + gateway https://localhost:8443; DEV_FRESH=1 wipes the data
+dev: ## PostgreSQL (.dev/pg) + core API :8000 + gateway https://localhost:8443 + front end https://localhost:3000; DEV_FRESH=1 wipes the data
 	scripts/dev.sh
 
 dev-acme: ## Like dev, with the certificate from a local ACME CA (Pebble)
 	DEV_ACME=1 scripts/dev.sh
 
-test: ## fmt + clippy + tests against a throwaway PostgreSQL (what CI runs)
+test: ## fmt + clippy + tests (Rust, schemathesis, browser) against a throwaway PostgreSQL (what CI runs)
 	scripts/test.sh
 
 fuzz: ## cargo-fuzz targets on nightly, FUZZ_SECONDS (60) each, one after another (not in test)

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # What `make dev` runs: a persistent PostgreSQL under .dev/pg, migrations, the core API on
-# 127.0.0.1:8000 and the gateway on https://localhost:8443. Ctrl-C stops all of it.
+# 127.0.0.1:8000, the gateway on https://localhost:8443 and the front end (web/, `next dev`
+# with hot reload) on https://localhost:3000. Ctrl-C stops all of it.
 # DEV_FRESH=1 wipes .dev/pg first. DEV_ACME=1 (`make dev-acme`): the gateway gets its
-# certificate from a local ACME CA (Pebble, .dev/pebble) instead of generating one.
+# certificate from a local ACME CA (Pebble, .dev/pebble) instead of generating one (the front
+# end is not started then: it serves with the development certificate). DEV_WEB=0 leaves the
+# front end out.
+#
+# The front end is on https, with the gateway's development certificate: https://localhost:3000
+# and https://localhost:8443 are one site, so the browser keeps the API's HttpOnly refresh
+# cookie (SameSite=Strict). From http://localhost:3000 Chromium treats the API as another site
+# and stores no cookie from it at all (docs/frontend.md).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -10,11 +18,13 @@ cd "$repo"
 
 API=http://127.0.0.1:8000
 EDGE=https://localhost:8443
+WEB=https://localhost:3000
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 core_bin="$target_dir/debug/core-api"
 pg_dir="$repo/.dev/pg"
 core_pid=
 gw_pid=
+web_pid=
 
 "$repo/scripts/install-deps.sh"
 # shellcheck source=scripts/pg.sh
@@ -41,6 +51,11 @@ stop_core() {
 cleanup() {
   # make forwards a second SIGTERM/SIGINT; do not let it cut the cleanup short.
   trap '' INT TERM
+  if [[ -n $web_pid ]]; then
+    # npx -> next -> its workers: the whole process group.
+    kill -TERM -- "-$web_pid" 2>/dev/null || kill -TERM "$web_pid" 2>/dev/null || true
+    wait "$web_pid" 2>/dev/null || true
+  fi
   if [[ -n $gw_pid ]]; then
     kill -TERM "$gw_pid" 2>/dev/null || true
     wait "$gw_pid" 2>/dev/null || true
@@ -70,8 +85,11 @@ fi
 
 # A leftover `make dev` (or anything else) on :8000 would answer our
 # readiness probe and make this run look healthy when it is not.
+web=${DEV_WEB:-1}
+[[ $acme == 1 ]] && web=0
 ports=(8000 8443 8080 9090)
 [[ $acme == 1 ]] && ports+=(14000 15000 8055)
+[[ $web == 1 ]] && ports+=(3000)
 for port in "${ports[@]}"; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "dev: something is already listening on 127.0.0.1:$port; stop it first" >&2
@@ -130,6 +148,30 @@ if [[ $acme == 1 ]]; then
   echo "dev: certificate issued by the local ACME CA (see .dev/pebble/pebble.log)"
 fi
 
+if [[ $web == 1 ]]; then
+  stamp=web/node_modules/.gatehouse-lock
+  if [[ ! -f $stamp ]] || ! cmp -s web/package-lock.json "$stamp"; then
+    echo "dev: npm ci (web/)"
+    (cd web && npm ci --no-audit --no-fund --loglevel=error) && cp web/package-lock.json "$stamp"
+  fi
+  echo "dev: front end (next dev) on $WEB, log in .dev/web.log"
+  # Its own process group (set -m), so that cleanup stops npx, next and next's workers.
+  set -m
+  (cd web && NEXT_TELEMETRY_DISABLED=1 NEXT_PUBLIC_API_ORIGIN=$EDGE exec npx next dev \
+    --hostname localhost --port 3000 --experimental-https \
+    --experimental-https-key ../certs/dev/gateway.key --experimental-https-cert ../certs/dev/gateway.pem) \
+    >.dev/web.log 2>&1 &
+  web_pid=$!
+  set +m
+  # The first request compiles the page: allow a minute.
+  for _ in $(seq 120); do
+    curl -fsS -o /dev/null --cacert "$CA" "$WEB/login" 2>/dev/null && break
+    kill -0 "$web_pid" 2>/dev/null || { tail -n 20 .dev/web.log >&2; echo "dev: the front end exited during startup" >&2; exit 1; }
+    sleep 0.5
+  done
+  curl -fsS -o /dev/null --cacert "$CA" "$WEB/login" || { tail -n 20 .dev/web.log >&2; echo "dev: the front end is not answering on $WEB" >&2; exit 1; }
+fi
+
 # Exercise the happy path once so the printed commands are known to work.
 creds='{"email":"ada@example.com","password":"correct horse battery"}'
 resp=$(mktemp)
@@ -171,11 +213,19 @@ Gatehouse is up: gateway on $EDGE -> core API on $API (PostgreSQL on 127.0.0.1:$
   curl http://127.0.0.1:9090/metrics
   psql '$DATABASE_URL'
 
-Ctrl-C stops the gateway, the core API and PostgreSQL (data stays in .dev/pg; DEV_FRESH=1 make dev wipes it).
+Ctrl-C stops the front end, the gateway, the core API and PostgreSQL (data stays in .dev/pg; DEV_FRESH=1 make dev wipes it).
 EOF
+if [[ $web == 1 ]]; then
+  cat <<EOF
+
+Front end: $WEB  (sign in as ada@example.com / correct horse battery)
+  Your browser must trust $CA (import it as an authority), or accept the certificate
+  warning once on $EDGE and once on $WEB. The page calls the gateway cross-origin.
+EOF
+fi
 
 # Foreground until Ctrl-C or until either service dies on its own.
 status=0
-wait -n "$core_pid" "$gw_pid" || status=$?
+wait -n "$core_pid" "$gw_pid" ${web_pid:+"$web_pid"} || status=$?
 echo "dev: a service exited with status $status; stopping the rest" >&2
 exit "$status"

@@ -5,8 +5,9 @@ set -euo pipefail
 
 # pebble: Let's Encrypt's ACME test server (with pebble-challtestsrv), for the ACME tests;
 # prometheus: promtool, for the alert rule tests; redis-server: the shared rate-limit store;
-# python3 + venv: the deployment-file checks (scripts/check-deploy.sh) and small helpers.
-APT_PACKAGES=(postgresql postgresql-contrib openssl cmake build-essential pkg-config curl ca-certificates pebble prometheus redis-server python3 python3-venv)
+# python3 + venv: the deployment-file checks (scripts/check-deploy.sh) and small helpers;
+# chromium: the browser the front end's tests drive (scripts/web-test.sh, Playwright).
+APT_PACKAGES=(postgresql postgresql-contrib openssl cmake build-essential pkg-config curl ca-certificates pebble prometheus redis-server python3 python3-venv chromium)
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -24,7 +25,7 @@ missing=()
 for tool in initdb pg_ctl psql; do
   have_pg_tool "$tool" || missing+=("$tool")
 done
-for tool in openssl cmake cc pkg-config curl pebble pebble-challtestsrv promtool redis-server; do
+for tool in openssl cmake cc pkg-config curl pebble pebble-challtestsrv promtool redis-server chromium; do
   have "$tool" || missing+=("$tool")
 done
 if [[ ! -x /usr/bin/python3 ]] || ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null; then
@@ -66,6 +67,19 @@ if ((${#missing[@]} > 0)); then
     exit 1
   fi
   did_something=1
+fi
+
+# The front end (web/) builds with Next.js 16, which needs Node.js 20.9 or newer; Debian 12's
+# own nodejs is 18, so it does not come from apt here.
+node_ok() {
+  have node && have npm && node -e '
+const [a, b] = process.versions.node.split(".").map(Number);
+process.exit(a > 20 || (a === 20 && b >= 9) ? 0 : 1)' 2>/dev/null
+}
+if ! node_ok; then
+  echo "deps: Node.js 20.9+ with npm is needed for web/ (found: $(node --version 2>/dev/null || echo none));" >&2
+  echo "deps: install it from https://nodejs.org (or NodeSource's Debian packages, or nvm)" >&2
+  exit 1
 fi
 
 if ! have cargo; then

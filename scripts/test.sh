@@ -64,6 +64,9 @@ cargo test --workspace --locked "$@"
 step "schemathesis: the core API against core-api/openapi.json, every check (scripts/schemathesis.sh)"
 "$repo/scripts/schemathesis.sh"
 
+step "front end: build, JavaScript budget, browser tests in chromium against the real stack (scripts/web-test.sh)"
+"$repo/scripts/web-test.sh"
+
 step "release build (what the images ship): cargo build --release -p core-api -p gateway"
 cargo build --release --locked -p core-api -p gateway
 

@@ -97,7 +97,9 @@ impl TaskTitle {
         if t.is_empty() {
             return Err(FieldError::new("title", "must not be empty"));
         }
-        if t.chars().any(char::is_control) {
+        // On the title as sent, as the OpenAPI pattern says: trimming would otherwise let a
+        // leading tab or trailing line feed (both Cc and white space) through.
+        if raw.chars().any(char::is_control) {
             return Err(FieldError::new(
                 "title",
                 "must not contain control characters",
@@ -315,6 +317,8 @@ mod tests {
         assert!(TaskTitle::parse(&"x".repeat(200)).is_ok());
         assert!(TaskTitle::parse(&"x".repeat(201)).is_err());
         assert!(TaskTitle::parse("a\u{0}b").is_err());
+        assert!(TaskTitle::parse("\tBuy milk").is_err());
+        assert!(TaskTitle::parse("Buy milk\n").is_err());
     }
 
     mod properties {

@@ -44,40 +44,66 @@ pub async fn read_json<T: DeserializeOwned>(
     parse_json(&bytes)
 }
 
-/// Parses JSON into `T`, turning serde's errors into client-facing messages.
+/// Parses a JSON object into `T`, turning serde's errors into client-facing messages.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let msg = strip_position(&inner.to_string());
-                let field = if let Some(name) =
-                    backticked(&msg).filter(|_| msg.starts_with("unknown field"))
-                {
-                    join_path(&path, &name)
-                } else if let Some(name) =
-                    backticked(&msg).filter(|_| msg.starts_with("missing field"))
-                {
-                    join_path(&path, &name)
-                } else if path == "." || path.is_empty() {
-                    "body".to_string()
-                } else {
-                    path
-                };
-                let message = if msg.starts_with("unknown field") {
-                    "is not a known field".to_string()
-                } else if msg.starts_with("missing field") {
-                    "is required".to_string()
-                } else {
-                    msg
-                };
-                ApiError::Validation(vec![FieldError::new(field, message)])
+    serde_path_to_error::deserialize(de)
+        .map(|Object(v)| v)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => {
+                    let msg = strip_position(&inner.to_string());
+                    let field = if let Some(name) =
+                        backticked(&msg).filter(|_| msg.starts_with("unknown field"))
+                    {
+                        join_path(&path, &name)
+                    } else if let Some(name) =
+                        backticked(&msg).filter(|_| msg.starts_with("missing field"))
+                    {
+                        join_path(&path, &name)
+                    } else if path == "." || path.is_empty() {
+                        "body".to_string()
+                    } else {
+                        path
+                    };
+                    let message = if msg.starts_with("unknown field") {
+                        "is not a known field".to_string()
+                    } else if msg.starts_with("missing field") {
+                        "is required".to_string()
+                    } else {
+                        msg
+                    };
+                    ApiError::Validation(vec![FieldError::new(field, message)])
+                }
+                _ => ApiError::Malformed(format!("the body is not valid JSON ({})", inner)),
             }
-            _ => ApiError::Malformed(format!("the body is not valid JSON ({})", inner)),
+        })
+}
+
+/// Every request body is a JSON object. serde's derived structs also accept a JSON array of
+/// the fields in order (`["a@b.c", "pw"]` as credentials, `[]` as a body whose fields are all
+/// optional); this takes maps only.
+struct Object<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
         }
-    })
+        d.deserialize_map(Visitor(std::marker::PhantomData))
+    }
 }
 
 fn strip_position(msg: &str) -> String {
@@ -191,6 +217,14 @@ mod tests {
             parse_json::<Body>(b"{nope"),
             Err(ApiError::Malformed(_))
         ));
+        // The fields as an array: serde's derive would take it, a body never is one.
+        assert_eq!(
+            field_of(parse_json(br#"["x", true]"#)),
+            Some((
+                "body".into(),
+                "invalid type: sequence, expected a JSON object".into()
+            ))
+        );
     }
 
     #[test]

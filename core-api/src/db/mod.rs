@@ -68,11 +68,12 @@ impl From<tokio_postgres::Error> for DbError {
 }
 
 impl From<PoolError> for DbError {
+    /// Whatever kept the pool from handing out a connection (a timeout, a refused or closed
+    /// socket, or PostgreSQL refusing the session: too many connections, a database not
+    /// accepting connections (55000), a server starting up), no connection could be had: 503
+    /// + Retry-After. The cause is logged with the request id.
     fn from(e: PoolError) -> Self {
-        match e {
-            PoolError::Backend(e) => e.into(),
-            other => Self::Unavailable(other.to_string()),
-        }
+        Self::Unavailable(e.to_string())
     }
 }
 

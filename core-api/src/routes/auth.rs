@@ -1,4 +1,6 @@
-//! `/auth/*`: registration, login, refresh-token rotation with reuse detection, logout.
+//! `/auth/*`: registration, login, refresh-token rotation with reuse detection, logout. The
+//! refresh token travels in the JSON body or, when the client asks for it, in an HttpOnly
+//! cookie (`auth::cookie`).
 
 use gatehouse_common::telemetry::fingerprint;
 use http::{Request, Response, StatusCode};
@@ -7,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::auth::cookie::{self, Transport};
 use crate::auth::refresh;
 use crate::db::users;
 use crate::domain::{Email, Fields, Password};
@@ -21,10 +24,18 @@ struct Credentials {
     password: String,
 }
 
+/// Refresh and logout: the token, or nothing when it comes in the cookie.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RefreshBody {
-    refresh_token: String,
+    #[serde(default, deserialize_with = "present_string")]
+    refresh_token: Option<String>,
+}
+
+/// A field that may be left out but, when sent, is a string (`null` is a 422 like any other
+/// wrong type, as the schema says).
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 #[derive(Serialize)]
@@ -32,8 +43,51 @@ struct TokenPair {
     access_token: String,
     token_type: &'static str,
     expires_in: u64,
-    refresh_token: String,
+    /// Absent with cookie transport: the token is in `Set-Cookie`, out of page scripts' reach.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
     refresh_expires_in: i64,
+}
+
+impl TokenPair {
+    /// The 200 answer: the pair in the body, or the refresh token moved into the cookie.
+    fn respond(mut self, transport: Transport) -> Result<Response<Body>, ApiError> {
+        let moved = match transport {
+            Transport::Cookie => self.refresh_token.take(),
+            Transport::Body => None,
+        };
+        let mut resp = json(StatusCode::OK, &self)?;
+        if let Some(token) = moved {
+            cookie::set(resp.headers_mut(), &token, self.refresh_expires_in);
+        }
+        Ok(resp)
+    }
+}
+
+/// The refresh token a refresh or logout presents: the body's, else (cookie transport only)
+/// the cookie's. Without the transport header the cookie is never read (CSRF: `auth::cookie`);
+/// two cookies of that name are no token at all (`cookie::Presented::Ambiguous`).
+fn presented(body: RefreshBody, transport: Transport, headers: &http::HeaderMap) -> Option<String> {
+    body.refresh_token.or_else(|| match transport {
+        Transport::Cookie => match cookie::read(headers) {
+            cookie::Presented::One(token) => Some(token),
+            cookie::Presented::None | cookie::Presented::Ambiguous => None,
+        },
+        Transport::Body => None,
+    })
+}
+
+/// 401 `invalid_refresh_token`; with cookie transport the dead cookie is removed too, so the
+/// browser stops presenting it.
+fn refresh_refused(transport: Transport, ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    match transport {
+        Transport::Body => Err(ApiError::InvalidRefreshToken),
+        Transport::Cookie => {
+            let mut resp = ApiError::InvalidRefreshToken.into_response(&ctx.request_id);
+            cookie::clear(resp.headers_mut());
+            Ok(resp)
+        }
+    }
 }
 
 pub async fn register(
@@ -66,6 +120,7 @@ pub async fn login(
 ) -> Result<Response<Body>, ApiError> {
     let client = state.client_of(&req);
     let (parts, body) = req.into_parts();
+    let transport = Transport::of(&parts.headers)?;
     let body: Credentials = read_json(&parts.headers, body, state.body_limit()).await?;
     // Malformed e-mail or an impossible password cannot match an account; they take the
     // same path as an unknown account so the answer says nothing more.
@@ -126,7 +181,7 @@ pub async fn login(
     ctx.user_id = Some(user_id);
     let pair = start_family(state, user_id).await?;
     tracing::info!(request_id = %ctx.request_id, user_id = %user_id, "login succeeded");
-    json(StatusCode::OK, &pair)
+    pair.respond(transport)
 }
 
 /// A new login: a new refresh family and its first token.
@@ -151,7 +206,7 @@ fn pair(state: &AppState, user_id: Uuid, refresh: refresh::Issued) -> Result<Tok
         access_token,
         token_type: "Bearer",
         expires_in,
-        refresh_token: refresh.token,
+        refresh_token: Some(refresh.token),
         refresh_expires_in: (refresh.expires_at - OffsetDateTime::now_utc())
             .whole_seconds()
             .max(0),
@@ -164,9 +219,14 @@ pub async fn refresh(
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
+    let transport = Transport::of(&parts.headers)?;
     let body: RefreshBody = read_json(&parts.headers, body, state.body_limit()).await?;
+    let Some(token) = presented(body, transport, &parts.headers) else {
+        state.metrics.auth_failure("invalid_refresh_token");
+        return refresh_refused(transport, ctx);
+    };
     let ttl = time::Duration::seconds(state.settings.auth.refresh_ttl_seconds as i64);
-    match refresh::rotate(&state.db, &body.refresh_token, ttl).await? {
+    match refresh::rotate(&state.db, &token, ttl).await? {
         refresh::Rotation::Rotated { user_id, next } => {
             ctx.user_id = Some(user_id);
             state
@@ -174,7 +234,7 @@ pub async fn refresh(
                 .refresh_reuse
                 .with_label_values(&["rotated"])
                 .inc();
-            json(StatusCode::OK, &pair(state, user_id, next)?)
+            pair(state, user_id, next)?.respond(transport)
         }
         refresh::Rotation::ReuseDetected {
             user_id,
@@ -193,11 +253,11 @@ pub async fn refresh(
                 "refresh token reuse detected: family revoked"
             );
             state.metrics.auth_failure("invalid_refresh_token");
-            Err(ApiError::InvalidRefreshToken)
+            refresh_refused(transport, ctx)
         }
         refresh::Rotation::Invalid => {
             state.metrics.auth_failure("invalid_refresh_token");
-            Err(ApiError::InvalidRefreshToken)
+            refresh_refused(transport, ctx)
         }
     }
 }
@@ -208,9 +268,16 @@ pub async fn logout(
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
+    let transport = Transport::of(&parts.headers)?;
     let body: RefreshBody = read_json(&parts.headers, body, state.body_limit()).await?;
     // Always 204: logout must not tell whether a token existed.
-    refresh::revoke_family(&state.db, &body.refresh_token).await?;
+    if let Some(token) = presented(body, transport, &parts.headers) {
+        refresh::revoke_family(&state.db, &token).await?;
+    }
     tracing::info!(request_id = %ctx.request_id, "logout: refresh family revoked");
-    Ok(empty(StatusCode::NO_CONTENT))
+    let mut resp = empty(StatusCode::NO_CONTENT);
+    if transport == Transport::Cookie {
+        cookie::clear(resp.headers_mut());
+    }
+    Ok(resp)
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::helpers::{base_url, spawn_app, spawn_app_with};
+use crate::helpers::{base_url, connect, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn exhausted_pool_answers_503_within_the_wait() {
@@ -397,4 +397,46 @@ async fn writes_during_a_postgres_restart_are_committed_or_a_clean_503() {
         .expect("pg_stat_activity")
         .get(0);
     assert_eq!(open, 0);
+}
+
+/// A database that refuses new sessions (an operator's `ALLOW_CONNECTIONS false` during
+/// maintenance: SQLSTATE 55000 at connect) is "unavailable", not an internal error.
+#[tokio::test]
+async fn a_database_refusing_connections_gives_503_then_recovers() {
+    let app = spawn_app().await;
+    let u = app.user().await;
+    let name = app.db_url.rsplit('/').next().unwrap().to_string();
+    let admin = connect(&base_url()).await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    // Pooled sessions die first (57P01); once they are gone every request needs a new one,
+    // which PostgreSQL refuses (55000). Both are 503, never 500.
+    for _ in 0..12 {
+        let r = app.get(&app.tasks_path(u.id), Some(&u.access)).await;
+        assert_eq!(r.status, 503, "{}", r.text);
+        assert_eq!(r.problem()["type"], "database_unavailable");
+        assert_eq!(r.header("retry-after"), Some("2"));
+    }
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if app.get(&app.tasks_path(u.id), Some(&u.access)).await.status == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "service resumed by itself");
 }
