@@ -407,17 +407,13 @@ fn limits(
     p: &mut Problems,
 ) -> (Limits, Option<Arc<RedisLimits>>) {
     for (name, l) in &s.limits {
-        if l.per_second == 0 || l.burst == 0 {
-            p.at(
-                &format!("limits.{name}"),
-                "per_second and burst must be at least 1",
-            );
-        }
-        if l.per_minute > 60_000 {
-            p.at(
-                &format!("limits.{name}.per_minute"),
-                "must be at most 60000 (use per_second)",
-            );
+        let rate = match (l.per_second, l.burst, l.per_minute) {
+            (0, _, _) | (_, 0, _) => Some("per_second and burst must be at least 1"),
+            (_, _, n) if n > 60_000 => Some("per_minute must be at most 60000 (use per_second)"),
+            _ => None,
+        };
+        if let Some(why) = rate {
+            p.at(&format!("limits.{name}"), why);
         }
         match l.ipv6_prefix {
             Some(_) if l.key != LimitKey::Ip => p.at(

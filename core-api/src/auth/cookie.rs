@@ -14,7 +14,6 @@
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
-use crate::error::ApiError;
 use gatehouse_common::problem::FieldError;
 
 /// The request header that chooses the transport: `cookie` or `body` (the default).
@@ -41,7 +40,7 @@ pub enum Transport {
 impl Transport {
     /// The transport a request asks for. An unknown value is a 422 for the header, so a typo
     /// never silently falls back to putting the token where page scripts can read it.
-    pub fn of(headers: &HeaderMap) -> Result<Self, ApiError> {
+    pub fn of(headers: &HeaderMap) -> Result<Self, FieldError> {
         let mut values = headers.get_all(TRANSPORT_HEADER).iter();
         let (Some(value), None) = (values.next(), values.next()) else {
             return if headers.contains_key(TRANSPORT_HEADER) {
@@ -58,8 +57,8 @@ impl Transport {
     }
 }
 
-fn bad_header(message: &str) -> ApiError {
-    ApiError::Validation(vec![FieldError::new("Refresh-Token-Transport", message)])
+fn bad_header(message: &str) -> FieldError {
+    FieldError::new("Refresh-Token-Transport", message)
 }
 
 /// What the request's cookies hold under [`NAME`].

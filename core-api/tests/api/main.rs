@@ -5,6 +5,7 @@
 
 mod auth;
 mod cli;
+mod cookies;
 mod faults;
 mod helpers;
 mod hostile;
