@@ -143,6 +143,11 @@ pub async fn authenticate(jwks: &Jwks, token: &str) -> Result<String, Rejection>
         }
         other => other?,
     };
+    // The subject travels upstream as `X-User-Id`: one that cannot be a header value (control
+    // characters, non-ASCII) is refused here rather than failing the forward with a 5xx.
+    if !claims.sub.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(jwt::Rejection::Malformed.into());
+    }
     Ok(claims.sub.clone())
 }
 

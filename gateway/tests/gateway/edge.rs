@@ -133,6 +133,16 @@ async fn every_token_attack_is_401_at_the_edge() {
         ("wrong aud", key.sign(&with("aud", json!("other")), |_| {})),
         ("missing aud", key.sign(&without("aud"), |_| {})),
         ("missing sub", key.sign(&without("sub"), |_| {})),
+        ("empty sub", key.sign(&with("sub", json!("")), |_| {})),
+        // A subject that cannot travel as X-User-Id (signed by a trusted key all the same).
+        (
+            "sub with CR LF",
+            key.sign(&with("sub", json!("alice\r\nx-evil: 1")), |_| {}),
+        ),
+        (
+            "non-ASCII sub",
+            key.sign(&with("sub", json!("alïce")), |_| {}),
+        ),
         ("missing exp", key.sign(&without("exp"), |_| {})),
         ("typ JWT", key.sign(&claims, |h| h.typ = Some("JWT".into()))),
         ("no typ", key.sign(&claims, |h| h.typ = None)),
@@ -171,7 +181,7 @@ async fn every_token_attack_is_401_at_the_edge() {
     );
     let metrics = gw.admin("/metrics").await.text;
     assert!(
-        metrics.contains(r#"gatehouse_gateway_rejections_total{reason="invalid_token"} 18"#),
+        metrics.contains(r#"gatehouse_gateway_rejections_total{reason="invalid_token"} 21"#),
         "{metrics}"
     );
 }
