@@ -388,14 +388,23 @@ async fn two_gateways_share_postgres_storage_with_one_order_per_renewal() {
         }
         assert_eq!(answer, (200, format!("{TOKEN}.thumb")));
     }
-    let acks: i64 = db
-        .query_one(
-            "SELECT count(*) FROM gatehouse_acme_challenge_acks WHERE token = $1",
-            &[&TOKEN],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    // Each instance writes its confirmation right after the answer is in memory, so it may
+    // land a moment after the first 200.
+    let mut acks = 0i64;
+    for _ in 0..50 {
+        acks = db
+            .query_one(
+                "SELECT count(*) FROM gatehouse_acme_challenge_acks WHERE token = $1",
+                &[&TOKEN],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if acks == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(acks, 2, "both instances confirmed they hold it");
 
     // Renewal after 15 s: again exactly one order, and both serve the new certificate.
