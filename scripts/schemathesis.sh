@@ -28,14 +28,23 @@ die() { printf 'schemathesis: %s\n' "$*" >&2; exit 1; }
 : "${DATABASE_URL:?DATABASE_URL is not set (source the env of scripts/pg.sh)}"
 : "${TEST_PG_ADMIN_URL:?TEST_PG_ADMIN_URL is not set (source the env of scripts/pg.sh)}"
 
-# ---- the interpreter: CPython 3.11.0-3.11.4 (Debian 12's 3.11.2) turns a RecursionError that
-# hypothesis catches into "SystemError: AST constructor recursion depth mismatch" (CPython
-# gh-106905, fixed in 3.11.5), which stops a run now and then. Prefer a newer python3 when the
-# machine has one (these machines carry CPython 3.11.7 through pyenv), else Debian's.
+# ---- the interpreter: CPython 3.11 turns a RecursionError that hypothesis catches (while it
+# describes a filter lambda) into "AST constructor recursion depth mismatch": gh-106905, fixed
+# in 3.11.5 for one path, and still seen with 3.11.7 here. 3.12 reworked that check. Prefer the
+# newest python3 the machine has (these machines carry 3.12 and 3.13 through pyenv, whose shims
+# answer only for the active version, so the interpreters are looked up directly), else
+# Debian's.
 pick_python() {
   local c
-  for c in python3.13 python3.12 python3 /usr/bin/python3; do
+  for c in python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3 \
+    "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3 python3 /usr/bin/python3; do
     command -v "$c" >/dev/null 2>&1 || continue
+    if "$c" -c 'import sys, venv; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; then
+      command -v "$c"
+      return
+    fi
+  done
+  for c in python3 /usr/bin/python3; do
     if "$c" -c 'import sys, venv; sys.exit(0 if sys.version_info >= (3, 11, 5) else 1)' 2>/dev/null; then
       command -v "$c"
       return
