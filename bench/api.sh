@@ -25,6 +25,9 @@
 #   BENCH_USERS [200]      seeded users                 TASKS_PER_USER [20]
 #   CONNECTIONS [64]       throughput concurrency, for wrk and pgbench alike
 #   THREADS [2]            wrk threads and pgbench -j
+#   PGBENCH_SWEEP ["2 4 8 16 32"]  further pgbench client counts; the target compares with the
+#                          best of these and CONNECTIONS ("" : CONNECTIONS only)
+#   SWEEP_DURATION [8]     seconds per sweep run
 #   LAT_CONNECTIONS [16]   latency-run connections      FLOOD_CONNECTIONS [32]  login flood
 #   LAT_RPS [peak/4]       offered GET rate of the latency runs; 0 = closed loop (as fast as
 #                          the API answers, which measures queueing rather than latency)
@@ -46,6 +49,8 @@ BENCH_USERS=${BENCH_USERS:-200}
 TASKS_PER_USER=${TASKS_PER_USER:-20}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
+PGBENCH_SWEEP=${PGBENCH_SWEEP-2 4 8 16 32}
+SWEEP_DURATION=${SWEEP_DURATION:-8}
 LAT_CONNECTIONS=${LAT_CONNECTIONS:-16}
 FLOOD_CONNECTIONS=${FLOOD_CONNECTIONS:-32}
 LAT_RPS=${LAT_RPS:-}
@@ -444,8 +449,9 @@ api_p99=$(wrk_value "$work/wrk-throughput.txt" p99)
 # 2. Reference: pgbench, the same SQL at the same concurrency, as the same role.
 
 run_pgbench() {
-  local out=$1 secs=$2
-  run_child "$out" "$pgbench_bin" -n -M prepared -c "$CONNECTIONS" -j "$THREADS" -T "$secs" \
+  local out=$1 secs=$2 clients=${3:-$CONNECTIONS}
+  local jobs=$((clients < THREADS ? clients : THREADS))
+  run_child "$out" "$pgbench_bin" -n -M prepared -c "$clients" -j "$jobs" -T "$secs" \
     -D nusers="$BENCH_USERS" -f bench/list.sql "$app_url" || {
     cat "$out" >&2
     die "pgbench failed"
@@ -490,6 +496,24 @@ pg_failed=$(awk '/^number of failed transactions:/ { print $5 }' "$work/pgbench.
 if [[ -n $pg_failed && $pg_failed != 0 ]]; then
   warnings+=("pgbench: $pg_failed failed transactions")
 fi
+
+calc() { awk "BEGIN { printf \"%s\", $1 }"; }
+# PostgreSQL's own best on this machine: 64 clients on 2 cores is past its knee (the API itself
+# multiplexes onto a pool of a few connections), so the reference is the best rate over a sweep
+# of client counts, and the target is measured against that.
+declare -A sweep_tps=()
+pg_best_tps=$pg_tps
+pg_best_clients=$CONNECTIONS
+for c in $PGBENCH_SWEEP; do
+  say "pgbench sweep: -c $c -T $SWEEP_DURATION"
+  run_pgbench "$work/pgbench-sweep-$c.txt" "$SWEEP_DURATION" "$c"
+  sweep_tps[$c]=$(awk '/^tps = .*without initial connection time/ { print $3 }' "$work/pgbench-sweep-$c.txt")
+  [[ -n ${sweep_tps[$c]} ]] || die "could not read tps from pgbench -c $c"
+  if (($(calc "${sweep_tps[$c]} > $pg_best_tps"))); then
+    pg_best_tps=${sweep_tps[$c]}
+    pg_best_clients=$c
+  fi
+done
 
 # ---------------------------------------------------------------------------------------------
 # 3. GET latency without and with a login flood, at a paced rate below the knee.
@@ -554,11 +578,11 @@ for path in (base, overlay):
 print(value)
 PY
 }
-calc() { awk "BEGIN { printf \"%s\", $1 }"; }
 fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN { printf "%.*f", d, v }'; }
 pass() { if awk "BEGIN { exit !($1) }"; then echo "✅ yes"; else echo "❌ no"; fi; }
 
-tp_ratio=$(calc "$api_rps / $pg_tps")
+tp_ratio=$(calc "$api_rps / $pg_best_tps")
+same_ratio=$(calc "$api_rps / $pg_tps")
 p99_ratio=$(calc "($idle_p99 > 0) ? $loaded_p99 / $idle_p99 : 0")
 tp_pass=$(pass "$tp_ratio >= $TARGET_THROUGHPUT_RATIO")
 p99_pass=$(pass "$idle_p99 > 0 && $p99_ratio <= $TARGET_FLOOD_P99_RATIO")
@@ -579,12 +603,20 @@ report=$work/report.md
   echo
   echo "| metric | core-api | pgbench / reference | ratio | target | pass? |"
   echo "|---|---|---|---|---|---|"
-  echo "| owner-scoped list throughput, $CONNECTIONS connections | $(fmt "$api_rps" 0) req/s | $(fmt "$pg_tps" 0) tps | $(fmt "$tp_ratio" 2)× | ≥ ${TARGET_THROUGHPUT_RATIO}× | $tp_pass |"
+  echo "| owner-scoped list throughput, $CONNECTIONS connections, against pgbench's best | $(fmt "$api_rps" 0) req/s | $(fmt "$pg_best_tps" 0) tps (-c $pg_best_clients) | $(fmt "$tp_ratio" 2)× | ≥ ${TARGET_THROUGHPUT_RATIO}× | $tp_pass |"
+  echo "| the same, against pgbench at the same concurrency | $(fmt "$api_rps" 0) req/s | $(fmt "$pg_tps" 0) tps (-c $CONNECTIONS) | $(fmt "$same_ratio" 2)× | – | – |"
   echo "| list latency p50 / p99 at $CONNECTIONS connections (peak load) | $(fmt "$api_p50" 2) / $(fmt "$api_p99" 2) ms | ${pg_lat:-?} ms average | – | – | – |"
   echo "| GET p50 / p99, no flood ($LAT_CONNECTIONS conns, $lat_mode) | $(fmt "$idle_p50" 2) / $(fmt "$idle_p99" 2) ms | – | – | reference | – |"
   echo "| GET p50 / p99 during login flood ($FLOOD_CONNECTIONS conns) | $(fmt "$loaded_p50" 2) / $(fmt "$loaded_p99" 2) ms | $(fmt "$idle_p99" 2) ms (p99, no flood) | $(fmt "$p99_ratio" 2)× | ≤ ${TARGET_FLOOD_P99_RATIO}× | $p99_pass |"
   echo "| login flood: POST /auth/login | $(fmt "$flood_rps" 1) req/s${flood_p50:+, p50 $(fmt "$flood_p50" 0) ms}; status $flood_statuses | – | – | – | – |"
   echo
+  if ((${#sweep_tps[@]} > 0)); then
+    line="- pgbench sweep (${SWEEP_DURATION}s each, -j min(clients, $THREADS)):"
+    for c in $PGBENCH_SWEEP; do
+      line+=" -c $c: $(fmt "${sweep_tps[$c]}" 0) tps;"
+    done
+    echo "${line%;}; -c $CONNECTIONS: $(fmt "$pg_tps" 0) tps (${DURATION}s)."
+  fi
   echo "- Machine: $(nproc) CPUs, $cpu_model; $(uname -sr). core-api, PostgreSQL $pg_version, wrk and"
   echo "  pgbench all ran on this same machine over loopback, one after another (nothing pinned)."
   echo "- core-api: $bin_label, $("$api" --version) ($build_kind); revision $revision."

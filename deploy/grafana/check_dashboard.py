@@ -37,6 +37,7 @@ METRICS = {
     "gatehouse_gateway_jwks_refreshes_total": {"outcome"},
     "gatehouse_gateway_reloads_total": {"outcome"},
     "gatehouse_gateway_rate_limit_store_errors_total": {"limit"},
+    "gatehouse_gateway_log_lines_dropped_total": set(),
     "gatehouse_gateway_connections_active": {"listener"},
     "gatehouse_gateway_connections_rejected_total": {"listener", "reason"},
     "gatehouse_gateway_certificate_expiry_seconds": {"name"},

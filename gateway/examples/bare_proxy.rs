@@ -11,6 +11,8 @@
 //! http/1.1.
 
 use async_trait::async_trait;
+use pingora::modules::http::HttpModules;
+use pingora::modules::http::compression::ResponseCompressionBuilder;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
@@ -19,6 +21,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
     upstream: String,
+    compression: bool,
 }
 
 #[async_trait]
@@ -26,6 +29,12 @@ impl ProxyHttp for Bare {
     type CTX = ();
 
     fn new_ctx(&self) {}
+
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        if self.compression {
+            modules.add_module(ResponseCompressionBuilder::enable(0));
+        }
+    }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(
@@ -60,13 +69,21 @@ fn main() {
     let conf = ServerConf {
         threads,
         upstream_keepalive_pool_size: 4096,
+        work_stealing: std::env::var("WORK_STEALING").as_deref() != Ok("0"),
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Bare { upstream });
+    let compression = std::env::var("COMPRESSION_MODULE").as_deref() != Ok("0");
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Bare {
+            upstream,
+            compression,
+        },
+    );
     proxy.add_tcp(&plain);
     if let Some((listen, cert, key)) = tls {
         let mut settings = match pingora::listeners::tls::TlsSettings::intermediate(&cert, &key) {

@@ -114,9 +114,9 @@ fn served_target_form(method: &Method, target: &[u8]) -> bool {
 /// final coding, and a proxy that does not understand a coding must not forward the message;
 /// §6.3: Content-Length with Transfer-Encoding is a smuggling attempt).
 pub fn framing_problem(h: &HeaderMap) -> Option<&'static str> {
-    let te = h.get_all("transfer-encoding");
+    let te = h.get_all(http::header::TRANSFER_ENCODING);
     te.iter().next()?;
-    if h.contains_key("content-length") {
+    if h.contains_key(http::header::CONTENT_LENGTH) {
         return Some("Content-Length and Transfer-Encoding together are not accepted.");
     }
     let mut codings = Vec::new();

@@ -21,7 +21,7 @@ use crate::cors;
 use crate::headers;
 use crate::jwks::Jwks;
 use crate::limits::{Limits, RedisLimits};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::runtime::{RouteRt, Runtime};
 use crate::settings::{
     AcmeStorage, Auth, Config, DEFAULT_BODY_LIMIT, HttpMode, Invalid, LimitKey, LimitStore,
@@ -79,7 +79,7 @@ pub fn compile(
     let upstreams = upstreams(s, previous, &mut p);
     let policies = cors_policies(s, &mut p);
     let (limits, redis) = limits(s, previous, metrics, &mut p);
-    let routes = routes(s, &upstreams, &policies, &limits, &mut p);
+    let routes = routes(s, &upstreams, &policies, &limits, metrics, &mut p);
     let (Some(jwks), true) = (jwks, p.ok()) else {
         return Err(ConfigError(p.found));
     };
@@ -464,6 +464,7 @@ fn routes(
     upstreams: &HashMap<String, Arc<UpstreamRt>>,
     policies: &BTreeMap<String, cors::Policy>,
     limits: &Limits,
+    metrics: &Metrics,
     p: &mut Problems,
 ) -> Vec<RouteRt> {
     if s.routes.is_empty() {
@@ -531,6 +532,7 @@ fn routes(
                 limits: route_limits,
                 body_limit: r.body_limit_bytes.unwrap_or(DEFAULT_BODY_LIMIT),
                 upstream,
+                metrics: Arc::new(RouteMetrics::new(metrics, &r.prefix)),
             });
         }
     }

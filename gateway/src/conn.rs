@@ -103,8 +103,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let stream = match &self.tls {
             None => stream,
             Some(acceptor) => {
-                let handshake = acceptor.tls_handshake(Tracked::plain(stream));
-                match tokio::time::timeout(self.limits.header_timeout, handshake).await {
+                // Boxed: the handshake's state (rustls' and Pingora's, kilobytes) is freed when
+                // it ends instead of staying in this future for as long as the connection.
+                let handshake = Box::pin(tokio::time::timeout(
+                    self.limits.header_timeout,
+                    acceptor.tls_handshake(Tracked::plain(stream)),
+                ));
+                match handshake.await {
                     Ok(Ok(tls)) => Box::new(tls),
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "TLS handshake failed");

@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 use gatehouse_common::config::Environment;
 
 // The request path allocates a lot in small pieces (headers, buffers); mimalloc's per-thread
-// caches measured faster than glibc malloc there (bench/README.md).
+// caches measured faster than glibc malloc there (bench/README.md). The `system-allocator`
+// feature leaves glibc's malloc in place, for heap profilers that hook it (heaptrack).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -68,7 +70,9 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("invalid configuration:\n{e}")),
     };
     let s = config.settings();
-    gatehouse_common::telemetry::init(s.log.format, &s.log.level);
+    // Request threads never write the log themselves (an access line per request); the guard
+    // lives until `main` returns, which writes what is still buffered.
+    let _log = gatehouse_common::telemetry::init_off_thread(s.log.format, &s.log.level);
     let metrics = match gateway::metrics::Metrics::new() {
         Ok(m) => Arc::new(m),
         Err(e) => return fail(&format!("metrics: {e}")),

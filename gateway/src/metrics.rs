@@ -1,8 +1,11 @@
 //! Prometheus metrics of the gateway, served on the admin listener at `/metrics`.
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -24,6 +27,8 @@ pub struct Metrics {
     pub acme_http01_requests: IntCounterVec,
     pub acme_challenge_reads: IntCounter,
     pub rate_limit_store_errors: IntCounterVec,
+    /// Synced from the log writer when the metrics are read.
+    log_lines_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -137,6 +142,10 @@ impl Metrics {
             ),
             &["limit"],
         )?;
+        let log_lines_dropped = IntCounter::new(
+            "log_lines_dropped_total",
+            "Log lines (access lines included) dropped because the log writer was too far behind stdout.",
+        )?;
         for c in [
             &rate_limit_store_errors,
             &acme_attempts,
@@ -158,6 +167,7 @@ impl Metrics {
         registry.register(Box::new(certificate_expiry.clone()))?;
         registry.register(Box::new(acme_last_success.clone()))?;
         registry.register(Box::new(acme_challenge_reads.clone()))?;
+        registry.register(Box::new(log_lines_dropped.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -177,6 +187,7 @@ impl Metrics {
             acme_http01_requests,
             acme_challenge_reads,
             rate_limit_store_errors,
+            log_lines_dropped,
         })
     }
 
@@ -189,8 +200,51 @@ impl Metrics {
     }
 
     pub fn render(&self) -> Vec<u8> {
+        let dropped = gatehouse_common::telemetry::dropped_log_lines();
+        self.log_lines_dropped
+            .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// The status as a metric label, without allocating.
+pub fn status_label(status: u16) -> &'static str {
+    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| (0..600).map(|n| n.to_string()).collect());
+    labels.get(status as usize).map_or("other", String::as_str)
+}
+
+/// One route's request series (`http_requests_total`, `http_request_duration_seconds`), found
+/// once per configuration: a request counts itself without hashing its label values. The
+/// counter of each status is looked up the first time that status is answered.
+pub struct RouteMetrics {
+    route: String,
+    requests: IntCounterVec,
+    by_status: Box<[OnceLock<IntCounter>]>,
+    latency: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(metrics: &Metrics, route: &str) -> Self {
+        Self {
+            route: route.to_string(),
+            requests: metrics.requests.clone(),
+            by_status: (0..600).map(|_| OnceLock::new()).collect(),
+            latency: metrics.latency.with_label_values(&[route]),
+        }
+    }
+
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        let counter = |status: u16| {
+            self.requests
+                .with_label_values(&[self.route.as_str(), status_label(status)])
+        };
+        match self.by_status.get(usize::from(status)) {
+            Some(slot) => slot.get_or_init(|| counter(status)).inc(),
+            None => counter(status).inc(),
+        }
+        self.latency.observe(elapsed.as_secs_f64());
     }
 }

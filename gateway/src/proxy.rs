@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use gatehouse_common::problem;
 use gatehouse_common::request_id;
+use http::header::{self, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -58,7 +60,8 @@ impl Outcome {
 pub struct Ctx {
     started: Instant,
     rt: Option<Arc<Runtime>>,
-    request_id: String,
+    /// Made (or accepted) once; the same bytes go upstream, on the response and in the log.
+    request_id: HeaderValue,
     client_ip: Option<IpAddr>,
     route: Option<usize>,
     cors_headers: cors::Headers,
@@ -114,10 +117,17 @@ async fn admit(rt: &Runtime, req: &RequestHeader, ctx: &mut Ctx) -> Result<Admit
 /// the connection).
 fn has_body(req: &RequestHeader) -> bool {
     let h = &req.headers;
-    h.contains_key("transfer-encoding")
-        || h.get("content-length")
+    h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() != "0")
+}
+
+impl Ctx {
+    /// The request id as text (it is always visible ASCII: `request_id.rs`).
+    fn rid(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
 }
 
 impl Gateway {
@@ -146,13 +156,16 @@ impl Gateway {
         let trusted_peer = peer.is_some_and(|p| rt.trusted.trusts(p));
         let req = session.req_header();
         ctx.client_ip = peer.map(|p| rt.trusted.client_ip(p, &req.headers));
-        ctx.request_id = if trusted_peer {
+        let id = if trusted_peer {
             request_id::accept_or_generate(
-                req.headers.get(request_id::HEADER).map(|v| v.as_bytes()),
+                req.headers
+                    .get(&headers::X_REQUEST_ID)
+                    .map(|v| v.as_bytes()),
             )
         } else {
             request_id::generate()
         };
+        ctx.request_id = HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static(""));
         ctx.rt = Some(rt.clone());
         let tls = session
             .digest()
@@ -164,21 +177,18 @@ impl Gateway {
             || (trusted_peer
                 && req
                     .headers
-                    .get("x-forwarded-proto")
+                    .get(&headers::X_FORWARDED_PROTO)
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
         headers::strip_spoofable(session.req_header_mut(), false);
     }
 
     /// Request id, security, CORS headers: on every response, local or proxied.
     fn finish_headers(&self, resp: &mut ResponseHeader, ctx: &Ctx) {
-        let hsts = ctx
-            .rt
-            .as_ref()
-            .map(|r| r.hsts.as_str())
-            .unwrap_or("max-age=31536000");
+        static NO_RUNTIME: HeaderValue = HeaderValue::from_static("max-age=31536000");
+        let hsts = ctx.rt.as_ref().map_or(&NO_RUNTIME, |r| &r.hsts);
         let authenticated = self.route(ctx).is_some_and(|r| r.cfg.auth == Auth::Jwt);
         headers::secure(resp, hsts, authenticated);
-        let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
+        let _ = resp.insert_header("x-request-id", ctx.request_id.clone());
         for (k, v) in &ctx.cors_headers {
             let _ = resp.insert_header(*k, v.as_str());
         }
@@ -221,10 +231,10 @@ impl Gateway {
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Rejection) -> Result<bool> {
         match &r {
             Rejection::InvalidToken(why) => {
-                tracing::info!(request_id = %ctx.request_id, reason = why.reason(), "access token rejected");
+                tracing::info!(request_id = %ctx.rid(), reason = why.reason(), "access token rejected");
             }
             Rejection::PathClaim => {
-                tracing::warn!(request_id = %ctx.request_id, user_id = %ctx.user_id.as_deref().unwrap_or(""), "authorization denied at the edge: path is not the token subject");
+                tracing::warn!(request_id = %ctx.rid(), user_id = %ctx.user_id.as_deref().unwrap_or(""), "authorization denied at the edge: path is not the token subject");
             }
             _ => {}
         }
@@ -232,7 +242,7 @@ impl Gateway {
             self.metrics.reject(r.reason(), r.limit());
         }
         let status = r.status();
-        let body = r.problem().request_id(ctx.request_id.clone()).to_bytes();
+        let body = r.problem().request_id(ctx.rid().to_string()).to_bytes();
         let extra = r.headers();
         ctx.outcome = Outcome::Refused(r);
         self.respond_bytes(session, ctx, status, problem::CONTENT_TYPE, body, &extra)
@@ -251,13 +261,6 @@ impl Gateway {
     }
 }
 
-/// The status as a metric label, without allocating.
-fn status_label(status: u16) -> &'static str {
-    static LABELS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let labels = LABELS.get_or_init(|| (0..600).map(|n| n.to_string()).collect());
-    labels.get(status as usize).map_or("other", String::as_str)
-}
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -266,7 +269,7 @@ impl ProxyHttp for Gateway {
         Ctx {
             started: Instant::now(),
             rt: None,
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             client_ip: None,
             route: None,
             cors_headers: Vec::new(),
@@ -279,6 +282,10 @@ impl ProxyHttp for Gateway {
             upstream_status: None,
         }
     }
+
+    /// No downstream modules: Pingora's default is a response-compression module that is
+    /// built and called for every request even when disabled, and the gateway never compresses.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
         crate::conn::header_complete(session.stream());
@@ -409,15 +416,19 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let proto = if ctx.forwarded_https { "https" } else { "http" };
+        let proto = if ctx.forwarded_https {
+            &headers::HTTPS
+        } else {
+            &headers::HTTP
+        };
         if let Some(ip) = ctx.client_ip {
-            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+            upstream.insert_header("x-forwarded-for", headers::ip_value(ip))?;
         }
-        upstream.insert_header("x-forwarded-proto", proto)?;
-        if let Some(host) = session.req_header().headers.get("host").cloned() {
+        upstream.insert_header("x-forwarded-proto", proto.clone())?;
+        if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
             upstream.insert_header("x-forwarded-host", host)?;
         }
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some(sub) = &ctx.user_id {
             upstream.insert_header("x-user-id", sub.as_str())?;
         }
@@ -500,17 +511,22 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = self.route_label(ctx);
         let elapsed = ctx.started.elapsed();
-        self.metrics
-            .requests
-            .with_label_values(&[route, status_label(status)])
-            .inc();
-        self.metrics
-            .latency
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        match self.route(ctx) {
+            Some(r) => r.metrics.observe(status, elapsed),
+            None => {
+                self.metrics
+                    .requests
+                    .with_label_values(&[route, crate::metrics::status_label(status)])
+                    .inc();
+                self.metrics
+                    .latency
+                    .with_label_values(&[route])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         tracing::info!(
             target: "access",
-            request_id = %ctx.request_id,
+            request_id = %ctx.rid(),
             client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
             method = %session.req_header().method,
             route = %route,

@@ -10,6 +10,7 @@ use crate::client_ip::TrustedProxies;
 use crate::cors;
 use crate::jwks::Jwks;
 use crate::limits::{Limits, Named, RedisLimits};
+use crate::metrics::RouteMetrics;
 use crate::settings::{Route, Settings};
 use crate::upstream::UpstreamRt;
 
@@ -21,6 +22,7 @@ pub struct RouteRt {
     pub limits: Vec<Arc<Named>>,
     pub body_limit: usize,
     pub upstream: Arc<UpstreamRt>,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// The compiled configuration (`compile.rs` builds it); swapped whole on reload.
@@ -34,7 +36,7 @@ pub struct Runtime {
     /// The store of `store = "redis"` limits (kept across reloads while the URL is the same).
     pub redis: Option<Arc<RedisLimits>>,
     pub trusted: TrustedProxies,
-    pub hsts: String,
+    pub hsts: http::HeaderValue,
     /// What a request head must fit (`server.max_uri_bytes`, `server.max_header_bytes`).
     pub head: HeadLimits,
     pub keepalive_secs: u64,
@@ -82,6 +84,10 @@ impl RouteRt {
             limits,
             body_limit: crate::settings::DEFAULT_BODY_LIMIT,
             upstream: Arc::new(UpstreamRt::new("test", &upstream).expect("a loopback upstream")),
+            metrics: Arc::new(RouteMetrics::new(
+                &crate::metrics::Metrics::new().expect("metrics"),
+                "/test",
+            )),
         }
     }
 }

@@ -15,7 +15,7 @@ use pingora::apps::{HttpServerApp, HttpServerOptions};
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::ServiceWithDependents;
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
@@ -82,7 +82,10 @@ pub fn run(
     server.add_service(background_service("housekeeping", Housekeeping { shared }));
 
     tracing::info!(https = %s.listen.https, http = %s.listen.http, admin = %s.listen.admin, env = %config.env, "gateway starting");
-    server.run_forever();
+    // `run`, not `run_forever` (which exits the process): `main` returns and the log writer
+    // gets to write what is still buffered.
+    server.run(RunArgs::default());
+    Ok(())
 }
 
 /// Pingora binds inside its service tasks, and a failed bind there only ends that service:

@@ -40,7 +40,7 @@ pub fn route(
     headers: &HeaderMap,
 ) -> Result<usize, Rejection> {
     let host = headers
-        .get("host")
+        .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or(uri.host());
     routing::select(routes.iter().map(|r| &r.cfg), host, method, uri.path())
@@ -75,7 +75,7 @@ pub fn cors(route: &RouteRt, method: &Method, headers: &HeaderMap) -> Result<Cor
 /// (bodies without one are counted as they stream, in `request_body_filter`).
 pub fn declared_body(route: &RouteRt, headers: &HeaderMap) -> Result<(), Rejection> {
     let declared = headers
-        .get("content-length")
+        .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > route.body_limit as u64) {
@@ -121,7 +121,7 @@ pub async fn limit(
 /// The bearer token of `Authorization` (RFC 6750 §2.1; the scheme is case-insensitive).
 pub fn bearer(headers: &HeaderMap) -> Result<&str, Rejection> {
     headers
-        .get("authorization")
+        .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty())

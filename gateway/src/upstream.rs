@@ -2,7 +2,7 @@
 //! (round robin or fewest in flight), passive ejection after failed connections or runs of 5xx,
 //! and the active health-check loop.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,33 @@ pub struct UpstreamRt {
     /// periodically; a change rebuilds the upstream).
     pub addresses: BTreeSet<SocketAddr>,
     health_loop: AtomicBool,
-    targets_state: Mutex<HashMap<SocketAddr, TargetState>>,
+    /// Per target (a handful): searched in place, no hashing per request.
+    targets_state: Mutex<Targets>,
+}
+
+/// The state of each target that has had one, by address.
+#[derive(Default)]
+struct Targets(Vec<(SocketAddr, TargetState)>);
+
+impl Targets {
+    fn get(&self, addr: &SocketAddr) -> Option<&TargetState> {
+        self.0.iter().find(|(a, _)| a == addr).map(|(_, t)| t)
+    }
+
+    fn get_mut(&mut self, addr: &SocketAddr) -> Option<&mut TargetState> {
+        self.0.iter_mut().find(|(a, _)| a == addr).map(|(_, t)| t)
+    }
+
+    fn entry(&mut self, addr: SocketAddr) -> &mut TargetState {
+        let i = match self.0.iter().position(|(a, _)| *a == addr) {
+            Some(i) => i,
+            None => {
+                self.0.push((addr, TargetState::default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
 }
 
 /// Passive health and load of one target.
@@ -118,7 +144,7 @@ impl UpstreamRt {
     pub fn pick(&self) -> Option<SocketAddr> {
         let now = Instant::now();
         let mut state = self.targets_state.lock().unwrap_or_else(|p| p.into_inner());
-        let usable = |a: &SocketAddr, state: &HashMap<SocketAddr, TargetState>| {
+        let usable = |a: &SocketAddr, state: &Targets| {
             state
                 .get(a)
                 .and_then(|t| t.ejected_until)
@@ -154,7 +180,7 @@ impl UpstreamRt {
                     .min_by_key(|a| state.get(a).map_or(0, |t| t.in_flight))
             }
         }?;
-        state.entry(chosen).or_default().in_flight += 1;
+        state.entry(chosen).in_flight += 1;
         Some(chosen)
     }
 
@@ -184,7 +210,7 @@ impl UpstreamRt {
     /// Skips `addr` for `eject_seconds` after a failed connection.
     pub fn eject(&self, addr: SocketAddr) {
         let mut state = self.targets_state.lock().unwrap_or_else(|p| p.into_inner());
-        state.entry(addr).or_default().ejected_until =
+        state.entry(addr).ejected_until =
             Some(Instant::now() + Duration::from_secs(self.settings.eject_seconds));
     }
 
