@@ -339,12 +339,9 @@ mod tests {
         let n = Named::new(
             "t",
             &Limit {
-                key: LimitKey::Ip,
                 per_second: 1,
-                per_minute: 0,
                 burst: 3,
-                store: LimitStore::Local,
-                ipv6_prefix: None,
+                ..Limit::default()
             },
         );
         for _ in 0..3 {
@@ -387,12 +384,9 @@ mod tests {
         let n = Named::new(
             "t",
             &Limit {
-                key: LimitKey::Ip,
                 per_second: 1,
-                per_minute: 0,
                 burst: 2,
-                store: LimitStore::Local,
-                ipv6_prefix: None,
+                ..Limit::default()
             },
         );
         let key = |a: &str| n.ip_key(Some(ip(a)));

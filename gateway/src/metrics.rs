@@ -209,8 +209,11 @@ impl Metrics {
     }
 }
 
+/// The `route` label of requests no route matched.
+pub const UNMATCHED: &str = "unmatched";
+
 /// The status as a metric label, without allocating.
-pub fn status_label(status: u16) -> &'static str {
+fn status_label(status: u16) -> &'static str {
     static LABELS: OnceLock<Vec<String>> = OnceLock::new();
     let labels = LABELS.get_or_init(|| (0..600).map(|n| n.to_string()).collect());
     labels.get(status as usize).map_or("other", String::as_str)

@@ -23,7 +23,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use crate::acme::{Acme, CHALLENGE_PREFIX};
 use crate::cors;
 use crate::headers;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics, UNMATCHED};
 use crate::rejection::Rejection;
 use crate::runtime::{RouteRt, Runtime};
 use crate::settings::{Auth, DEFAULT_BODY_LIMIT, LimitKey};
@@ -34,6 +34,8 @@ pub struct Gateway {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub metrics: Arc<Metrics>,
     pub acme: Arc<Acme>,
+    /// The request series of requests no route matched (`route="unmatched"`).
+    pub unmatched: Arc<RouteMetrics>,
 }
 
 /// How a request ended, for the access log's `decision` (and `limit`).
@@ -138,11 +140,6 @@ impl Gateway {
             .and_then(|(rt, i)| rt.routes.get(i))
     }
 
-    fn route_label<'a>(&self, ctx: &'a Ctx) -> &'a str {
-        self.route(ctx)
-            .map_or("unmatched", |r| r.cfg.prefix.as_str())
-    }
-
     /// Who is asking: the client IP (`client_ip.rs`: the peer, or the right-most untrusted
     /// `X-Forwarded-For` hop behind a trusted proxy), the request id (kept only from a trusted
     /// proxy), whether it came over HTTPS. Then every identity header a client may not send
@@ -179,13 +176,12 @@ impl Gateway {
                     .headers
                     .get(&headers::X_FORWARDED_PROTO)
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https")));
-        headers::strip_spoofable(session.req_header_mut(), false);
+        headers::strip_spoofable(session.req_header_mut());
     }
 
     /// Request id, security, CORS headers: on every response, local or proxied.
     fn finish_headers(&self, resp: &mut ResponseHeader, ctx: &Ctx) {
-        static NO_RUNTIME: HeaderValue = HeaderValue::from_static("max-age=31536000");
-        let hsts = ctx.rt.as_ref().map_or(&NO_RUNTIME, |r| &r.hsts);
+        let hsts = ctx.rt.as_ref().map_or(&headers::DEFAULT_HSTS, |r| &r.hsts);
         let authenticated = self.route(ctx).is_some_and(|r| r.cfg.auth == Auth::Jwt);
         headers::secure(resp, hsts, authenticated);
         let _ = resp.insert_header("x-request-id", ctx.request_id.clone());
@@ -242,7 +238,7 @@ impl Gateway {
             self.metrics.reject(r.reason(), r.limit());
         }
         let status = r.status();
-        let body = r.problem().request_id(ctx.rid().to_string()).to_bytes();
+        let body = r.problem().request_id(ctx.rid()).to_bytes();
         let extra = r.headers();
         ctx.outcome = Outcome::Refused(r);
         self.respond_bytes(session, ctx, status, problem::CONTENT_TYPE, body, &extra)
@@ -422,7 +418,7 @@ impl ProxyHttp for Gateway {
             &headers::HTTP
         };
         if let Some(ip) = ctx.client_ip {
-            upstream.insert_header("x-forwarded-for", headers::ip_value(ip))?;
+            upstream.insert_header("x-forwarded-for", ip.to_string())?;
         }
         upstream.insert_header("x-forwarded-proto", proto.clone())?;
         if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
@@ -504,33 +500,23 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let upstream = self.route(ctx).map(|r| r.upstream.clone());
-        if let (Some(up), Some(target)) = (upstream, ctx.target.take()) {
-            up.release(target, ctx.upstream_status);
+        let target = ctx.target.take();
+        let route = self.route(ctx);
+        if let (Some(r), Some(target)) = (route, target) {
+            r.upstream.release(target, ctx.upstream_status);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = self.route_label(ctx);
         let elapsed = ctx.started.elapsed();
-        match self.route(ctx) {
-            Some(r) => r.metrics.observe(status, elapsed),
-            None => {
-                self.metrics
-                    .requests
-                    .with_label_values(&[route, crate::metrics::status_label(status)])
-                    .inc();
-                self.metrics
-                    .latency
-                    .with_label_values(&[route])
-                    .observe(elapsed.as_secs_f64());
-            }
-        }
+        route
+            .map_or(&*self.unmatched, |r| &*r.metrics)
+            .observe(status, elapsed);
         tracing::info!(
             target: "access",
             request_id = %ctx.rid(),
             client_ip = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
             method = %session.req_header().method,
-            route = %route,
-            upstream = %self.route(ctx).map(|r| r.upstream.name.as_str()).unwrap_or(""),
+            route = %route.map_or(UNMATCHED, |r| r.cfg.prefix.as_str()),
+            upstream = %route.map_or("", |r| r.upstream.name.as_str()),
             status,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             user_id = %ctx.user_id.as_deref().unwrap_or(""),

@@ -23,7 +23,7 @@ use pingora::services::listening::Service;
 use crate::acme::{Acme, CHALLENGE_PREFIX};
 use crate::compile::Compiled;
 use crate::conn::{self, Guarded};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics, UNMATCHED};
 use crate::proxy::Gateway;
 use crate::reload::Shared;
 use crate::runtime::Runtime;
@@ -66,6 +66,7 @@ pub fn run(
         runtime: runtime.clone(),
         metrics: metrics.clone(),
         acme: acme.clone(),
+        unmatched: Arc::new(RouteMetrics::new(&metrics, UNMATCHED)),
     };
     let listeners = Listeners::new(s, &runtime, &metrics);
 
