@@ -4,8 +4,8 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -52,23 +52,14 @@ pub fn init(format: LogFormat, level: &str) {
 /// is still buffered.
 pub fn init_off_thread(format: LogFormat, level: &str) -> LogGuard {
     let shared = Arc::new(Shared::default());
-    let writer = {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("log-writer".into())
-            .spawn(move || shared.write_out(&mut io::stdout()))
-            .ok()
-    };
-    if writer.is_none() {
+    let guard = LogGuard::spawn(shared.clone(), io::stdout());
+    if guard.done.is_some() {
+        install(format, level, OffThread(shared));
+    } else {
         // No thread for it (resource limits): log from the caller rather than not at all.
         init(format, level);
-        return LogGuard {
-            shared,
-            writer: None,
-        };
     }
-    install(format, level, OffThread(shared.clone()));
-    LogGuard { shared, writer }
+    guard
 }
 
 fn install<W>(format: LogFormat, level: &str, writer: W)
@@ -173,23 +164,46 @@ impl Shared {
 /// Keeps the log writer running; dropping it writes what is still buffered.
 pub struct LogGuard {
     shared: Arc<Shared>,
-    writer: Option<JoinHandle<()>>,
+    /// Signalled when the writer thread has written everything and ended (`None`: no thread).
+    done: Option<Receiver<()>>,
+}
+
+impl LogGuard {
+    /// Starts the writer thread that drains `shared` into `out`.
+    fn spawn(shared: Arc<Shared>, mut out: impl Write + Send + 'static) -> Self {
+        let (finished, done) = mpsc::channel();
+        let writer = shared.clone();
+        let started = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                writer.write_out(&mut out);
+                let _ = finished.send(());
+            })
+            .is_ok();
+        LogGuard {
+            shared,
+            done: started.then_some(done),
+        }
+    }
 }
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
+        {
+            // Under the lock: the writer cannot be between its check and its wait, so this
+            // wake-up is not lost.
+            let _pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.shared.closed.store(true, Ordering::Release);
+        }
         self.shared.ready.notify_one();
         // What is buffered gets written, but a stdout that no longer takes anything (a stalled
         // pipe) must not keep the process from exiting: wait for the writer a bounded time.
-        if let Some(writer) = self.writer.take() {
-            let deadline = std::time::Instant::now() + FLUSH_ON_EXIT;
-            while !writer.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if writer.is_finished() {
-                let _ = writer.join();
-            }
+        if let Some(done) = self.done.take() {
+            let _ = done.recv_timeout(FLUSH_ON_EXIT);
         }
     }
 }
@@ -250,17 +264,10 @@ mod tests {
     fn lines_are_written_in_order_in_batches_and_all_of_them_on_close() {
         let shared = Arc::new(Shared::default());
         let out = Record::default();
-        let writer = {
-            let (shared, mut out) = (shared.clone(), out.clone());
-            std::thread::spawn(move || shared.write_out(&mut out))
-        };
+        let guard = LogGuard::spawn(shared.clone(), out.clone());
         for i in 0..1000 {
             (&*shared).write_all(format!("line {i}\n").as_bytes()).ok();
         }
-        let guard = LogGuard {
-            shared,
-            writer: Some(writer),
-        };
         drop(guard);
         let writes = out.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let text: String = writes.iter().map(|w| String::from_utf8_lossy(w)).collect();
