@@ -50,6 +50,13 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// One refused request field (a header, say) is a 422 like a refused body field.
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        Self::Validation(vec![e])
+    }
+}
+
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {

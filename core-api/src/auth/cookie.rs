@@ -107,12 +107,7 @@ pub fn set(headers: &mut HeaderMap, token: &str, max_age_seconds: i64) {
 
 /// Removes the cookie on both paths (RFC 6265 §5.3 step 11: `Max-Age=0` expires it).
 pub fn clear(headers: &mut HeaderMap) {
-    for path in PATHS {
-        let value = format!("{NAME}=; Path={path}; Max-Age=0; Secure; HttpOnly; SameSite=Strict");
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.append(SET_COOKIE, v);
-        }
-    }
+    set(headers, "", 0);
 }
 
 #[cfg(test)]

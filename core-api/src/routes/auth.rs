@@ -120,7 +120,7 @@ pub async fn login(
 ) -> Result<Response<Body>, ApiError> {
     let client = state.client_of(&req);
     let (parts, body) = req.into_parts();
-    let transport = Transport::of(&parts.headers).map_err(|e| ApiError::Validation(vec![e]))?;
+    let transport = Transport::of(&parts.headers)?;
     let body: Credentials = read_json(&parts.headers, body, state.body_limit()).await?;
     // Malformed e-mail or an impossible password cannot match an account; they take the
     // same path as an unknown account so the answer says nothing more.
@@ -219,7 +219,7 @@ pub async fn refresh(
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
-    let transport = Transport::of(&parts.headers).map_err(|e| ApiError::Validation(vec![e]))?;
+    let transport = Transport::of(&parts.headers)?;
     let body: RefreshBody = read_json(&parts.headers, body, state.body_limit()).await?;
     let Some(token) = presented(body, transport, &parts.headers) else {
         state.metrics.auth_failure("invalid_refresh_token");
@@ -268,7 +268,7 @@ pub async fn logout(
     ctx: &mut Ctx,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
-    let transport = Transport::of(&parts.headers).map_err(|e| ApiError::Validation(vec![e]))?;
+    let transport = Transport::of(&parts.headers)?;
     let body: RefreshBody = read_json(&parts.headers, body, state.body_limit()).await?;
     // Always 204: logout must not tell whether a token existed.
     if let Some(token) = presented(body, transport, &parts.headers) {

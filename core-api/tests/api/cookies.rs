@@ -34,6 +34,32 @@ fn cookie_token(r: &crate::helpers::Resp) -> String {
     values[0].to_string()
 }
 
+/// The two `Set-Cookie` values that hand over `token` for `max_age` seconds (`""`, 0: remove it).
+fn expected_cookies(token: &str, max_age: i64) -> [String; 2] {
+    ["/auth/refresh", "/auth/logout"].map(|p| {
+        format!("{COOKIE}={token}; Path={p}; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict")
+    })
+}
+
+/// A new account signed in with the cookie transport: its e-mail and the login answer.
+async fn cookie_login_as(app: &crate::helpers::TestApp) -> (String, crate::helpers::Resp) {
+    let e = email();
+    assert_eq!(app.register(&e, "correct horse battery").await.status, 201);
+    let login = cookie_post(
+        app,
+        "/auth/login",
+        None,
+        json!({"email": e, "password": "correct horse battery"}),
+    )
+    .await;
+    assert_eq!(login.status, 200, "{}", login.text);
+    (e, login)
+}
+
+async fn cookie_login(app: &crate::helpers::TestApp) -> crate::helpers::Resp {
+    cookie_login_as(app).await.1
+}
+
 async fn cookie_post(
     app: &crate::helpers::TestApp,
     path: &str,
@@ -50,15 +76,7 @@ async fn cookie_post(
 #[tokio::test]
 async fn cookie_transport_login_sets_an_httponly_cookie_for_refresh_and_logout_only() {
     let app = spawn_app().await;
-    let e = email();
-    assert_eq!(app.register(&e, "correct horse battery").await.status, 201);
-    let r = cookie_post(
-        &app,
-        "/auth/login",
-        None,
-        json!({"email": e, "password": "correct horse battery"}),
-    )
-    .await;
+    let (e, r) = cookie_login_as(&app).await;
     assert_eq!(r.status, 200, "{}", r.text);
     // The body has everything but the refresh token: page scripts never see it.
     let mut keys: Vec<_> = r.body.as_object().unwrap().keys().cloned().collect();
@@ -75,12 +93,7 @@ async fn cookie_transport_login_sets_an_httponly_cookie_for_refresh_and_logout_o
     let token = cookie_token(&r);
     assert_eq!(token.len(), 43);
     let max_age = r.body["refresh_expires_in"].as_i64().unwrap();
-    assert_eq!(
-        set_cookies(&r),
-        ["/auth/refresh", "/auth/logout"].map(|p| format!(
-            "{COOKIE}={token}; Path={p}; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict"
-        ))
-    );
+    assert_eq!(set_cookies(&r), expected_cookies(&token, max_age));
     assert_eq!(r.header("cache-control"), Some("no-store"));
     assert_eq!(
         app.get("/api/me", r.body["access_token"].as_str())
@@ -126,17 +139,13 @@ async fn cookie_transport_refresh_rotates_the_cookie_and_reuse_revokes_the_famil
     let replay = cookie_post(&app, "/auth/refresh", Some(&current), json!({})).await;
     assert_eq!(replay.status, 401);
     assert_eq!(replay.problem()["type"], "invalid_refresh_token");
-    assert_eq!(
-        set_cookies(&replay),
-        ["/auth/refresh", "/auth/logout"]
-            .map(|p| format!("{COOKIE}=; Path={p}; Max-Age=0; Secure; HttpOnly; SameSite=Strict"))
-    );
+    assert_eq!(set_cookies(&replay), expected_cookies("", 0));
     let after = cookie_post(&app, "/auth/refresh", Some(&next), json!({})).await;
     assert_eq!(after.status, 401);
     // No cookie at all: 401, and the (absent) cookie is cleared all the same.
     let none = cookie_post(&app, "/auth/refresh", None, json!({})).await;
     assert_eq!(none.status, 401);
-    assert_eq!(set_cookies(&none).len(), 2);
+    assert_eq!(set_cookies(&none), expected_cookies("", 0));
 }
 
 /// CSRF: the cookie alone never works. Without the transport header (which a cross-origin
@@ -144,15 +153,7 @@ async fn cookie_transport_refresh_rotates_the_cookie_and_reuse_revokes_the_famil
 #[tokio::test]
 async fn the_refresh_cookie_is_ignored_without_the_transport_header() {
     let app = spawn_app().await;
-    let e = email();
-    assert_eq!(app.register(&e, "correct horse battery").await.status, 201);
-    let login = cookie_post(
-        &app,
-        "/auth/login",
-        None,
-        json!({"email": e, "password": "correct horse battery"}),
-    )
-    .await;
+    let login = cookie_login(&app).await;
     let token = cookie_token(&login);
     let cookie = format!("{COOKIE}={token}");
     let no_header = app
@@ -208,23 +209,11 @@ async fn the_refresh_cookie_is_ignored_without_the_transport_header() {
 #[tokio::test]
 async fn cookie_transport_logout_revokes_the_family_and_clears_the_cookie() {
     let app = spawn_app().await;
-    let e = email();
-    assert_eq!(app.register(&e, "correct horse battery").await.status, 201);
-    let login = cookie_post(
-        &app,
-        "/auth/login",
-        None,
-        json!({"email": e, "password": "correct horse battery"}),
-    )
-    .await;
+    let login = cookie_login(&app).await;
     let token = cookie_token(&login);
     let r = cookie_post(&app, "/auth/logout", Some(&token), json!({})).await;
     assert_eq!(r.status, 204);
-    assert_eq!(
-        set_cookies(&r),
-        ["/auth/refresh", "/auth/logout"]
-            .map(|p| format!("{COOKIE}=; Path={p}; Max-Age=0; Secure; HttpOnly; SameSite=Strict"))
-    );
+    assert_eq!(set_cookies(&r), expected_cookies("", 0));
     assert_eq!(
         cookie_post(&app, "/auth/refresh", Some(&token), json!({}))
             .await
