@@ -499,7 +499,6 @@ if [[ -n $pg_failed && $pg_failed != 0 ]]; then
   warnings+=("pgbench: $pg_failed failed transactions")
 fi
 
-calc() { awk "BEGIN { printf \"%s\", $1 }"; }
 # PostgreSQL's own best on this machine: 64 clients on 2 cores is past its knee (the API itself
 # multiplexes onto a pool of a few connections), so the reference is the best rate over a sweep
 # of client counts, and the target is measured against that.
@@ -511,7 +510,7 @@ for c in $PGBENCH_SWEEP; do
   run_pgbench "$work/pgbench-sweep-$c.txt" "$SWEEP_DURATION" "$c"
   sweep_tps[$c]=$(awk '/^tps = .*without initial connection time/ { print $3 }' "$work/pgbench-sweep-$c.txt")
   [[ -n ${sweep_tps[$c]} ]] || die "could not read tps from pgbench -c $c"
-  if (($(calc "(${sweep_tps[$c]} > $pg_best_tps)"))); then
+  if (($(calc "${sweep_tps[$c]} > $pg_best_tps"))); then
     pg_best_tps=${sweep_tps[$c]}
     pg_best_clients=$c
   fi
@@ -580,8 +579,6 @@ for path in (base, overlay):
 print(value)
 PY
 }
-fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN { printf "%.*f", d, v }'; }
-pass() { if awk "BEGIN { exit !($1) }"; then echo "✅ yes"; else echo "❌ no"; fi; }
 
 tp_ratio=$(calc "$api_rps / $pg_best_tps")
 same_ratio=$(calc "$api_rps / $pg_tps")

@@ -340,21 +340,6 @@ Groups = X25519
 EOF
 export OPENSSL_CONF=$client_cnf
 
-# render TEMPLATE OUT NAME=VALUE...: fill @NAME@ placeholders; any left unfilled is an error.
-render() {
-  python3 - "$@" <<'PY'
-import re, sys
-template, out, *pairs = sys.argv[1:]
-text = open(template, encoding="utf-8").read()
-for p in pairs:
-    name, value = p.split("=", 1)
-    text = text.replace(f"@{name}@", value)
-left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
-if left:
-    sys.exit(f"{template}: unfilled placeholders {' '.join(left)}")
-open(out, "w", encoding="utf-8").write(text)
-PY
-}
 
 # ---------------------------------------------------------------------------------------------
 # Upstream and proxies.
@@ -924,9 +909,6 @@ gwl_lines=$(grep -c '"target":"access"' "$work/gateway-log/gateway.log" || true)
 # ---------------------------------------------------------------------------------------------
 # Report.
 
-calc() { awk "BEGIN { printf \"%s\", $1 }"; }
-fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN { printf "%.*f", d, v }'; }
-pass() { if awk "BEGIN { exit !($1) }"; then echo "✅ yes"; else echo "❌ no"; fi; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 declare -A scenario_label=(

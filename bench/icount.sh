@@ -106,20 +106,6 @@ certs=$work/certs
   chmod 600 ./*.key
 ) >"$work/certs.log" 2>&1 || die "openssl: $(cat "$work/certs.log")"
 
-render() {
-  python3 - "$@" <<'PY'
-import re, sys
-template, out, *pairs = sys.argv[1:]
-text = open(template, encoding="utf-8").read()
-for p in pairs:
-    name, value = p.split("=", 1)
-    text = text.replace(f"@{name}@", value)
-left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
-if left:
-    sys.exit(f"{template}: unfilled placeholders {' '.join(left)}")
-open(out, "w", encoding="utf-8").write(text)
-PY
-}
 # No JWT route is exercised here, but the configuration needs a JWKS: an empty key set.
 render bench/upstream/nginx.conf "$work/upstream/nginx.conf" "WORK=$work" "NOFILE=4096" \
   "UPSTREAM_PORT=$upstream_port" 'JWKS={"keys":[]}'

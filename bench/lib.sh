@@ -64,3 +64,26 @@ stop_pid() {
   fi
   wait "$pid" 2>/dev/null || true
 }
+
+# render TEMPLATE OUT NAME=VALUE...: fill @NAME@ placeholders; any left unfilled is an error.
+render() {
+  python3 - "$@" <<'PY'
+import re, sys
+template, out, *pairs = sys.argv[1:]
+text = open(template, encoding="utf-8").read()
+for p in pairs:
+    name, value = p.split("=", 1)
+    text = text.replace(f"@{name}@", value)
+left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
+if left:
+    sys.exit(f"{template}: unfilled placeholders {' '.join(left)}")
+open(out, "w", encoding="utf-8").write(text)
+PY
+}
+
+# calc EXPR: awk's value of EXPR (parenthesized, so a comparison is never read as a redirect).
+calc() { awk "BEGIN { printf \"%s\", ($1) }"; }
+# fmt VALUE [DECIMALS]: VALUE with DECIMALS (1) digits after the point.
+fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN { printf "%.*f", d, v }'; }
+# pass EXPR: "✅ yes" when awk finds EXPR true, else "❌ no".
+pass() { if awk "BEGIN { exit !($1) }"; then echo "✅ yes"; else echo "❌ no"; fi; }
