@@ -40,6 +40,8 @@ test("every page carries the CSP and the other security headers; no inline scrip
     const res = await page.goto(path);
     const got = res!.headers();
     for (const name of ["content-security-policy", "strict-transport-security", "x-content-type-options", "referrer-policy", "x-frame-options", "cross-origin-opener-policy", "permissions-policy"]) {
+      // Present in vercel.json (removing one there must fail here), and sent as written.
+      expect(headers[name], `${name} in vercel.json`).toBeTruthy();
       expect(got[name], `${name} on ${path}`).toBe(headers[name]);
     }
   }
