@@ -412,6 +412,15 @@ def check_k8s(repo: Repo, rep: Report) -> None:
     check_kustomization(repo, rep)
 
 
+def ingress_policies(nps, labels):
+    """The NetworkPolicies (file, document) that select pods with `labels` and restrict ingress
+    (an explicit Ingress policy type, or none given, which means Ingress)."""
+    return [(f, n) for f, n in nps
+            if selects(dig(n, "spec", "podSelector"), labels)
+            and ("Ingress" in as_list(dig(n, "spec", "policyTypes"))
+                 or "policyTypes" not in as_dict(n.get("spec")))]
+
+
 def check_api_isolation(api: dict, gw: dict, workloads, nps, rep: Report) -> None:
     api_labels, gw_labels = pod_labels(api), pod_labels(gw)
     others = [d for _, d in workloads if d is not gw]
@@ -420,10 +429,7 @@ def check_api_isolation(api: dict, gw: dict, workloads, nps, rep: Report) -> Non
         n, m = container_ports(c)
         nums |= n
         names |= m
-    applying = [(f, n) for f, n in nps
-                if selects(dig(n, "spec", "podSelector"), api_labels)
-                and ("Ingress" in as_list(dig(n, "spec", "policyTypes"))
-                     or "policyTypes" not in as_dict(n.get("spec")))]
+    applying = ingress_policies(nps, api_labels)
     if not applying:
         rep.err("deploy/k8s/", f"no NetworkPolicy selects the API pods ({kn(api)}): anything in "
                                "the cluster can reach them")
@@ -482,10 +488,7 @@ def check_gateway_metrics(gw: dict, nps, rep: Report) -> None:
                 port = (dig(p, "containerPort"), "metrics")
     if port is None:
         return
-    applying = [(f, n) for f, n in nps
-                if selects(dig(n, "spec", "podSelector"), labels)
-                and ("Ingress" in as_list(dig(n, "spec", "policyTypes"))
-                     or "policyTypes" not in as_dict(n.get("spec")))]
+    applying = ingress_policies(nps, labels)
     if not applying:
         rep.err("deploy/k8s/", f"no NetworkPolicy selects the gateway pods ({kn(gw)}): its "
                                f"metrics port {port[0]} is open to the whole cluster")

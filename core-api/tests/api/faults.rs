@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::helpers::{base_url, connect, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, TestUser, base_url, connect, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn exhausted_pool_answers_503_within_the_wait() {
@@ -128,14 +128,7 @@ async fn database_outage_gives_503_then_recovers_without_restart() {
     );
 
     relay.restore().await;
-    let mut recovered = false;
-    for _ in 0..50 {
-        if app.get(&app.tasks_path(u.id), Some(&u.access)).await.status == 200 {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let recovered = lists_again(&app, &u).await;
     assert!(
         recovered,
         "service resumed by itself once the database was back"
@@ -430,13 +423,17 @@ async fn a_database_refusing_connections_gives_503_then_recovers() {
         .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
         .await
         .unwrap();
-    let mut recovered = false;
+    let recovered = lists_again(&app, &u).await;
+    assert!(recovered, "service resumed by itself");
+}
+
+/// Whether `u`'s task list answers 200 again within 5 s (the service resumes by itself).
+async fn lists_again(app: &TestApp, u: &TestUser) -> bool {
     for _ in 0..50 {
         if app.get(&app.tasks_path(u.id), Some(&u.access)).await.status == 200 {
-            recovered = true;
-            break;
+            return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(recovered, "service resumed by itself");
+    false
 }
