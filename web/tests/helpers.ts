@@ -82,7 +82,7 @@ export async function addTask(page: Page, title: string, extra: { description?: 
   await expect(page.getByTestId("task").filter({ hasText: title }).first()).toBeVisible();
 }
 
-/** The task titles on the page, top to bottom. */
+/** The task titles on the page, top to bottom, as they are now (no waiting: poll it with `expect.poll`). */
 export const titles = (page: Page) => page.getByTestId("task").locator(".title").allTextContents();
 
 /** Writes a full-page screenshot of a screen to test-results/screens/ (ignored by git). */

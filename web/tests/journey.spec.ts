@@ -48,7 +48,7 @@ test("register, sign in, create three tasks, complete, filter, edit, delete, rel
     due: "2030-05-17T09:30",
   });
   await addTask(page, "Call Ada about the launch");
-  expect(await titles(page)).toEqual(["Call Ada about the launch", "Write the quarterly report", "Buy oat milk"]);
+  await expect.poll(() => titles(page)).toEqual(["Call Ada about the launch", "Write the quarterly report", "Buy oat milk"]);
   await expect(page.getByText("Due 17 May 2030, 09:30")).toBeVisible();
 
   // Complete one.

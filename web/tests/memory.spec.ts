@@ -28,7 +28,7 @@ test("memory transport: no cookie at all, the refresh token rotates in the page,
   await expect(page).toHaveURL(/\/login$/);
   await expect(page.locator("main .notice")).toHaveCount(0);
   await signIn(page, user.email);
-  expect(await titles(page)).toEqual(["Written with a refreshed token"]);
+  await expect.poll(() => titles(page)).toEqual(["Written with a refreshed token"]);
 });
 
 test("memory transport: each tab signs in on its own; signing out in one signs out all", async ({ browser, request }) => {

@@ -16,7 +16,7 @@ test("an access token is refreshed before it expires, and the user notices nothi
   await addTask(page, "Written after it expired");
   expect(log).toContain("POST /auth/refresh 200");
   expect(refused(log), "no request was refused for its token").toEqual([]);
-  expect(await titles(page)).toEqual(["Written after it expired", "Written with the first token"]);
+  await expect.poll(() => titles(page)).toEqual(["Written after it expired", "Written with the first token"]);
   await expect(page.getByRole("heading", { name: "Your tasks" })).toBeVisible();
 });
 
