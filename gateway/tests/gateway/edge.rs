@@ -511,6 +511,36 @@ async fn h2_over_tls() {
     assert_eq!(r.body["headers"]["x-user-id"], "alice");
 }
 
+/// The streams of one HTTP/2 connection are served side by side (the vendored Pingora drives
+/// them from the connection's own task, vendor/README.md 3): a slow answer on one stream holds
+/// up none of the others on the same connection, and arrives in the end.
+#[tokio::test]
+async fn h2_streams_on_one_connection_do_not_wait_for_a_slow_one() {
+    let (echo, gw, _key) = setup().await;
+    let h2 = gw.https_client(true);
+    let slow = tokio::spawn(h2.get(gw.url("/open/slow?delay_ms=4000")).send());
+    // The slow stream is in flight before the others start.
+    for _ in 0..200 {
+        if echo.count("/open/slow") == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(echo.count("/open/slow"), 1);
+    let fast = futures_util::future::join_all(
+        (0..20).map(|i| h2.get(gw.url(&format!("/open/fast/{i}"))).send()),
+    )
+    .await;
+    for r in fast {
+        let r = r.unwrap();
+        assert_eq!((r.version(), r.status().as_u16()), (reqwest::Version::HTTP_2, 200));
+    }
+    assert!(!slow.is_finished(), "the slow answer came back before the fast ones");
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status(), 200);
+    assert_eq!((0..20).map(|i| echo.count(&format!("/open/fast/{i}"))).sum::<usize>(), 20);
+}
+
 #[tokio::test]
 async fn admin_listener_reports_health_and_metrics() {
     let (_echo, gw, _key) = setup().await;

@@ -316,27 +316,38 @@ where
             };
 
             // The accept-loop body — including the graceful-shutdown state
-            // machine — lives in `server::accept_downstream_sessions` so that
+            // machine — lives in `server::serve_downstream_sessions` so that
             // the same code path is exercised by tests in `protocols::http::v2`.
+            // GATEHOUSE PATCH (vendor/README.md, 3): the sessions run in this
+            // connection's task, not in a task each (see `serve_downstream_sessions`).
             let app = self.clone();
             let shutdown_for_session = shutdown.clone();
             let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
+            server::serve_downstream_sessions(
                 h2_conn,
                 digest,
                 shutdown.clone(),
                 h2_idle_timeout,
                 |h2_stream, guard| {
+                    use futures::FutureExt;
                     let app = app.clone();
                     let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
+                    async move {
                         // hold `guard` for the session's lifetime so the accept
                         // loop's idle timeout sees this connection as busy.
                         let _guard = guard;
                         // Note, `PersistentSettings` not currently relevant for h2
-                        app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                            .await;
-                    });
+                        let session =
+                            app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown);
+                        // A panic ends this stream only, as it would end a task of its own.
+                        if std::panic::AssertUnwindSafe(session)
+                            .catch_unwind()
+                            .await
+                            .is_err()
+                        {
+                            error!("H2 session panicked; stream dropped");
+                        }
+                    }
                 },
             )
             .await;
