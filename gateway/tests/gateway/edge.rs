@@ -533,12 +533,23 @@ async fn h2_streams_on_one_connection_do_not_wait_for_a_slow_one() {
     .await;
     for r in fast {
         let r = r.unwrap();
-        assert_eq!((r.version(), r.status().as_u16()), (reqwest::Version::HTTP_2, 200));
+        assert_eq!(
+            (r.version(), r.status().as_u16()),
+            (reqwest::Version::HTTP_2, 200)
+        );
     }
-    assert!(!slow.is_finished(), "the slow answer came back before the fast ones");
+    assert!(
+        !slow.is_finished(),
+        "the slow answer came back before the fast ones"
+    );
     let slow = slow.await.unwrap().unwrap();
     assert_eq!(slow.status(), 200);
-    assert_eq!((0..20).map(|i| echo.count(&format!("/open/fast/{i}"))).sum::<usize>(), 20);
+    assert_eq!(
+        (0..20)
+            .map(|i| echo.count(&format!("/open/fast/{i}")))
+            .sum::<usize>(),
+        20
+    );
 }
 
 #[tokio::test]
