@@ -389,8 +389,8 @@ fn cors_policies(s: &Settings, p: &mut Problems) -> BTreeMap<String, cors::Polic
                 out.insert(name.clone(), policy);
             }
             Err(refused) => {
-                for (i, why) in refused {
-                    p.at(&format!("cors.{name}.origins.{i}"), why);
+                for (key, why) in refused {
+                    p.at(&format!("cors.{name}.{key}"), why);
                 }
             }
         }
@@ -560,7 +560,9 @@ mod tests {
              [server]\ntrusted_proxies = [\"10.0.0.0/8, nonsense\"]\n\n\
              [jwt]\nissuer = \"https://api.example.com\"\njwks_ca_file = \"/nonexistent/ca.pem\"\n\n\
              [[jwt.key_files]]\nkid = \"k\"\nalgorithm = \"EdDSA\"\npath = \"/nonexistent/key.pem\"\n\n\
-             [cors.web]\norigins = [\"https://*.example.com\"]\ncredentials = true\n\n\
+             [cors.web]\norigins = [\"https://*.example.com\"]\ncredentials = true\n\
+             methods = [\"GET\", \"GET ALL\"]\nheaders = [\"x ok\"]\n\
+             expose_headers = [\"x-request-id\", \"x-bad\\u0001\"]\n\n\
              [upstreams.api]\ntargets = [\"127.0.0.1:8000\"]\n\n\
              [[routes]]\nprefix = \"/\"\nupstream = \"api\"\ncors = \"web\"\nlimits = [\"missing\"]\n",
         )
@@ -571,7 +573,10 @@ mod tests {
             ":10: jwt.jwks_ca_file: /nonexistent/ca.pem",
             ":15: jwt.key_files.0.path: /nonexistent/key.pem: cannot read",
             ":18: cors.web.origins.0: credentials are only allowed with exact origins",
-            ":28: routes.0.limits: no [limits.missing]",
+            ":20: cors.web.methods.1: \"GET ALL\" is not an HTTP method",
+            ":21: cors.web.headers.0: \"x ok\" is not a header name",
+            ":22: cors.web.expose_headers.1: \"x-bad\\u{1}\" is not a header name",
+            ":31: routes.0.limits: no [limits.missing]",
         ] {
             assert!(
                 errors.iter().any(|e| e.contains(needle)),

@@ -2,6 +2,7 @@
 //! here, before authentication and before per-subject rate limits, so a browser's preflight on
 //! a JWT route (which never carries the token) always gets its answer.
 
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 
 use crate::settings::Cors;
@@ -86,21 +87,27 @@ impl OriginPattern {
     }
 }
 
-/// A route's compiled CORS policy.
+/// A route's compiled CORS policy, with the response header values it sends built once.
 #[derive(Debug, Clone)]
 pub struct Policy {
     origins: Vec<OriginPattern>,
     methods: Vec<String>,
     headers: Vec<String>,
-    expose: String,
     credentials: bool,
-    max_age: u64,
+    /// `Access-Control-Expose-Headers`, unless there are none.
+    expose: Option<HeaderValue>,
+    /// `Access-Control-Allow-Methods`.
+    allow_methods: HeaderValue,
+    /// `Access-Control-Allow-Headers`, unless there are none.
+    allow_headers: Option<HeaderValue>,
+    /// `Access-Control-Max-Age`.
+    max_age: HeaderValue,
 }
 
 impl Policy {
-    /// The policy of a `[cors.*]` section; else every origin that cannot be allowed, by its
-    /// index in `origins`, and why.
-    pub fn compile(c: &Cors) -> Result<Self, Vec<(usize, String)>> {
+    /// The policy of a `[cors.*]` section; else every entry that cannot be used, by its key
+    /// under the section (`origins.2`, `methods.0`, `headers.1`, `expose_headers.0`), and why.
+    pub fn compile(c: &Cors) -> Result<Self, Vec<(String, String)>> {
         let mut origins = Vec::new();
         let mut refused = Vec::new();
         for (i, o) in c.origins.iter().enumerate() {
@@ -108,37 +115,65 @@ impl Policy {
                 // A wildcard with credentials would hand the session of every subdomain's page
                 // to any other subdomain.
                 Ok(OriginPattern::Subdomain { .. }) if c.credentials => refused.push((
-                    i,
+                    format!("origins.{i}"),
                     "credentials are only allowed with exact origins".to_string(),
                 )),
                 Ok(p) => origins.push(p),
-                Err(why) => refused.push((i, why)),
+                Err(why) => refused.push((format!("origins.{i}"), why)),
+            }
+        }
+        for (i, m) in c.methods.iter().enumerate() {
+            if Method::from_bytes(m.as_bytes()).is_err() {
+                refused.push((
+                    format!("methods.{i}"),
+                    format!("{m:?} is not an HTTP method"),
+                ));
+            }
+        }
+        for (key, names) in [
+            ("headers", &c.headers),
+            ("expose_headers", &c.expose_headers),
+        ] {
+            for (i, h) in names.iter().enumerate() {
+                if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    refused.push((format!("{key}.{i}"), format!("{h:?} is not a header name")));
+                }
             }
         }
         if !refused.is_empty() {
             return Err(refused);
         }
+        let methods: Vec<String> = c.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+        let headers: Vec<String> = c.headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+        // Methods and header names are tokens (checked above), so their lists are valid values.
+        let list = |items: &[String]| match items {
+            [] => None,
+            _ => HeaderValue::from_str(&items.join(", ")).ok(),
+        };
         Ok(Self {
             origins,
-            methods: c.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
-            headers: c.headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            expose: c.expose_headers.join(", "),
+            allow_methods: list(&methods).unwrap_or_else(|| HeaderValue::from_static("")),
+            allow_headers: list(&headers),
+            expose: list(&c.expose_headers),
+            max_age: HeaderValue::from(c.max_age_seconds),
+            methods,
+            headers,
             credentials: c.credentials,
-            max_age: c.max_age_seconds,
         })
     }
 
     fn allows_origin(&self, origin: &str) -> bool {
         // The literal "null" origin (sandboxed iframes, file://) is never allowed.
-        origin != "null"
-            && self
-                .origins
-                .iter()
-                .any(|p| p.matches(&origin.to_ascii_lowercase()))
+        if origin == "null" {
+            return false;
+        }
+        let origin = origin.to_ascii_lowercase();
+        self.origins.iter().any(|p| p.matches(&origin))
     }
 }
 
-pub type Headers = Vec<(&'static str, String)>;
+/// Response headers of a CORS decision, names and values ready to insert.
+pub type Headers = Vec<(HeaderName, HeaderValue)>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -154,16 +189,26 @@ pub enum Outcome {
     Disallowed,
 }
 
-/// The response headers every CORS-aware answer carries so caches keep origins apart.
+/// `Vary: Origin` as text, for answers built from strings.
 pub const VARY: (&str, &str) = ("vary", "Origin");
+static ORIGIN: HeaderValue = HeaderValue::from_static(VARY.1);
+static PREFLIGHT_VARY: HeaderValue = HeaderValue::from_static(
+    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+);
+static TRUE: HeaderValue = HeaderValue::from_static("true");
+
+/// `Vary: Origin`: every CORS-aware answer carries it so caches keep origins apart.
+pub fn vary() -> (HeaderName, HeaderValue) {
+    (header::VARY, ORIGIN.clone())
+}
 
 pub fn decide(policy: Option<&Policy>, method: &Method, headers: &HeaderMap) -> Outcome {
-    let Some(origin) = headers.get(http::header::ORIGIN) else {
+    let Some(origin_value) = headers.get(header::ORIGIN) else {
         return Outcome::NotCors;
     };
     // An origin that is not even ASCII matches nothing (RFC 6454 serialises origins in ASCII).
-    let origin = origin.to_str().unwrap_or("null");
-    let requested_method = headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD);
+    let origin = origin_value.to_str().unwrap_or("null");
+    let requested_method = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD);
     let preflight = method == Method::OPTIONS && requested_method.is_some();
     let Some(policy) = policy.filter(|p| p.allows_origin(origin)) else {
         return if preflight {
@@ -172,16 +217,17 @@ pub fn decide(policy: Option<&Policy>, method: &Method, headers: &HeaderMap) -> 
             Outcome::Disallowed
         };
     };
+    // The origin is echoed as the browser sent it (an allowed origin is ASCII).
     let mut out: Headers = vec![
-        ("access-control-allow-origin", origin.to_string()),
-        (VARY.0, VARY.1.into()),
+        (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin_value.clone()),
+        vary(),
     ];
     if policy.credentials {
-        out.push(("access-control-allow-credentials", "true".into()));
+        out.push((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE.clone()));
     }
     if !preflight {
-        if !policy.expose.is_empty() {
-            out.push(("access-control-expose-headers", policy.expose.clone()));
+        if let Some(expose) = &policy.expose {
+            out.push((header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone()));
         }
         return Outcome::Allowed(out);
     }
@@ -194,7 +240,7 @@ pub fn decide(policy: Option<&Policy>, method: &Method, headers: &HeaderMap) -> 
         return Outcome::PreflightRejected("method is not allowed");
     }
     let asked = headers
-        .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     for h in asked
@@ -206,12 +252,15 @@ pub fn decide(policy: Option<&Policy>, method: &Method, headers: &HeaderMap) -> 
             return Outcome::PreflightRejected("request header is not allowed");
         }
     }
-    out[1].1 = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers".into();
-    out.push(("access-control-allow-methods", policy.methods.join(", ")));
-    if !policy.headers.is_empty() {
-        out.push(("access-control-allow-headers", policy.headers.join(", ")));
+    out[1].1 = PREFLIGHT_VARY.clone();
+    out.push((
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        policy.allow_methods.clone(),
+    ));
+    if let Some(allowed) = &policy.allow_headers {
+        out.push((header::ACCESS_CONTROL_ALLOW_HEADERS, allowed.clone()));
     }
-    out.push(("access-control-max-age", policy.max_age.to_string()));
+    out.push((header::ACCESS_CONTROL_MAX_AGE, policy.max_age.clone()));
     Outcome::Preflight(out)
 }
 
@@ -239,9 +288,10 @@ mod tests {
 
     fn header<'a>(o: &'a Outcome, name: &str) -> Option<&'a str> {
         match o {
-            Outcome::Preflight(h) | Outcome::Allowed(h) => {
-                h.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
-            }
+            Outcome::Preflight(h) | Outcome::Allowed(h) => h
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.to_str().ok()),
             _ => None,
         }
     }

@@ -9,7 +9,10 @@ use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 static X_POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
 
 pub static HTTPS: HeaderValue = HeaderValue::from_static("https");
@@ -46,13 +49,14 @@ pub fn strip_spoofable(req: &mut RequestHeader) {
 }
 
 /// Security headers on every response, local or proxied (docs/contracts.md, docs/security.md).
-/// The names go to the client in the case written here.
+/// Names go to HTTP/1 clients as Pingora writes a prebuilt name: its usual title case
+/// (`Cache-Control`), otherwise lower case.
 pub fn secure(resp: &mut ResponseHeader, hsts: &HeaderValue, authenticated: bool) {
-    let _ = resp.insert_header("strict-transport-security", hsts.clone());
-    let _ = resp.insert_header("x-content-type-options", NOSNIFF.clone());
-    let _ = resp.insert_header("referrer-policy", NO_REFERRER.clone());
+    let _ = resp.insert_header(&header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    let _ = resp.insert_header(&header::X_CONTENT_TYPE_OPTIONS, NOSNIFF.clone());
+    let _ = resp.insert_header(&header::REFERRER_POLICY, NO_REFERRER.clone());
     if authenticated {
-        let _ = resp.insert_header("cache-control", NO_STORE.clone());
+        let _ = resp.insert_header(&header::CACHE_CONTROL, NO_STORE.clone());
     }
     // Never reveal versions.
     resp.remove_header(&header::SERVER);

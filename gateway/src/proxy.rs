@@ -184,9 +184,9 @@ impl Gateway {
         let hsts = ctx.rt.as_ref().map_or(&headers::DEFAULT_HSTS, |r| &r.hsts);
         let authenticated = self.route(ctx).is_some_and(|r| r.cfg.auth == Auth::Jwt);
         headers::secure(resp, hsts, authenticated);
-        let _ = resp.insert_header("x-request-id", ctx.request_id.clone());
+        let _ = resp.insert_header(&headers::X_REQUEST_ID, ctx.request_id.clone());
         for (k, v) in &ctx.cors_headers {
-            let _ = resp.insert_header(*k, v.as_str());
+            let _ = resp.insert_header(k, v.clone());
         }
     }
 
@@ -202,10 +202,10 @@ impl Gateway {
     ) -> Result<bool> {
         let mut resp = ResponseHeader::build(status, Some(8))?;
         if !bytes.is_empty() {
-            resp.insert_header("content-type", content_type)?;
+            resp.insert_header(&header::CONTENT_TYPE, content_type)?;
         }
         // A local answer must carry its length or an HTTP/1.1 client waits for more.
-        resp.insert_header("content-length", bytes.len().to_string())?;
+        resp.insert_header(&header::CONTENT_LENGTH, bytes.len().to_string())?;
         self.finish_headers(&mut resp, ctx);
         for (k, v) in extra {
             resp.insert_header(*k, v.as_str())?;
@@ -418,15 +418,15 @@ impl ProxyHttp for Gateway {
             &headers::HTTP
         };
         if let Some(ip) = ctx.client_ip {
-            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+            upstream.insert_header(&headers::X_FORWARDED_FOR, ip.to_string())?;
         }
-        upstream.insert_header("x-forwarded-proto", proto.clone())?;
+        upstream.insert_header(&headers::X_FORWARDED_PROTO, proto.clone())?;
         if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
-            upstream.insert_header("x-forwarded-host", host)?;
+            upstream.insert_header(&headers::X_FORWARDED_HOST, host)?;
         }
-        upstream.insert_header("x-request-id", ctx.request_id.clone())?;
+        upstream.insert_header(&headers::X_REQUEST_ID, ctx.request_id.clone())?;
         if let Some(sub) = &ctx.user_id {
-            upstream.insert_header("x-user-id", sub.as_str())?;
+            upstream.insert_header(&headers::X_USER_ID, sub.as_str())?;
         }
         Ok(())
     }
@@ -469,7 +469,7 @@ impl ProxyHttp for Gateway {
             // Draining (SIGTERM or an upgrade hand-over): tell keep-alive clients to reconnect,
             // which lands them on the new process, instead of closing under them.
             session.set_keepalive(None);
-            let _ = resp.insert_header("connection", "close");
+            let _ = resp.insert_header(&header::CONNECTION, "close");
         }
         self.finish_headers(resp, ctx);
         Ok(())

@@ -63,10 +63,7 @@ pub fn cors(route: &RouteRt, method: &Method, headers: &HeaderMap) -> Result<Cor
         Outcome::PreflightRejected(why) => Err(Rejection::Preflight(why)),
         Outcome::Allowed(h) => Ok(Cors::Forward(h)),
         // The page may not read the answer; `Vary` keeps caches from mixing origins.
-        Outcome::Disallowed => Ok(Cors::Forward(vec![(
-            cors::VARY.0,
-            cors::VARY.1.to_string(),
-        )])),
+        Outcome::Disallowed => Ok(Cors::Forward(vec![cors::vary()])),
         Outcome::NotCors => Ok(Cors::Forward(Vec::new())),
     }
 }
@@ -280,7 +277,7 @@ mod tests {
         let simple = headers(&[("origin", "https://evil.example")]);
         assert_eq!(
             cors(&r, &Method::GET, &simple).ok(),
-            Some(Cors::Forward(vec![("vary", "Origin".into())]))
+            Some(Cors::Forward(vec![cors::vary()]))
         );
         assert_eq!(
             cors(&r, &Method::GET, &HeaderMap::new()).ok(),

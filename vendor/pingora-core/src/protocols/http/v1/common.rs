@@ -29,6 +29,12 @@ pub(super) const MAX_HEADERS: usize = 256;
 pub(super) const INIT_HEADER_BUF_SIZE: usize = 4096;
 pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
+/// GATEHOUSE PATCH (vendor/README.md, 4): room for headers a proxy adds (forwarding headers on
+/// the way up, security headers and a request id on the way down) in the header maps built from
+/// a parsed request or response, sized so far to the headers received: the first few insertions
+/// then grew and rehashed both maps (the value map and the case map) on every request.
+pub(crate) const ADDED_HEADERS_HEADROOM: usize = 8;
+
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
 pub const CRLF: &[u8; 2] = b"\r\n";
