@@ -160,3 +160,29 @@ async fn a_host_name_target_is_resolved() {
     let r = gw.get("/open/by-name", None).await;
     assert_eq!(r.status, 200, "{}", r.text);
 }
+
+/// Round robin over two targets on reused upstream connections: every answer comes from the
+/// target the gateway picked, so the ports alternate. A pooled connection handed out under the
+/// wrong target (the check the vendored Pingora makes on reuse, vendor/README.md 5) would
+/// answer twice in a row from one port.
+#[tokio::test]
+async fn pooled_upstream_connections_serve_only_their_own_target() {
+    let key = TestKey::new(5);
+    let jwks = Echo::start(key.jwks.clone()).await;
+    let a = Echo::start(key.jwks.clone()).await;
+    let b = Echo::start(key.jwks.clone()).await;
+    let gw = Gateway::start(Options {
+        targets: vec![a.addr, b.addr],
+        jwks: jwks.addr,
+    })
+    .await;
+    let mut ports = Vec::new();
+    for i in 0..60 {
+        let r = gw.get("/open/rr", None).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text);
+        ports.push(r.body["port"].as_u64().unwrap_or_default());
+    }
+    let expected = [u64::from(a.addr.port()), u64::from(b.addr.port())];
+    assert!(ports.iter().all(|p| expected.contains(p)), "{ports:?}");
+    assert!(ports.windows(2).all(|w| w[0] != w[1]), "{ports:?}");
+}

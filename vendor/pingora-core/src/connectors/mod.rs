@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if stream_matches_peer(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -470,6 +470,30 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
+
+/// Whether a pooled stream leads to `peer`.
+///
+/// GATEHOUSE PATCH (vendor/README.md, 5): a stream this connector opened carries the address it
+/// connected to in its socket digest (set at connect, `connectors::l4`); comparing with that
+/// replaces a `getpeername()` system call on every reuse (one per proxied request on a
+/// keep-alive upstream). Streams without a recorded address, and peers reached through a
+/// proxy, are still checked with `getpeername()`.
+#[cfg(unix)]
+fn stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    if peer.get_proxy().is_none() {
+        let recorded = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr.get().cloned().flatten());
+        if let Some(addr) = recorded {
+            if &addr == peer.address() {
+                return true;
+            }
+            error!("Crit: pooled stream to {addr} found under peer {}", peer.address());
+            return false;
+        }
+    }
+    peer.matches_fd(stream.id())
+}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
