@@ -260,62 +260,11 @@ declare -A plain_port=([nginx]=$nginx_plain [haproxy]=$haproxy_plain [caddy]=$ca
 # JWT key whose JWKS the upstream serves.
 
 certs=$work/certs
-(
-  cd "$certs"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -keyout ca.key -out ca.pem -subj "/CN=Gatehouse bench CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout leaf.key -out leaf.csr -subj "/CN=localhost"
-  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
-    "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >leaf.ext
-  openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-    -extfile leaf.ext -out leaf.pem
-  cat leaf.pem ca.pem >chain.pem
-  cat chain.pem leaf.key >haproxy.pem
-  openssl genpkey -algorithm ed25519 -out jwt.key
-  chmod 600 ./*.key haproxy.pem
-) >"$work/certs.log" 2>&1 || {
-  cat "$work/certs.log" >&2
+make_keys "$certs" "Gatehouse bench CA" || {
+  cat "$certs/openssl.log" >&2
   die "openssl could not make the certificates"
 }
-
-# The JWKS and signed access tokens (EdDSA, typ at+jwt): python's stdlib for JSON/base64,
-# `openssl pkeyutl -rawin` for the Ed25519 signatures. Writes the JWKS, a good token and one
-# with a tampered signature.
-python3 - "$certs/jwt.key" "$JWT_KID" "$JWT_ISSUER" "$JWT_AUDIENCE" "$work" <<'PY' ||
-import base64, json, subprocess, sys, time
-key, kid, iss, aud, out = sys.argv[1:]
-
-def b64(b: bytes) -> str:
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-
-def compact(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-der = subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-outform", "DER"],
-                     check=True, capture_output=True).stdout
-jwks = {"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid,
-                  "x": b64(der[-32:])}]}
-now = int(time.time())
-header = b64(compact({"alg": "EdDSA", "typ": "at+jwt", "kid": kid}))
-claims = b64(compact({"iss": iss, "aud": aud, "sub": "bench-user-1", "iat": now, "nbf": now,
-                      "exp": now + 6 * 3600}))
-signing_input = f"{header}.{claims}"
-# Ed25519 signs the whole message at once: pkeyutl needs it in a file, not a pipe.
-with open(f"{out}/signing-input", "w") as f:
-    f.write(signing_input)
-sig = subprocess.run(["openssl", "pkeyutl", "-sign", "-inkey", key, "-rawin", "-in",
-                      f"{out}/signing-input"], check=True, capture_output=True).stdout
-assert len(sig) == 64, "an Ed25519 signature has 64 bytes"
-bad = bytes([sig[0] ^ 1]) + sig[1:]
-with open(f"{out}/jwks.json", "w") as f:
-    f.write(json.dumps(jwks, separators=(",", ":")))
-with open(f"{out}/token", "w") as f:
-    f.write(f"{signing_input}.{b64(sig)}\n")
-with open(f"{out}/token-tampered", "w") as f:
-    f.write(f"{signing_input}.{b64(bad)}\n")
-PY
+make_token "$certs/jwt.key" "$JWT_KID" "$JWT_ISSUER" "$JWT_AUDIENCE" "$work" ||
   die "could not make the JWKS and token"
 token=$(<"$work/token")
 bad_token=$(<"$work/token-tampered")

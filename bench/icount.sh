@@ -13,7 +13,9 @@
 #
 # Environment (defaults in brackets):
 #   GATEWAY_BIN [target/release/gateway]  BARE_BIN [target/release/examples/bare_proxy]
-#   PROXIES ["bare gateway"]   SCENARIOS ["plain-h1 tls-h1 tls-h2"]
+#   PROXIES ["bare gateway"]   SCENARIOS ["plain-h1 tls-h1 tls-h2"; also tls-headers, tls-jwt:
+#     the JWT run's request of bench/gateway.sh (bearer token, Origin) on the plain route and
+#     on the gateway's "/api/" (JWT, CORS, two rate limits; bare Pingora just forwards it)]
 #   N [20000]  WARM [1000]  CONNECTIONS [16]  H2_STREAMS [10]
 #   GATEWAY_CONFIG [bench/peers/gateway.toml]  LOG_LEVEL [warn]   (info: access log on)
 #   OUT_DIR [a temp dir, printed]
@@ -91,28 +93,18 @@ print(" ".join(str(x.getsockname()[1]) for x in s))')
 read -r upstream_port tls_port plain_port admin_port bare_tls bare_plain <<<"$ports"
 
 certs=$work/certs
-(
-  cd "$certs"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -keyout ca.key -out ca.pem -subj "/CN=Gatehouse icount CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout leaf.key -out leaf.csr -subj "/CN=localhost"
-  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
-    "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >leaf.ext
-  openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-    -extfile leaf.ext -out leaf.pem
-  cat leaf.pem ca.pem >chain.pem
-  chmod 600 ./*.key
-) >"$work/certs.log" 2>&1 || die "openssl: $(cat "$work/certs.log")"
-
-# No JWT route is exercised here, but the configuration needs a JWKS: an empty key set.
+make_keys "$certs" "Gatehouse icount CA" || die "openssl: $(cat "$certs/openssl.log")"
+# The JWT route (tls-jwt) verifies tokens against the JWKS the upstream serves.
+issuer=https://issuer.icount.example audience=gatehouse-api origin=https://app.example.com
+make_token "$certs/jwt.key" icount-key "$issuer" "$audience" "$work" ||
+  die "could not make the JWKS and token"
+token=$(<"$work/token")
 render bench/upstream/nginx.conf "$work/upstream/nginx.conf" "WORK=$work" "NOFILE=4096" \
-  "UPSTREAM_PORT=$upstream_port" 'JWKS={"keys":[]}'
+  "UPSTREAM_PORT=$upstream_port" "JWKS=$(<"$work/jwks.json")"
 render "$GATEWAY_CONFIG" "$work/gateway/gateway.toml" "TLS_PORT=$tls_port" \
   "HTTP_PORT=$plain_port" "ADMIN_PORT=$admin_port" "CERT=$certs/chain.pem" \
-  "KEY=$certs/leaf.key" "UPSTREAM_PORT=$upstream_port" "ISSUER=https://issuer.example" \
-  "AUDIENCE=bench" "ORIGIN=https://app.example.com" "LOG_LEVEL=$LOG_LEVEL"
+  "KEY=$certs/leaf.key" "UPSTREAM_PORT=$upstream_port" "ISSUER=$issuer" \
+  "AUDIENCE=$audience" "ORIGIN=$origin" "LOG_LEVEL=$LOG_LEVEL"
 
 "$NGINX" -e "$work/upstream/error.log" -c "$work/upstream/nginx.conf" -g 'daemon off;' \
   >"$work/upstream/stdout.log" 2>&1 &
@@ -145,6 +137,14 @@ load() {
     plain-h1) args+=(--h1 "http://127.0.0.1:$plain/bench") ;;
     tls-h1) args+=(--h1 "https://127.0.0.1:$tls/bench") ;;
     tls-h2) args+=(-m "$H2_STREAMS" "https://127.0.0.1:$tls/bench") ;;
+    # The JWT run's request (bench/gateway.sh): on the plain route, then on "/api/" with JWT
+    # verification (from the verified-token cache after the first), CORS and two rate limits.
+    tls-headers | tls-jwt)
+      local path=/bench
+      [[ $scenario == tls-jwt ]] && path=/api/bench
+      args+=(--h1 -H "Authorization: Bearer $token" -H "Origin: $origin"
+        "https://127.0.0.1:$tls$path")
+      ;;
     *) die "unknown scenario $scenario" ;;
   esac
   h2load "${args[@]}" >"$out" 2>&1 || die "h2load failed: $(tail -5 "$out")"

@@ -218,10 +218,10 @@ pub fn decide(policy: Option<&Policy>, method: &Method, headers: &HeaderMap) -> 
         };
     };
     // The origin is echoed as the browser sent it (an allowed origin is ASCII).
-    let mut out: Headers = vec![
-        (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin_value.clone()),
-        vary(),
-    ];
+    // Room for every header a preflight answer adds (6), so the list never grows.
+    let mut out: Headers = Vec::with_capacity(6);
+    out.push((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin_value.clone()));
+    out.push(vary());
     if policy.credentials {
         out.push((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE.clone()));
     }

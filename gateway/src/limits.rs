@@ -36,22 +36,49 @@ const MAX_KEYS: usize = 1_000_000;
 /// usual end-site assignment (RFC 6177), the smallest network one subscriber controls.
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
-/// The bucket key of a client address: IPv4 (and IPv4-mapped IPv6, RFC 4291 §2.5.5.2) as the
-/// address, IPv6 as its `/ipv6_prefix` network (`2001:db8:1:2::/64`).
-pub fn ip_key(ip: IpAddr, ipv6_prefix: u8) -> String {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let prefix = ipv6_prefix.min(128);
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            let net = std::net::Ipv6Addr::from(u128::from(v6) & mask);
-            format!("{net}/{prefix}")
+/// A bucket of a limit. Local buckets are keyed by it as it is (no text is built per
+/// request); Redis keys are its text form (`Display`): the address, `net/prefix` for an IPv6
+/// network, the subject, or empty for the one shared bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// A client: an IPv4 address (IPv4-mapped IPv6 included, RFC 4291 §2.5.5.2), or an IPv6
+    /// network of the given prefix length.
+    Client(IpAddr, u8),
+    /// A token subject.
+    Subject(String),
+    /// The one bucket of a global limit, and of clients whose address is unknown.
+    Shared,
+}
+
+impl Bucket {
+    /// The bucket of a client address: IPv4 as the address, IPv6 as its `/ipv6_prefix` network
+    /// (`2001:db8:1:2::/64`).
+    pub fn client(ip: IpAddr, ipv6_prefix: u8) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Self::Client(IpAddr::V4(v4), 32),
+            IpAddr::V6(v6) => {
+                let prefix = ipv6_prefix.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                let net = std::net::Ipv6Addr::from(u128::from(v6) & mask);
+                Self::Client(IpAddr::V6(net), prefix)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Client(IpAddr::V4(a), _) => write!(f, "{a}"),
+            Self::Client(IpAddr::V6(net), prefix) => write!(f, "{net}/{prefix}"),
+            Self::Subject(s) => f.write_str(s),
+            Self::Shared => Ok(()),
         }
     }
 }
 
 type Keyed =
-    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+    RateLimiter<Bucket, DefaultKeyedStateStore<Bucket>, DefaultClock, StateInformationMiddleware>;
 
 pub struct Named {
     pub name: String,
@@ -105,24 +132,28 @@ impl Named {
         }
     }
 
-    /// This limit's bucket key for a client address (`""` when the address is unknown).
-    pub fn ip_key(&self, ip: Option<IpAddr>) -> String {
-        ip.map(|ip| ip_key(ip, self.ipv6_prefix))
-            .unwrap_or_default()
+    /// This limit's bucket for a client address (the shared one when the address is unknown).
+    pub fn client_bucket(&self, ip: Option<IpAddr>) -> Bucket {
+        ip.map_or(Bucket::Shared, |ip| Bucket::client(ip, self.ipv6_prefix))
     }
 
     fn fresh(quota: Quota) -> Keyed {
         RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>()
     }
 
-    /// The verdict for one request from `key`: from Redis when this limit is shared and
+    /// The verdict for one request in `bucket`: from Redis when this limit is shared and
     /// Redis answers in time, from this process's bucket otherwise.
-    pub async fn check(&self, key: &str, shared: Option<&RedisLimits>) -> Verdict {
+    pub async fn check(&self, bucket: &Bucket, shared: Option<&RedisLimits>) -> Verdict {
         if self.store == LimitStore::Redis
             && let Some(redis) = shared
         {
             match redis
-                .gcra(&self.name, key, self.interval_ms, self.burst)
+                .gcra(
+                    &self.name,
+                    &bucket.to_string(),
+                    self.interval_ms,
+                    self.burst,
+                )
                 .await
             {
                 Ok(None) => return Verdict::Allowed,
@@ -135,11 +166,11 @@ impl Named {
                 Err(e) => redis.failed(&self.name, &e),
             }
         }
-        self.check_local(key)
+        self.check_local(bucket)
     }
 
-    fn check_local(&self, key: &str) -> Verdict {
-        match self.limiter.load().check_key(&key.to_string()) {
+    fn check_local(&self, bucket: &Bucket) -> Verdict {
+        match self.limiter.load().check_key(bucket) {
             Ok(_) => Verdict::Allowed,
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -344,17 +375,22 @@ mod tests {
                 ..Limit::default()
             },
         );
+        let subject = |s: &str| Bucket::Subject(s.into());
         for _ in 0..3 {
-            assert_eq!(n.check_local("a"), Verdict::Allowed);
+            assert_eq!(n.check_local(&subject("a")), Verdict::Allowed);
         }
         assert!(matches!(
-            n.check_local("a"),
+            n.check_local(&subject("a")),
             Verdict::Limited {
                 limit: 3,
                 retry_after_secs: 1
             }
         ));
-        assert_eq!(n.check_local("b"), Verdict::Allowed, "keys are independent");
+        assert_eq!(
+            n.check_local(&subject("b")),
+            Verdict::Allowed,
+            "keys are independent"
+        );
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -363,7 +399,7 @@ mod tests {
 
     #[test]
     fn ipv6_clients_are_keyed_by_their_network() {
-        let k = |a: &str, p: u8| ip_key(ip(a), p);
+        let k = |a: &str, p: u8| Bucket::client(ip(a), p).to_string();
         assert_eq!(k("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::/64");
         assert_eq!(
             k("2001:db8:1:2:aaaa::1", 64),
@@ -389,7 +425,7 @@ mod tests {
                 ..Limit::default()
             },
         );
-        let key = |a: &str| n.ip_key(Some(ip(a)));
+        let key = |a: &str| n.client_bucket(Some(ip(a)));
         assert_eq!(n.check_local(&key("2001:db8:5:6::1")), Verdict::Allowed);
         assert_eq!(n.check_local(&key("2001:db8:5:6::2")), Verdict::Allowed);
         assert!(matches!(

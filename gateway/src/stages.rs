@@ -13,7 +13,7 @@ use http::{HeaderMap, Method, Uri};
 use crate::admission::{self, HeadLimits};
 use crate::cors::{self, Outcome};
 use crate::jwks::Jwks;
-use crate::limits::{RedisLimits, Verdict};
+use crate::limits::{Bucket, RedisLimits, Verdict};
 use crate::rejection::Rejection;
 use crate::routing;
 use crate::runtime::RouteRt;
@@ -93,18 +93,14 @@ pub async fn limit(
     subject: &str,
 ) -> Result<(), Rejection> {
     for l in route.limits.iter().filter(|l| l.key == key) {
-        let by_ip;
-        let value = match key {
-            LimitKey::Ip => {
-                by_ip = l.ip_key(ip);
-                by_ip.as_str()
-            }
-            LimitKey::Subject => subject,
-            LimitKey::Global => "",
+        let bucket = match key {
+            LimitKey::Ip => l.client_bucket(ip),
+            LimitKey::Subject => Bucket::Subject(subject.to_string()),
+            LimitKey::Global => Bucket::Shared,
         };
         if let Verdict::Limited {
             retry_after_secs, ..
-        } = l.check(value, redis).await
+        } = l.check(&bucket, redis).await
         {
             return Err(Rejection::RateLimited {
                 limit: l.clone(),
