@@ -41,17 +41,23 @@ async fn upstream_down_gives_503_then_recovers() {
     assert!(back, "traffic resumes when the target returns");
 }
 
-#[tokio::test]
-async fn one_of_two_targets_killed_during_a_loop_fails_no_get() {
-    let key = TestKey::new(4);
+/// A gateway whose upstream has two echo targets; the first echo serves the JWKS.
+async fn two_targets(seed: u8) -> (Echo, Echo, Echo, Gateway) {
+    let key = TestKey::new(seed);
     let jwks = Echo::start(key.jwks.clone()).await;
-    let mut a = Echo::start(key.jwks.clone()).await;
+    let a = Echo::start(key.jwks.clone()).await;
     let b = Echo::start(key.jwks.clone()).await;
     let gw = Gateway::start(Options {
         targets: vec![a.addr, b.addr],
         jwks: jwks.addr,
     })
     .await;
+    (jwks, a, b, gw)
+}
+
+#[tokio::test]
+async fn one_of_two_targets_killed_during_a_loop_fails_no_get() {
+    let (_jwks, mut a, _b, gw) = two_targets(4).await;
     let mut ports = std::collections::BTreeSet::new();
     for i in 0..200 {
         if i == 50 {
@@ -167,15 +173,7 @@ async fn a_host_name_target_is_resolved() {
 /// answer twice in a row from one port.
 #[tokio::test]
 async fn pooled_upstream_connections_serve_only_their_own_target() {
-    let key = TestKey::new(5);
-    let jwks = Echo::start(key.jwks.clone()).await;
-    let a = Echo::start(key.jwks.clone()).await;
-    let b = Echo::start(key.jwks.clone()).await;
-    let gw = Gateway::start(Options {
-        targets: vec![a.addr, b.addr],
-        jwks: jwks.addr,
-    })
-    .await;
+    let (_jwks, a, b, gw) = two_targets(5).await;
     let mut ports = Vec::new();
     for i in 0..60 {
         let r = gw.get("/open/rr", None).await;
