@@ -441,9 +441,16 @@ if ((WARMUP > 0)); then
   run_wrk "$work/wrk-warmup.txt" "$CONNECTIONS" "$WARMUP" bench/list.lua
 fi
 say "core-api list throughput: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s"
+read -r api_u0 api_s0 < <(cpu_ticks "$api_pid")
 run_wrk "$work/wrk-throughput.txt" "$CONNECTIONS" "$DURATION" bench/list.lua
+read -r api_u1 api_s1 < <(cpu_ticks "$api_pid")
 check_wrk "$work/wrk-throughput.txt" "throughput run"
 api_rps=$(wrk_value "$work/wrk-throughput.txt" rps)
+# core-api's own CPU time per request in that run (user + system), in µs.
+api_requests=$(wrk_value "$work/wrk-throughput.txt" requests)
+clk_tck=$(getconf CLK_TCK)
+api_cpu_user=$(calc "($api_u1 - $api_u0) * 1000000 / $clk_tck / $api_requests")
+api_cpu_sys=$(calc "($api_s1 - $api_s0) * 1000000 / $clk_tck / $api_requests")
 api_p50=$(wrk_value "$work/wrk-throughput.txt" p50)
 api_p99=$(wrk_value "$work/wrk-throughput.txt" p99)
 
@@ -604,6 +611,7 @@ report=$work/report.md
   echo "|---|---|---|---|---|---|"
   echo "| owner-scoped list throughput, $CONNECTIONS connections, against pgbench's best | $(fmt "$api_rps" 0) req/s | $(fmt "$pg_best_tps" 0) tps (-c $pg_best_clients) | $(fmt "$tp_ratio" 2)× | ≥ ${TARGET_THROUGHPUT_RATIO}× | $tp_pass |"
   echo "| the same, against pgbench at the same concurrency | $(fmt "$api_rps" 0) req/s | $(fmt "$pg_tps" 0) tps (-c $CONNECTIONS) | $(fmt "$same_ratio" 2)× | – | – |"
+  echo "| core-api CPU per list request in that run (user + system) | $(fmt "$(calc "$api_cpu_user + $api_cpu_sys")" 1) µs ($(fmt "$api_cpu_user" 1) + $(fmt "$api_cpu_sys" 1)) | – | – | – | – |"
   echo "| list latency p50 / p99 at $CONNECTIONS connections (peak load) | $(fmt "$api_p50" 2) / $(fmt "$api_p99" 2) ms | ${pg_lat:-?} ms average | – | – | – |"
   echo "| GET p50 / p99, no flood ($LAT_CONNECTIONS conns, $lat_mode) | $(fmt "$idle_p50" 2) / $(fmt "$idle_p99" 2) ms | – | – | reference | – |"
   echo "| GET p50 / p99 during login flood ($FLOOD_CONNECTIONS conns) | $(fmt "$loaded_p50" 2) / $(fmt "$loaded_p99" 2) ms | $(fmt "$idle_p99" 2) ms (p99, no flood) | $(fmt "$p99_ratio" 2)× | ≤ ${TARGET_FLOOD_P99_RATIO}× | $p99_pass |"

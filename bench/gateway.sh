@@ -481,16 +481,6 @@ tree_pids() {
     done
   done
 }
-# cpu_ticks PID...: "user system" time in clock ticks (utime, stime), summed.
-cpu_ticks() {
-  local p u=0 s=0 v w
-  for p in "$@"; do
-    read -r v w < <(sed 's/^.*) //' "/proc/$p/stat" | awk '{ print $12, $13 }') || { v=0 w=0; }
-    u=$((u + v))
-    s=$((s + w))
-  done
-  echo "$u $s"
-}
 # mem_kib Rss|Pss PID...: summed over the processes, KiB.
 mem_kib() {
   local field=$1 p t=0 v

@@ -150,3 +150,14 @@ with open(f"{out}/token-tampered", "w") as f:
     f.write(f"{signing_input}.{b64(bad)}\n")
 PY
 }
+
+# cpu_ticks PID...: "user system" time in clock ticks (utime, stime), summed.
+cpu_ticks() {
+  local p u=0 s=0 v w
+  for p in "$@"; do
+    read -r v w < <(sed 's/^.*) //' "/proc/$p/stat" | awk '{ print $12, $13 }') || { v=0 w=0; }
+    u=$((u + v))
+    s=$((s + w))
+  done
+  echo "$u $s"
+}
