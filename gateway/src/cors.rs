@@ -96,8 +96,8 @@ pub struct Policy {
     credentials: bool,
     /// `Access-Control-Expose-Headers`, unless there are none.
     expose: Option<HeaderValue>,
-    /// `Access-Control-Allow-Methods`.
-    allow_methods: HeaderValue,
+    /// `Access-Control-Allow-Methods`, unless there are none (then no preflight passes).
+    allow_methods: Option<HeaderValue>,
     /// `Access-Control-Allow-Headers`, unless there are none.
     allow_headers: Option<HeaderValue>,
     /// `Access-Control-Max-Age`.
@@ -152,7 +152,7 @@ impl Policy {
         };
         Ok(Self {
             origins,
-            allow_methods: list(&methods).unwrap_or_else(|| HeaderValue::from_static("")),
+            allow_methods: list(&methods),
             allow_headers: list(&headers),
             expose: list(&c.expose_headers),
             max_age: HeaderValue::from(c.max_age_seconds),
@@ -253,10 +253,9 @@ pub fn decide(policy: Option<&Policy>, method: &Method, headers: &HeaderMap) -> 
         }
     }
     out[1].1 = PREFLIGHT_VARY.clone();
-    out.push((
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        policy.allow_methods.clone(),
-    ));
+    if let Some(methods) = &policy.allow_methods {
+        out.push((header::ACCESS_CONTROL_ALLOW_METHODS, methods.clone()));
+    }
     if let Some(allowed) = &policy.allow_headers {
         out.push((header::ACCESS_CONTROL_ALLOW_HEADERS, allowed.clone()));
     }

@@ -26,24 +26,26 @@ pub static DEFAULT_HSTS: HeaderValue = HeaderValue::from_static("max-age=3153600
 
 /// Identity and forwarding headers only the gateway may set (docs/security.md): removed from every
 /// request, after the request id of a trusted proxy has been read (`proxy.rs` `identify`).
-static SPOOFABLE: [HeaderName; 8] = [
-    HeaderName::from_static("x-user-id"),
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-real-ip"),
-    header::FORWARDED,
-    HeaderName::from_static("x-request-id"),
+static SPOOFABLE: [&HeaderName; 8] = [
+    &X_USER_ID,
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_FORWARDED_PORT,
+    &X_REAL_IP,
+    &header::FORWARDED,
+    &X_REQUEST_ID,
 ];
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 pub fn strip_spoofable(req: &mut RequestHeader) {
     // Most requests carry none of them: one pass over the names the request has (a handful)
     // instead of a removal per listed name.
-    if !req.headers.keys().any(|name| SPOOFABLE.contains(name)) {
+    if !req.headers.keys().any(|name| SPOOFABLE.contains(&name)) {
         return;
     }
-    for h in &SPOOFABLE {
+    for h in SPOOFABLE {
         req.remove_header(h);
     }
 }
