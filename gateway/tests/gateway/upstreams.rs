@@ -184,3 +184,129 @@ async fn pooled_upstream_connections_serve_only_their_own_target() {
     assert!(ports.iter().all(|p| expected.contains(p)), "{ports:?}");
     assert!(ports.windows(2).all(|w| w[0] != w[1]), "{ports:?}");
 }
+
+/// A keep-alive HTTP/1.1 upstream written out by hand, so a test decides when it closes a
+/// connection. `open` counts the connections that carried a proxied request (health checks
+/// excluded) and are still open.
+struct RawUpstream {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    /// `close_after_answer`: the upstream closes a connection 50 ms after answering a proxied
+    /// request on it, without announcing it (no `Connection: close`), as servers with a short
+    /// keep-alive timeout do.
+    async fn start(close_after_answer: bool) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let o = open.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                let open = o.clone();
+                conns.spawn(async move {
+                    let (mut buf, mut chunk, mut proxied) = (Vec::new(), [0u8; 4096], false);
+                    'conn: loop {
+                        let n = match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buf.drain(..end + 4).collect();
+                            let health = head.starts_with(b"GET /healthz ");
+                            if !health && !proxied {
+                                proxied = true;
+                                open.fetch_add(1, SeqCst);
+                            }
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+                            if s.write_all(answer).await.is_err() {
+                                break 'conn;
+                            }
+                            if close_after_answer && !health {
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                                break 'conn;
+                            }
+                        }
+                    }
+                    if proxied {
+                        open.fetch_sub(1, SeqCst);
+                    }
+                });
+            }
+        });
+        Self { addr, open, task }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An upstream that closes its idle keep-alive connections soon after answering: the gateway
+/// never sends a request on a pooled connection the upstream has closed; every request is
+/// answered.
+#[tokio::test]
+async fn an_upstream_closing_idle_connections_fails_no_request() {
+    let key = TestKey::new(7);
+    let jwks = Echo::start(key.jwks.clone()).await;
+    let up = RawUpstream::start(true).await;
+    let gw = Gateway::start(Options {
+        targets: vec![up.addr],
+        jwks: jwks.addr,
+    })
+    .await;
+    for i in 0..6 {
+        let r = gw.get("/open/closing", None).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text);
+        assert_eq!(r.text, "ok");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+/// Idle upstream connections are kept for reuse, and closed by the gateway once they have been
+/// idle for the upstream's `idle_timeout_ms` (the upstream sees them go).
+#[tokio::test]
+async fn idle_upstream_connections_are_reused_then_closed_after_the_idle_timeout() {
+    let key = TestKey::new(8);
+    let jwks = Echo::start(key.jwks.clone()).await;
+    let up = RawUpstream::start(false).await;
+    let gw = Gateway::start_with(
+        Options {
+            targets: vec![up.addr],
+            jwks: jwks.addr,
+        },
+        |c| {
+            c.set("upstreams.echo.idle_timeout_ms", 400);
+        },
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(gw.get("/open/reused", None).await.status, 200);
+    }
+    assert!(
+        up.open() >= 1,
+        "the gateway keeps its upstream connections open for reuse"
+    );
+    let mut closed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if up.open() == 0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the idle connection was closed by the gateway");
+    assert_eq!(gw.get("/open/after", None).await.status, 200);
+}
