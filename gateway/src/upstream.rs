@@ -1,10 +1,15 @@
 //! One upstream at run time: its targets (host names looked up again periodically), balancing
 //! (round robin or fewest in flight), passive ejection after failed connections or runs of 5xx,
 //! and the active health-check loop.
+//!
+//! Pingora's `LoadBalancer` runs the active health checks; the pick per request is ours: each
+//! target's health is copied into a flag after every health-check pass (the only time it
+//! changes), so a pick reads flags in a short list instead of hashing every candidate backend
+//! into Pingora's health map.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,9 +34,20 @@ pub struct UpstreamRt {
     /// What the targets resolved to when this upstream was built (names are looked up again
     /// periodically; a change rebuilds the upstream).
     pub addresses: BTreeSet<SocketAddr>,
+    /// The targets in `addresses` order, each with its health as of the last check pass.
+    targets: Vec<Target>,
+    /// Where the next round-robin pick starts.
+    next: AtomicUsize,
     health_loop: AtomicBool,
     /// Per target (a handful): searched in place, no hashing per request.
     targets_state: Mutex<Targets>,
+}
+
+/// A target and whether the active health checks see it healthy (targets start healthy, as in
+/// Pingora).
+struct Target {
+    addr: SocketAddr,
+    healthy: AtomicBool,
 }
 
 /// The state of each target that has had one, by address.
@@ -124,6 +140,14 @@ impl UpstreamRt {
             write: Duration::from_millis(u.write_timeout_ms),
             idle: Duration::from_millis(u.idle_timeout_ms),
             total: (u.total_timeout_ms > 0).then(|| Duration::from_millis(u.total_timeout_ms)),
+            targets: addresses
+                .iter()
+                .map(|&addr| Target {
+                    addr,
+                    healthy: AtomicBool::new(true),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
             addresses,
             health_loop: AtomicBool::new(false),
             targets_state: Mutex::default(),
@@ -144,40 +168,39 @@ impl UpstreamRt {
     pub fn pick(&self) -> Option<SocketAddr> {
         let now = Instant::now();
         let mut state = self.targets_state.lock().unwrap_or_else(|p| p.into_inner());
-        let usable = |a: &SocketAddr, state: &Targets| {
+        let usable = |a: &SocketAddr| {
             state
                 .get(a)
                 .and_then(|t| t.ejected_until)
                 .is_none_or(|until| until <= now)
         };
+        let healthy = || {
+            self.targets
+                .iter()
+                .filter(|t| t.healthy.load(Ordering::Relaxed))
+                .map(|t| t.addr)
+        };
         let chosen = match self.settings.balance {
-            Balance::RoundRobin => self
-                .lb
-                .select_with(b"", 256, |b, healthy| {
-                    healthy && b.addr.as_inet().is_some_and(|a| usable(a, &state))
-                })
-                .or_else(|| self.lb.select(b"", 256))
-                .and_then(|b| b.addr.as_inet().copied()),
-            Balance::LeastConnections => {
-                let backends = self.lb.backends();
-                let healthy: Vec<SocketAddr> = backends
-                    .get_backend()
-                    .iter()
-                    .filter(|b| backends.ready(b))
-                    .filter_map(|b| b.addr.as_inet().copied())
-                    .collect();
-                let preferred: Vec<SocketAddr> = healthy
-                    .iter()
-                    .copied()
-                    .filter(|a| usable(a, &state))
-                    .collect();
-                let pool = if preferred.is_empty() {
-                    healthy
-                } else {
-                    preferred
+            Balance::RoundRobin => {
+                let n = self.targets.len();
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let in_turn = (0..n).map(|i| &self.targets[start.wrapping_add(i) % n]);
+                let candidates = || {
+                    in_turn
+                        .clone()
+                        .filter(|t| t.healthy.load(Ordering::Relaxed))
                 };
-                pool.into_iter()
-                    .min_by_key(|a| state.get(a).map_or(0, |t| t.in_flight))
+                candidates()
+                    .find(|t| usable(&t.addr))
+                    .or_else(|| candidates().next())
+                    .map(|t| t.addr)
+            }
+            Balance::LeastConnections => {
+                let load = |a: &SocketAddr| state.get(a).map_or(0, |t| t.in_flight);
+                healthy()
+                    .filter(|a| usable(a))
+                    .min_by_key(|a| load(a))
+                    .or_else(|| healthy().min_by_key(|a| load(a)))
             }
         }?;
         state.entry(chosen).in_flight += 1;
@@ -225,6 +248,7 @@ impl UpstreamRt {
             loop {
                 let Some(up) = weak.upgrade() else { return };
                 up.lb.backends().run_health_check(true).await;
+                up.copy_health();
                 let pause = Duration::from_millis(up.settings.health_interval_ms.max(50));
                 drop(up);
                 tokio::time::sleep(pause).await;
@@ -232,12 +256,23 @@ impl UpstreamRt {
         });
     }
 
-    pub fn healthy_targets(&self) -> usize {
+    /// Copies the health the last check pass left into the targets' flags.
+    fn copy_health(&self) {
         let backends = self.lb.backends();
-        backends
-            .get_backend()
+        for b in backends.get_backend().iter() {
+            let Some(addr) = b.addr.as_inet() else {
+                continue;
+            };
+            if let Some(t) = self.targets.iter().find(|t| t.addr == *addr) {
+                t.healthy.store(backends.ready(b), Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn healthy_targets(&self) -> usize {
+        self.targets
             .iter()
-            .filter(|b| backends.ready(b))
+            .filter(|t| t.healthy.load(Ordering::Relaxed))
             .count()
     }
 }
