@@ -9,6 +9,8 @@
 //! It checks the request-target as received (`target`, Pingora's `raw_path()`: the bytes that
 //! are forwarded) as well as the parsed `Uri` that routing reads, so the two cannot disagree.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, Method, Uri};
 
 /// The limits a head must fit.
@@ -76,7 +78,8 @@ pub fn admit(
         });
     }
     let target_path = target.split(|b| *b == b'?').next().unwrap_or(target);
-    if has_dot_segments(uri.path().as_bytes()) || has_dot_segments(target_path) {
+    let uri_path = uri.path().as_bytes();
+    if has_dot_segments(target_path) || (uri_path != target_path && has_dot_segments(uri_path)) {
         return Err(Refusal::DotSegments);
     }
     if method == Method::TRACE || method == Method::CONNECT {
@@ -148,7 +151,10 @@ pub fn has_dot_segments(path: &[u8]) -> bool {
 }
 
 /// RFC 3986 §2.1 percent-decoding, once; a `%` without two hex digits stays as it is.
-fn percent_decode(s: &[u8]) -> Vec<u8> {
+fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
+    if !s.contains(&b'%') {
+        return Cow::Borrowed(s);
+    }
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
@@ -166,7 +172,7 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
             i += 1;
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! header up by a prebuilt name skips parsing the name, and a static value is inserted without
 //! copying or validating it again, on every request.
 
+use std::net::IpAddr;
+
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -65,6 +67,29 @@ pub fn secure(resp: &mut ResponseHeader, hsts: &HeaderValue, authenticated: bool
     resp.remove_header(&X_POWERED_BY);
 }
 
+/// A client address as a header value (`X-Forwarded-For`). IPv4, nearly every client, is
+/// written out here: the formatting machinery cost ~1 300 instructions per request for four
+/// numbers (callgrind).
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HTTP.clone());
+    };
+    let (mut buf, mut n) = ([0u8; 15], 0);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        for (at_least, digit) in [(100, octet / 100), (10, octet / 10 % 10), (0, octet % 10)] {
+            if octet >= at_least {
+                buf[n] = b'0' + digit;
+                n += 1;
+            }
+        }
+    }
+    HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HTTP.clone())
+}
+
 /// `Strict-Transport-Security` (RFC 6797 §6.1), built once per configuration.
 pub fn hsts_value(max_age: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("max-age={max_age}; includeSubDomains"))
@@ -84,6 +109,29 @@ pub fn map(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_values_of_short_and_long_octets() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.100.9",
+            "192.168.1.20",
+            "255.255.255.255",
+            "::1",
+        ] {
+            assert_eq!(ip_value(ip.parse().unwrap_or_else(|e| panic!("{e}"))), ip);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ip_values_read_as_the_address(bits: u32, v6: u128) {
+            for ip in [IpAddr::from(bits.to_be_bytes()), IpAddr::from(v6.to_be_bytes())] {
+                let (value, text) = (ip_value(ip), ip.to_string());
+                proptest::prop_assert_eq!(value.to_str().ok(), Some(text.as_str()));
+            }
+        }
+    }
 
     #[test]
     fn spoofable_headers_are_removed_and_others_kept() {

@@ -418,7 +418,7 @@ impl ProxyHttp for Gateway {
             &headers::HTTP
         };
         if let Some(ip) = ctx.client_ip {
-            upstream.insert_header(&headers::X_FORWARDED_FOR, ip.to_string())?;
+            upstream.insert_header(&headers::X_FORWARDED_FOR, headers::ip_value(ip))?;
         }
         upstream.insert_header(&headers::X_FORWARDED_PROTO, proto.clone())?;
         if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
