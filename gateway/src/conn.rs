@@ -205,6 +205,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
             };
 
             let mut session = ServerSession::new_http1(stream);
+            // Header names are not kept in the case they came in: one header map per message
+            // instead of two (vendored Pingora patch 8; −6 % CPU per plain request). Names go
+            // out as Pingora titles them (`Content-Type`) or in lower case (RFC 9110 §5.1:
+            // case-insensitive), as Caddy and Envoy write them too.
+            session.set_keep_header_case(false);
             match next {
                 Next::First => {
                     // As Pingora: keep-alive unless the server is shutting down (the application

@@ -1,7 +1,7 @@
 //! Upstream failure handling: all targets down → 503 then recovery; one of two targets killed
 //! during a request loop → no failed GET.
 
-use crate::helpers::{Echo, Gateway, Options, TestKey, list};
+use crate::helpers::{Echo, Gateway, Options, TestKey, list, raw_tls};
 
 #[tokio::test]
 async fn upstream_down_gives_503_then_recovers() {
@@ -191,6 +191,8 @@ async fn pooled_upstream_connections_serve_only_their_own_target() {
 struct RawUpstream {
     addr: std::net::SocketAddr,
     open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The head of every proxied request, as received.
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -204,11 +206,12 @@ impl RawUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let o = open.clone();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, h) = (open.clone(), heads.clone());
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((mut s, _)) = listener.accept().await {
-                let open = o.clone();
+                let (open, heads) = (o.clone(), h.clone());
                 conns.spawn(async move {
                     let (mut buf, mut chunk, mut proxied) = (Vec::new(), [0u8; 4096], false);
                     'conn: loop {
@@ -224,7 +227,11 @@ impl RawUpstream {
                                 proxied = true;
                                 open.fetch_add(1, SeqCst);
                             }
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+                            if !health {
+                                let head = String::from_utf8_lossy(&head).into_owned();
+                                heads.lock().unwrap_or_else(|p| p.into_inner()).push(head);
+                            }
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-Odd-CASE: Keep-This\r\ncontent-length: 2\r\n\r\nok";
                             if s.write_all(answer).await.is_err() {
                                 break 'conn;
                             }
@@ -240,7 +247,12 @@ impl RawUpstream {
                 });
             }
         });
-        Self { addr, open, task }
+        Self {
+            addr,
+            open,
+            heads,
+            task,
+        }
     }
 
     fn open(&self) -> usize {
@@ -309,4 +321,34 @@ async fn idle_upstream_connections_are_reused_then_closed_after_the_idle_timeout
     }
     assert!(closed, "the idle connection was closed by the gateway");
     assert_eq!(gw.get("/open/after", None).await.status, 200);
+}
+
+/// Header names do not keep the case they came in (vendored Pingora patch 8, one header map per
+/// message instead of two): HTTP/1 peers see standard names as Pingora titles them and others
+/// in lower case, in both directions; values are untouched.
+#[tokio::test]
+async fn header_names_are_passed_on_in_one_case() {
+    let key = TestKey::new(9);
+    let jwks = Echo::start(key.jwks.clone()).await;
+    let up = RawUpstream::start(false).await;
+    let gw = Gateway::start(Options {
+        targets: vec![up.addr],
+        jwks: jwks.addr,
+    })
+    .await;
+    let request = b"GET /open/case HTTP/1.1\r\nHost: localhost\r\nX-Client-THING: As-Sent\r\nConnection: close\r\n\r\n";
+    let answer = raw_tls(&gw, request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\r\nx-odd-case: Keep-This\r\n"), "{answer}");
+    assert!(
+        answer.contains("\r\nContent-Type: text/plain\r\n"),
+        "{answer}"
+    );
+    let heads = up.heads.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0].contains("\r\nx-client-thing: As-Sent\r\n"),
+        "{}",
+        heads[0]
+    );
 }

@@ -42,6 +42,9 @@ where
     {
         client_session.read_timeout = peer.options.read_timeout;
         client_session.write_timeout = peer.options.write_timeout;
+        // GATEHOUSE PATCH (vendor/README.md, 8): a downstream session that does not keep the
+        // case of header names does not keep the upstream response's either.
+        client_session.keep_header_case = session.downstream_session.keeps_header_case();
 
         // phase 2 send to upstream
 

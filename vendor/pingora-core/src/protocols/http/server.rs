@@ -333,6 +333,23 @@ impl Session {
         }
     }
 
+    /// GATEHOUSE PATCH (vendor/README.md, 8): whether header names keep the case they came in
+    /// (default true). Only HTTP/1 has case; noop for the others. See
+    /// [`HttpSession::set_keep_header_case`](crate::protocols::http::v1::server::HttpSession::set_keep_header_case).
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        if let Self::H1(s) = self {
+            s.set_keep_header_case(keep);
+        }
+    }
+
+    /// See [`Self::set_keep_header_case`]; true for sessions other than HTTP/1.
+    pub fn keeps_header_case(&self) -> bool {
+        match self {
+            Self::H1(s) => s.keeps_header_case(),
+            _ => true,
+        }
+    }
+
     /// Set the number of times the upstream connection connection for this
     /// session can be reused via keepalive. Noop for h2 and subrequest
     pub fn set_keepalive_reuses_remaining(&mut self, reuses: Option<u32>) {

@@ -67,6 +67,10 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    /// GATEHOUSE PATCH (vendor/README.md, 8): whether the response header records the case of
+    /// its names as received (default true); public like the timeouts, which the proxy also
+    /// sets per request.
+    pub keep_header_case: bool,
 }
 
 /// HTTP 1.x client session
@@ -100,6 +104,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            keep_header_case: true,
         }
     }
 
@@ -284,10 +289,14 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
-                            resp.code.unwrap(),
-                            Some(resp.headers.len() + super::common::ADDED_HEADERS_HEADROOM),
-                        ) {
+                        let size = Some(resp.headers.len() + super::common::ADDED_HEADERS_HEADROOM);
+                        // GATEHOUSE PATCH (vendor/README.md, 8)
+                        let built = if self.keep_header_case {
+                            ResponseHeader::build(resp.code.unwrap(), size)
+                        } else {
+                            ResponseHeader::build_no_case(resp.code.unwrap(), size)
+                        };
+                        let mut response_header = match built {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
                         };

@@ -158,6 +158,9 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// GATEHOUSE PATCH (vendor/README.md, 8): whether the request header records the case of
+    /// its names as received (default true). See [`Self::set_keep_header_case`].
+    keep_header_case: bool,
 }
 
 impl HttpSession {
@@ -206,6 +209,7 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            keep_header_case: true,
         }
     }
 
@@ -349,12 +353,16 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
-                            req.method.unwrap_or(""),
-                            // we path httparse to allow unsafe bytes in the str
-                            req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len() + super::common::ADDED_HEADERS_HEADROOM),
-                        )?);
+                        let method = req.method.unwrap_or("");
+                        // we path httparse to allow unsafe bytes in the str
+                        let path = req.path.unwrap_or("").as_bytes();
+                        let size = Some(req.headers.len() + super::common::ADDED_HEADERS_HEADROOM);
+                        // GATEHOUSE PATCH (vendor/README.md, 8)
+                        let mut request_header = Box::new(if self.keep_header_case {
+                            RequestHeader::build(method, path, size)?
+                        } else {
+                            RequestHeader::build_no_case(method, path, size)?
+                        });
 
                         request_header.set_version(match req.version {
                             Some(1) => Version::HTTP_11,
@@ -1390,6 +1398,21 @@ impl HttpSession {
     /// Expect: 100-continue was set on the request.
     pub fn set_ignore_info_resp(&mut self, ignore: bool) {
         self.ignore_info_resp = ignore;
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 8): whether the request header (and, through the
+    /// proxy, the upstream response header) records the case of its header names as received,
+    /// so that they are written on in that case (default true). When false, every header map
+    /// of the request is one map instead of two (names and their case), and names are written
+    /// as Pingora titles them (`Content-Type`) or in lower case. Header names are
+    /// case-insensitive (RFC 9110 §5.1).
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
+    }
+
+    /// See [`Self::set_keep_header_case`].
+    pub fn keeps_header_case(&self) -> bool {
+        self.keep_header_case
     }
 
     /// Sets whether keepalive should be disabled if response is written prior to
