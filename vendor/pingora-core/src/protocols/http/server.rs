@@ -342,10 +342,13 @@ impl Session {
         }
     }
 
-    /// See [`Self::set_keep_header_case`]; true for sessions other than HTTP/1.
+    /// See [`Self::set_keep_header_case`]. False for HTTP/2, which has no case to keep (names
+    /// are lower case on the wire), so what is proxied to it need not record any; true for
+    /// subrequests and custom sessions.
     pub fn keeps_header_case(&self) -> bool {
         match self {
             Self::H1(s) => s.keeps_header_case(),
+            Self::H2(_) => false,
             _ => true,
         }
     }
