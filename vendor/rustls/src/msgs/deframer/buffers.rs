@@ -7,6 +7,10 @@ use std::io;
 #[cfg(feature = "std")]
 use crate::msgs::message::MAX_WIRE_SIZE;
 
+/// The most read from the socket at once (and the buffer's size while nothing is buffered).
+#[cfg(feature = "std")]
+const READ_SIZE: usize = 4096;
+
 /// Conversion from a slice within a larger buffer into
 /// a `Range` offset within.
 #[derive(Debug)]
@@ -197,6 +201,28 @@ impl DeframerVecBuffer {
 impl DeframerVecBuffer {
     /// Read some bytes from `rd`, and add them to the buffer.
     pub(crate) fn read(&mut self, rd: &mut dyn io::Read, in_handshake: bool) -> io::Result<usize> {
+        // GATEHOUSE PATCH (vendor/README.md, 2): with nothing buffered, read through this
+        // thread's scratch buffer and keep only what came. A read that finds the socket empty
+        // then costs no allocation and no zero-filling of a fresh 4 KiB buffer (an async reader
+        // is polled several times per request, most of them finding nothing), and a read that
+        // finds a record copies its bytes instead of zero-filling the rest of the buffer.
+        if self.used == 0 {
+            if let Some(read) = Self::read_into_scratch(rd, &mut self.buf) {
+                return match read {
+                    Ok(n) => {
+                        self.used = n;
+                        Ok(n)
+                    }
+                    Err(e) => {
+                        if e.kind() == io::ErrorKind::WouldBlock {
+                            // Idle: give the buffer back (see below).
+                            self.buf = Vec::new();
+                        }
+                        Err(e)
+                    }
+                };
+            }
+        }
         if let Err(err) = self.prepare_read(in_handshake) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, err));
         }
@@ -221,14 +247,35 @@ impl DeframerVecBuffer {
         Ok(new_bytes)
     }
 
+    /// GATEHOUSE PATCH (vendor/README.md, 2): one read of up to `READ_SIZE` bytes through this
+    /// thread's scratch buffer; what came replaces `buf`'s contents (its allocation is reused
+    /// when large enough). `None` when the scratch buffer is in use (a reader that reads
+    /// another TLS connection from inside its `read`), then the caller reads as usual.
+    fn read_into_scratch(rd: &mut dyn io::Read, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+        std::thread_local! {
+            static SCRATCH: core::cell::RefCell<Vec<u8>> =
+                core::cell::RefCell::new(alloc::vec![0; READ_SIZE]);
+        }
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.try_borrow_mut().ok()?;
+            Some(rd.read(&mut scratch[..]).map(|n| {
+                if buf.capacity() > MAX_WIRE_SIZE {
+                    // Grown for a large handshake message: not kept for what follows.
+                    *buf = Vec::new();
+                }
+                buf.clear();
+                buf.extend_from_slice(&scratch[..n]);
+                n
+            }))
+        })
+    }
+
     /// Resize the internal `buf` if necessary for reading more bytes.
     fn prepare_read(&mut self, is_joining_hs: bool) -> Result<(), &'static str> {
         /// TLS allows for handshake messages of up to 16MB.  We
         /// restrict that to 64KB to limit potential for denial-of-
         /// service.
         const MAX_HANDSHAKE_SIZE: u32 = 0xffff;
-
-        const READ_SIZE: usize = 4096;
 
         // We allow a maximum of 64k of buffered data for handshake messages only. Enforce this
         // by varying the maximum allowed buffer size here based on whether a prefix of a
@@ -343,5 +390,15 @@ mod gatehouse_patch_tests {
         let mut socket = Socket(b"abc");
         assert_eq!(deframer.read(&mut socket, false).unwrap(), 3);
         assert_eq!(deframer.filled(), b"abc");
+        // Nothing buffered and nothing to read: no buffer is allocated to find that out.
+        deframer.discard(3);
+        assert!(deframer.read(&mut socket, false).is_err());
+        assert_eq!(deframer.buf.capacity(), 0);
+        // A record that arrives in parts is put together as before.
+        let mut socket = Socket(b"def");
+        assert_eq!(deframer.read(&mut socket, false).unwrap(), 3);
+        let mut socket = Socket(b"gh");
+        assert_eq!(deframer.read(&mut socket, false).unwrap(), 2);
+        assert_eq!(deframer.filled(), b"defgh");
     }
 }
