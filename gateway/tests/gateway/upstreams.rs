@@ -231,7 +231,7 @@ impl RawUpstream {
                                 let head = String::from_utf8_lossy(&head).into_owned();
                                 heads.lock().unwrap_or_else(|p| p.into_inner()).push(head);
                             }
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-Odd-CASE: Keep-This\r\ncontent-length: 2\r\n\r\nok";
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-Odd-CASE: Keep-This\r\nX-Powered-By: PHP/8.3\r\ncontent-length: 2\r\n\r\nok";
                             if s.write_all(answer).await.is_err() {
                                 break 'conn;
                             }
@@ -325,7 +325,7 @@ async fn idle_upstream_connections_are_reused_then_closed_after_the_idle_timeout
 
 /// Header names do not keep the case they came in (vendored Pingora patch 8, one header map per
 /// message instead of two): HTTP/1 peers see standard names as Pingora titles them and others
-/// in lower case, in both directions; values are untouched.
+/// in lower case, in both directions; values are untouched. (`X-Powered-By` is removed.)
 #[tokio::test]
 async fn header_names_are_passed_on_in_one_case() {
     let key = TestKey::new(9);
@@ -343,6 +343,10 @@ async fn header_names_are_passed_on_in_one_case() {
     assert!(
         answer.contains("\r\nContent-Type: text/plain\r\n"),
         "{answer}"
+    );
+    assert!(
+        !answer.to_ascii_lowercase().contains("x-powered-by"),
+        "versions are not revealed: {answer}"
     );
     let heads = up.heads.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert_eq!(heads.len(), 1, "{heads:?}");
