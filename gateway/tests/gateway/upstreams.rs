@@ -266,19 +266,30 @@ impl Drop for RawUpstream {
     }
 }
 
+/// A gateway whose only target is a `RawUpstream` (`close_after_answer` as there), with the
+/// settings changed by `tweak`; the echo serves the JWKS.
+async fn behind_raw_upstream(
+    seed: u8,
+    close_after_answer: bool,
+    tweak: impl FnOnce(&mut crate::helpers::TestConfig),
+) -> (Echo, RawUpstream, Gateway) {
+    let key = TestKey::new(seed);
+    let jwks = Echo::start(key.jwks.clone()).await;
+    let up = RawUpstream::start(close_after_answer).await;
+    let o = Options {
+        targets: vec![up.addr],
+        jwks: jwks.addr,
+    };
+    let gw = Gateway::start_with(o, tweak).await;
+    (jwks, up, gw)
+}
+
 /// An upstream that closes its idle keep-alive connections soon after answering: the gateway
 /// never sends a request on a pooled connection the upstream has closed; every request is
 /// answered.
 #[tokio::test]
 async fn an_upstream_closing_idle_connections_fails_no_request() {
-    let key = TestKey::new(7);
-    let jwks = Echo::start(key.jwks.clone()).await;
-    let up = RawUpstream::start(true).await;
-    let gw = Gateway::start(Options {
-        targets: vec![up.addr],
-        jwks: jwks.addr,
-    })
-    .await;
+    let (_jwks, _up, gw) = behind_raw_upstream(7, true, |_| {}).await;
     for i in 0..6 {
         let r = gw.get("/open/closing", None).await;
         assert_eq!(r.status, 200, "request {i}: {}", r.text);
@@ -291,18 +302,9 @@ async fn an_upstream_closing_idle_connections_fails_no_request() {
 /// idle for the upstream's `idle_timeout_ms` (the upstream sees them go).
 #[tokio::test]
 async fn idle_upstream_connections_are_reused_then_closed_after_the_idle_timeout() {
-    let key = TestKey::new(8);
-    let jwks = Echo::start(key.jwks.clone()).await;
-    let up = RawUpstream::start(false).await;
-    let gw = Gateway::start_with(
-        Options {
-            targets: vec![up.addr],
-            jwks: jwks.addr,
-        },
-        |c| {
-            c.set("upstreams.echo.idle_timeout_ms", 400);
-        },
-    )
+    let (_jwks, up, gw) = behind_raw_upstream(8, false, |c| {
+        c.set("upstreams.echo.idle_timeout_ms", 400);
+    })
     .await;
     for _ in 0..5 {
         assert_eq!(gw.get("/open/reused", None).await.status, 200);
@@ -328,14 +330,7 @@ async fn idle_upstream_connections_are_reused_then_closed_after_the_idle_timeout
 /// in lower case, in both directions; values are untouched. (`X-Powered-By` is removed.)
 #[tokio::test]
 async fn header_names_are_passed_on_in_one_case() {
-    let key = TestKey::new(9);
-    let jwks = Echo::start(key.jwks.clone()).await;
-    let up = RawUpstream::start(false).await;
-    let gw = Gateway::start(Options {
-        targets: vec![up.addr],
-        jwks: jwks.addr,
-    })
-    .await;
+    let (_jwks, up, gw) = behind_raw_upstream(9, false, |_| {}).await;
     let request = b"GET /open/case HTTP/1.1\r\nHost: localhost\r\nX-Client-THING: As-Sent\r\nConnection: close\r\n\r\n";
     let answer = raw_tls(&gw, request).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
