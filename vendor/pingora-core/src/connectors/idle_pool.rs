@@ -207,25 +207,28 @@ impl Inner {
 }
 
 /// Clears the pool's `sweeping` flag if the sweeper ends without emptying the pool (its runtime
-/// shut down), so that the next `put` starts another one.
-struct SweeperGuard(Weak<IdlePool>);
+/// shut down), so that the next `put` starts another one. Disarmed when the sweeper ends because
+/// the pool is empty: `sweep` cleared the flag itself, and a `put` may have set it again since
+/// for a sweeper of its own.
+struct SweeperGuard(Option<Weak<IdlePool>>);
 
 impl Drop for SweeperGuard {
     fn drop(&mut self) {
-        if let Some(pool) = self.0.upgrade() {
+        if let Some(pool) = self.0.take().and_then(|p| p.upgrade()) {
             pool.inner.lock().sweeping = false;
         }
     }
 }
 
 async fn sweep(pool: Weak<IdlePool>) {
-    let _guard = SweeperGuard(pool.clone());
+    let mut guard = SweeperGuard(Some(pool.clone()));
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         let Some(pool) = pool.upgrade() else {
             return;
         };
         if !pool.sweep() {
+            guard.0 = None;
             return;
         }
     }
