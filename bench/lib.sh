@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Helpers the bench scripts share (sourced, not run).
 
+# shellcheck source=scripts/local-ca.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/local-ca.sh"
+
 # wrk_value FILE rps|p50|p99|non2xx|errors|requests: a number from wrk's --latency report
 # (latencies in milliseconds).
 wrk_value() {
@@ -93,22 +96,16 @@ pass() { if awk "BEGIN { exit !($1) }"; then echo "✅ yes"; else echo "❌ no";
 # and an Ed25519 JWT signing key (jwt.key). openssl's output goes to DIR/openssl.log.
 make_keys() {
   local dir=$1 cn=$2
-  (
-    cd "$dir"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-      -keyout ca.key -out ca.pem -subj "/CN=$cn" \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-      -keyout leaf.key -out leaf.csr -subj "/CN=localhost"
-    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
-      "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >leaf.ext
-    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile leaf.ext -out leaf.pem
-    cat leaf.pem ca.pem >chain.pem
-    cat chain.pem leaf.key >haproxy.pem
-    openssl genpkey -algorithm ed25519 -out jwt.key
-    chmod 600 ./*.key haproxy.pem
-  ) >"$dir/openssl.log" 2>&1
+  {
+    local_ca_and_leaf "$dir" "$cn" 2 &&
+      (
+        cd "$dir"
+        cat leaf.pem ca.pem >chain.pem
+        cat chain.pem leaf.key >haproxy.pem
+        openssl genpkey -algorithm ed25519 -out jwt.key
+        chmod 600 ./*.key haproxy.pem
+      )
+  } >"$dir/openssl.log" 2>&1
 }
 
 # make_token KEY KID ISSUER AUDIENCE OUT: the JWKS of the Ed25519 KEY (OUT/jwks.json) and an

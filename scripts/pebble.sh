@@ -10,22 +10,14 @@
 # tls.acme.ca_file), DIR/root.pem (the root that signs issued certificates: trust it in
 # clients). Pebble keeps nothing across restarts: a new root and no accounts each time.
 
+# shellcheck source=scripts/local-ca.sh
+source "$(dirname "${BASH_SOURCE[0]}")/local-ca.sh"
+
 pebble_start() {
   local dir=$1 http_port=$2 tls_port=$3
   mkdir -p "$dir"
-  if [[ ! -f $dir/cert.pem ]]; then
-    (
-      cd "$dir"
-      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
-        -keyout ca.key -out ca.pem -subj "/CN=Pebble listener CA (development)" \
-        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout key.pem -out leaf.csr -subj "/CN=localhost"
-      printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
-        "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >leaf.ext
-      openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
-        -extfile leaf.ext -out cert.pem
-    ) >"$dir/openssl.log" 2>&1 || {
+  if [[ ! -f $dir/leaf.pem ]]; then
+    local_ca_and_leaf "$dir" "Pebble listener CA (development)" 3650 >"$dir/openssl.log" 2>&1 || {
       cat "$dir/openssl.log" >&2
       return 1
     }
@@ -34,8 +26,8 @@ pebble_start() {
 {"pebble": {
   "listenAddress": "127.0.0.1:14000",
   "managementListenAddress": "127.0.0.1:15000",
-  "certificate": "$dir/cert.pem",
-  "privateKey": "$dir/key.pem",
+  "certificate": "$dir/leaf.pem",
+  "privateKey": "$dir/leaf.key",
   "httpPort": $http_port,
   "tlsPort": $tls_port,
   "ocspResponderURL": "",
