@@ -417,8 +417,8 @@ impl ProxyHttp for Gateway {
         } else {
             &headers::HTTP
         };
-        if let Some(ip) = ctx.client_ip {
-            upstream.insert_header(&headers::X_FORWARDED_FOR, headers::ip_value(ip))?;
+        if let Some(ip) = ctx.client_ip.and_then(headers::ip_value) {
+            upstream.insert_header(&headers::X_FORWARDED_FOR, ip)?;
         }
         upstream.insert_header(&headers::X_FORWARDED_PROTO, proto.clone())?;
         if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
