@@ -174,35 +174,30 @@ impl UpstreamRt {
                 .and_then(|t| t.ejected_until)
                 .is_none_or(|until| until <= now)
         };
-        let healthy = || {
-            self.targets
-                .iter()
-                .filter(|t| t.healthy.load(Ordering::Relaxed))
-                .map(|t| t.addr)
-        };
+        let healthy = |t: &&Target| t.healthy.load(Ordering::Relaxed);
         let chosen = match self.settings.balance {
             Balance::RoundRobin => {
                 let n = self.targets.len();
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
-                let in_turn = (0..n).map(|i| &self.targets[start.wrapping_add(i) % n]);
-                let candidates = || {
-                    in_turn
-                        .clone()
-                        .filter(|t| t.healthy.load(Ordering::Relaxed))
+                let in_turn = || {
+                    (0..n)
+                        .map(|i| &self.targets[start.wrapping_add(i) % n])
+                        .filter(healthy)
                 };
-                candidates()
+                in_turn()
                     .find(|t| usable(&t.addr))
-                    .or_else(|| candidates().next())
-                    .map(|t| t.addr)
+                    .or_else(|| in_turn().next())
             }
             Balance::LeastConnections => {
-                let load = |a: &SocketAddr| state.get(a).map_or(0, |t| t.in_flight);
-                healthy()
-                    .filter(|a| usable(a))
-                    .min_by_key(|a| load(a))
-                    .or_else(|| healthy().min_by_key(|a| load(a)))
+                let load = |t: &&Target| state.get(&t.addr).map_or(0, |s| s.in_flight);
+                let candidates = || self.targets.iter().filter(healthy);
+                candidates()
+                    .filter(|t| usable(&t.addr))
+                    .min_by_key(load)
+                    .or_else(|| candidates().min_by_key(load))
             }
-        }?;
+        }
+        .map(|t| t.addr)?;
         state.entry(chosen).in_flight += 1;
         Some(chosen)
     }
