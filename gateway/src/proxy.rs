@@ -162,7 +162,7 @@ impl Gateway {
         } else {
             request_id::generate()
         };
-        ctx.request_id = HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static(""));
+        ctx.request_id = headers::request_id_value(id);
         ctx.rt = Some(rt.clone());
         let tls = session
             .digest()

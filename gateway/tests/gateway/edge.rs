@@ -511,6 +511,32 @@ async fn h2_over_tls() {
     assert_eq!(r.body["headers"]["x-user-id"], "alice");
 }
 
+/// Each HTTP/2 response carries its own request id, the one the upstream was given, however
+/// many responses went before it on the connection (the id is sent as a never-indexed HPACK
+/// literal, `headers::request_id_value`; 60 responses are more than the dynamic table holds).
+#[tokio::test]
+async fn h2_responses_on_one_connection_each_carry_their_own_request_id() {
+    let (_echo, gw, key) = setup().await;
+    let h2 = gw.https_client(true);
+    let token = key.token("alice");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..60 {
+        let r = crate::helpers::Resp::from(
+            h2.get(gw.url("/api/me"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((r.version, r.status), (reqwest::Version::HTTP_2, 200));
+        let id = r.header("x-request-id").expect("x-request-id").to_string();
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(r.body["headers"]["x-request-id"], id.as_str());
+        assert!(seen.insert(id), "a request id came back twice");
+    }
+}
+
 /// The streams of one HTTP/2 connection are served side by side (the vendored Pingora drives
 /// them from the connection's own task, vendor/README.md 3): a slow answer on one stream holds
 /// up none of the others on the same connection, and arrives in the end.
