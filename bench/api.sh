@@ -11,22 +11,27 @@
 #      only) registers and logs in BENCH_USERS users through the API; TASKS_PER_USER tasks each
 #      are inserted with SQL as the superuser (superusers bypass the tasks RLS policy);
 #   3. core-api restarted with the configured bcrypt cost (12) for every measurement;
-#   4. throughput: wrk -c CONNECTIONS on GET /api/users/{id}/tasks?limit=20, round-robin users;
-#   5. reference: pgbench, same concurrency, the same SQL the API sends (bench/list.sql), as the
-#      same database role, prepared statements;
-#   6. latency: wrk -c LAT_CONNECTIONS at a fixed paced rate below the knee, without and then
-#      with a POST /auth/login flood (wrk -c FLOOD_CONNECTIONS, bench/login.lua);
-#   7. a markdown table on stdout, also saved as bench/results/api-<UTC time>.md.
+#   4. REPEATS times, interleaved (the table gives the median of the repeats, each figure on
+#      its own, and lists every repeat's throughput):
+#      a. throughput: wrk -c CONNECTIONS on GET /api/users/{id}/tasks?limit=20, round-robin
+#         users;
+#      b. reference: pgbench, same concurrency, the same SQL the API sends (bench/list.sql), as
+#         the same database role, prepared statements; then at each PGBENCH_SWEEP client count;
+#      c. latency: wrk -c LAT_CONNECTIONS at a fixed paced rate below the knee, without and then
+#         with a POST /auth/login flood (wrk -c FLOOD_CONNECTIONS, bench/login.lua);
+#   5. a markdown table on stdout, also saved as bench/results/api-<UTC time>.md.
 #
 # Environment (defaults in brackets):
 #   CORE_API_BIN [target/release/core-api]   binary under test (copied, so a rebuild mid-run
 #                                            cannot swap it)
+#   REPEATS [3]            times the measurement sequence runs (medians reported)
 #   DURATION [15]          seconds per measured run     WARMUP [3]  seconds of warm-up before
 #   BENCH_USERS [200]      seeded users                 TASKS_PER_USER [20]
 #   CONNECTIONS [64]       throughput concurrency, for wrk and pgbench alike
 #   THREADS [2]            wrk threads and pgbench -j
 #   PGBENCH_SWEEP ["2 4 8 16 32"]  further pgbench client counts; the target compares with the
-#                          best of these and CONNECTIONS ("" : CONNECTIONS only)
+#                          best of these and CONNECTIONS, each the median of its repeats
+#                          ("" : CONNECTIONS only)
 #   SWEEP_DURATION [8]     seconds per sweep run
 #   LAT_CONNECTIONS [16]   latency-run connections      FLOOD_CONNECTIONS [32]  login flood
 #   LAT_RPS [peak/4]       offered GET rate of the latency runs; 0 = closed loop (as fast as
@@ -43,6 +48,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$repo/bench/lib.sh"
 cd "$repo"
 
+REPEATS=${REPEATS:-3}
 DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-3}
 BENCH_USERS=${BENCH_USERS:-200}
@@ -74,11 +80,11 @@ die() {
   exit 1
 }
 
-for v in DURATION WARMUP BENCH_USERS TASKS_PER_USER CONNECTIONS THREADS LAT_CONNECTIONS FLOOD_CONNECTIONS; do
+for v in REPEATS DURATION WARMUP BENCH_USERS TASKS_PER_USER CONNECTIONS THREADS LAT_CONNECTIONS FLOOD_CONNECTIONS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
-((DURATION >= 1 && BENCH_USERS >= 1 && CONNECTIONS >= THREADS && LAT_CONNECTIONS >= THREADS)) ||
-  die "need DURATION >= 1, BENCH_USERS >= 1 and CONNECTIONS, LAT_CONNECTIONS >= THREADS"
+((REPEATS >= 1 && DURATION >= 1 && BENCH_USERS >= 1 && CONNECTIONS >= THREADS && LAT_CONNECTIONS >= THREADS)) ||
+  die "need REPEATS >= 1, DURATION >= 1, BENCH_USERS >= 1 and CONNECTIONS, LAT_CONNECTIONS >= THREADS"
 [[ -z $LAT_RPS || $LAT_RPS =~ ^[0-9]+$ ]] || die "LAT_RPS must be a whole number (got '$LAT_RPS')"
 
 # ---------------------------------------------------------------------------------------------
@@ -434,28 +440,7 @@ check_wrk() {
 warnings=()
 
 # ---------------------------------------------------------------------------------------------
-# 1. Throughput: core-api.
-
-if ((WARMUP > 0)); then
-  say "warm-up ${WARMUP}s"
-  run_wrk "$work/wrk-warmup.txt" "$CONNECTIONS" "$WARMUP" bench/list.lua
-fi
-say "core-api list throughput: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s"
-read -r api_u0 api_s0 < <(cpu_ticks "$api_pid")
-run_wrk "$work/wrk-throughput.txt" "$CONNECTIONS" "$DURATION" bench/list.lua
-read -r api_u1 api_s1 < <(cpu_ticks "$api_pid")
-check_wrk "$work/wrk-throughput.txt" "throughput run"
-api_rps=$(wrk_value "$work/wrk-throughput.txt" rps)
-# core-api's own CPU time per request in that run (user + system), in µs.
-api_requests=$(wrk_value "$work/wrk-throughput.txt" requests)
-clk_tck=$(getconf CLK_TCK)
-api_cpu_user=$(calc "($api_u1 - $api_u0) * 1000000 / $clk_tck / $api_requests")
-api_cpu_sys=$(calc "($api_s1 - $api_s0) * 1000000 / $clk_tck / $api_requests")
-api_p50=$(wrk_value "$work/wrk-throughput.txt" p50)
-api_p99=$(wrk_value "$work/wrk-throughput.txt" p99)
-
-# ---------------------------------------------------------------------------------------------
-# 2. Reference: pgbench, the same SQL at the same concurrency, as the same role.
+# The pgbench reference and its sanity check.
 
 run_pgbench() {
   local out=$1 secs=$2 clients=${3:-$CONNECTIONS}
@@ -465,6 +450,16 @@ run_pgbench() {
     cat "$out" >&2
     die "pgbench failed"
   }
+}
+
+pgbench_tps() {
+  local v
+  v=$(awk '/^tps = .*without initial connection time/ { print $3 }' "$1")
+  [[ -n $v ]] || {
+    cat "$1" >&2
+    die "could not read tps from pgbench ($1)"
+  }
+  printf '%s' "$v"
 }
 
 # First prove that the reference does the API's work: with the identity set in the pipelined
@@ -490,83 +485,138 @@ grep -q '^number of transactions actually processed: 40/40' "$work/pgbench-verif
   die "pgbench sanity check failed"
 }
 
-if ((WARMUP > 0)); then
-  run_pgbench "$work/pgbench-warmup.txt" "$WARMUP"
-fi
-say "pgbench reference: -M prepared -c $CONNECTIONS -j $THREADS -T $DURATION"
-run_pgbench "$work/pgbench.txt" "$DURATION"
-pg_tps=$(awk '/^tps = .*without initial connection time/ { print $3 }' "$work/pgbench.txt")
-pg_lat=$(awk '/^latency average = / { print $4 }' "$work/pgbench.txt")
-pg_failed=$(awk '/^number of failed transactions:/ { print $5 }' "$work/pgbench.txt")
-[[ -n $pg_tps ]] || {
-  cat "$work/pgbench.txt" >&2
-  die "could not read tps from pgbench"
-}
-if [[ -n $pg_failed && $pg_failed != 0 ]]; then
-  warnings+=("pgbench: $pg_failed failed transactions")
-fi
+# ---------------------------------------------------------------------------------------------
+# Measurement: the whole sequence REPEATS times, so that a disturbance on this shared machine
+# hits one repeat of each side rather than every run of one; the report gives medians.
+#   1. throughput: core-api, wrk -c CONNECTIONS;
+#   2. reference: pgbench at CONNECTIONS, then at each PGBENCH_SWEEP client count;
+#   3. GET latency at a paced rate below the knee, without and then with a login flood.
 
-# PostgreSQL's own best on this machine: 64 clients on 2 cores is past its knee (the API itself
-# multiplexes onto a pool of a few connections), so the reference is the best rate over a sweep
-# of client counts, and the target is measured against that.
+clk_tck=$(getconf CLK_TCK)
+rep_api_rps=() rep_api_cpu_user=() rep_api_cpu_sys=() rep_api_p50=() rep_api_p99=()
+rep_pg_tps=() rep_pg_lat=() rep_idle_p50=() rep_idle_p99=() rep_idle_rps=()
+rep_loaded_p50=() rep_loaded_p99=() rep_loaded_rps=() rep_flood_rps=() rep_flood_p50=()
+declare -A sweep_runs=()
+flood_statuses=
+lat_mode=
+
+for ((rep = 1; rep <= REPEATS; rep++)); do
+  say "repeat $rep of $REPEATS"
+
+  # 1. Throughput.
+  if ((WARMUP > 0)); then
+    run_wrk "$work/wrk-warmup.txt" "$CONNECTIONS" "$WARMUP" bench/list.lua
+  fi
+  say "core-api list throughput: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s"
+  out=$work/wrk-throughput-$rep.txt
+  read -r api_u0 api_s0 < <(cpu_ticks "$api_pid")
+  run_wrk "$out" "$CONNECTIONS" "$DURATION" bench/list.lua
+  read -r api_u1 api_s1 < <(cpu_ticks "$api_pid")
+  check_wrk "$out" "throughput run $rep"
+  requests=$(wrk_value "$out" requests)
+  rep_api_rps+=("$(wrk_value "$out" rps)")
+  # core-api's own CPU time per request in that run (user + system), in µs.
+  rep_api_cpu_user+=("$(calc "($api_u1 - $api_u0) * 1000000 / $clk_tck / $requests")")
+  rep_api_cpu_sys+=("$(calc "($api_s1 - $api_s0) * 1000000 / $clk_tck / $requests")")
+  rep_api_p50+=("$(wrk_value "$out" p50)")
+  rep_api_p99+=("$(wrk_value "$out" p99)")
+
+  # 2. Reference: pgbench at the same concurrency, then its own best. 64 clients on 2 cores
+  # is past PostgreSQL's knee (the API itself multiplexes onto a pool of a few connections), so
+  # the target compares with the best rate over a sweep of client counts.
+  if ((WARMUP > 0)); then
+    run_pgbench "$work/pgbench-warmup.txt" "$WARMUP"
+  fi
+  say "pgbench reference: -M prepared -c $CONNECTIONS -j $THREADS -T $DURATION"
+  out=$work/pgbench-$rep.txt
+  run_pgbench "$out" "$DURATION"
+  rep_pg_tps+=("$(pgbench_tps "$out")")
+  rep_pg_lat+=("$(awk '/^latency average = / { print $4 }' "$out")")
+  pg_failed=$(awk '/^number of failed transactions:/ { print $5 }' "$out")
+  if [[ -n $pg_failed && $pg_failed != 0 ]]; then
+    warnings+=("pgbench (repeat $rep): $pg_failed failed transactions")
+  fi
+  for c in $PGBENCH_SWEEP; do
+    say "pgbench sweep: -c $c -T $SWEEP_DURATION"
+    run_pgbench "$work/pgbench-sweep-$c-$rep.txt" "$SWEEP_DURATION" "$c"
+    sweep_runs[$c]+=" $(pgbench_tps "$work/pgbench-sweep-$c-$rep.txt")"
+  done
+
+  # 3. GET latency without and with a login flood, at a paced rate below the knee (a quarter
+  # of the first repeat's throughput unless LAT_RPS says otherwise).
+  if [[ -z $LAT_RPS ]]; then
+    LAT_RPS=$(awk -v r="${rep_api_rps[0]}" 'BEGIN { x = int(r / 4); if (x < 1) x = 1; print x }')
+  fi
+  if ((LAT_RPS > 0)); then
+    # Each connection waits about LAT_CONNECTIONS / LAT_RPS seconds between its requests.
+    export BENCH_DELAY_MS=$(((LAT_CONNECTIONS * 1000 + LAT_RPS / 2) / LAT_RPS))
+    ((BENCH_DELAY_MS >= 1)) || BENCH_DELAY_MS=1
+    lat_mode="paced, ~$LAT_RPS req/s offered"
+  else
+    export BENCH_DELAY_MS=0
+    lat_mode="closed loop"
+  fi
+
+  say "GET latency, no flood: wrk -c$LAT_CONNECTIONS -d${DURATION}s ($lat_mode)"
+  out=$work/wrk-idle-$rep.txt
+  run_wrk "$out" "$LAT_CONNECTIONS" "$DURATION" bench/list.lua
+  check_wrk "$out" "latency run without flood ($rep)"
+  rep_idle_p50+=("$(wrk_value "$out" p50)")
+  rep_idle_p99+=("$(wrk_value "$out" p99)")
+  rep_idle_rps+=("$(wrk_value "$out" rps)")
+
+  say "GET latency during a login flood: wrk -c$FLOOD_CONNECTIONS POST /auth/login alongside"
+  flood_secs=$((DURATION + 2))
+  BENCH_LOGIN_EMAIL=$flood_email BENCH_LOGIN_PASSWORD=$FLOOD_PASSWORD BENCH_DELAY_MS=0 \
+    wrk -t1 -c"$FLOOD_CONNECTIONS" -d"${flood_secs}s" --latency --timeout 60s \
+    -s bench/login.lua "$(api_base)" >"$work/wrk-flood-$rep.txt" 2>&1 &
+  flood_pid=$!
+  sleep 1 # let the flood fill the hashing queue first
+  out=$work/wrk-loaded-$rep.txt
+  run_wrk "$out" "$LAT_CONNECTIONS" "$DURATION" bench/list.lua
+  check_wrk "$out" "latency run during the flood ($rep)"
+  wait "$flood_pid" || {
+    cat "$work/wrk-flood-$rep.txt" >&2
+    die "the login flood (wrk) failed"
+  }
+  flood_pid=
+  rep_loaded_p50+=("$(wrk_value "$out" p50)")
+  rep_loaded_p99+=("$(wrk_value "$out" p99)")
+  rep_loaded_rps+=("$(wrk_value "$out" rps)")
+  rep_flood_rps+=("$(wrk_value "$work/wrk-flood-$rep.txt" rps)")
+  rep_flood_p50+=("$(wrk_value "$work/wrk-flood-$rep.txt" p50 || echo 0)")
+  flood_statuses+="${flood_statuses:+; }$(sed -n 's/^login-statuses: //p' "$work/wrk-flood-$rep.txt")"
+done
+[[ -n ${flood_statuses//; /} ]] || flood_statuses="none completed"
+
+# Medians of the repeats, each figure on its own.
+api_rps=$(median "${rep_api_rps[@]}")
+api_cpu_user=$(median "${rep_api_cpu_user[@]}")
+api_cpu_sys=$(median "${rep_api_cpu_sys[@]}")
+api_p50=$(median "${rep_api_p50[@]}")
+api_p99=$(median "${rep_api_p99[@]}")
+pg_tps=$(median "${rep_pg_tps[@]}")
+pg_lat=$(median "${rep_pg_lat[@]}")
+idle_p50=$(median "${rep_idle_p50[@]}")
+idle_p99=$(median "${rep_idle_p99[@]}")
+idle_rps=$(median "${rep_idle_rps[@]}")
+loaded_p50=$(median "${rep_loaded_p50[@]}")
+loaded_p99=$(median "${rep_loaded_p99[@]}")
+loaded_rps=$(median "${rep_loaded_rps[@]}")
+flood_rps=$(median "${rep_flood_rps[@]}")
+flood_p50=$(median "${rep_flood_p50[@]}")
+# PostgreSQL's own best: the highest of the per-client-count medians.
 declare -A sweep_tps=()
 pg_best_tps=$pg_tps
 pg_best_clients=$CONNECTIONS
 for c in $PGBENCH_SWEEP; do
-  say "pgbench sweep: -c $c -T $SWEEP_DURATION"
-  run_pgbench "$work/pgbench-sweep-$c.txt" "$SWEEP_DURATION" "$c"
-  sweep_tps[$c]=$(awk '/^tps = .*without initial connection time/ { print $3 }' "$work/pgbench-sweep-$c.txt")
-  [[ -n ${sweep_tps[$c]} ]] || die "could not read tps from pgbench -c $c"
+  # shellcheck disable=SC2086 # the runs are a space-separated list of numbers
+  sweep_tps[$c]=$(median ${sweep_runs[$c]})
   if (($(calc "${sweep_tps[$c]} > $pg_best_tps"))); then
     pg_best_tps=${sweep_tps[$c]}
     pg_best_clients=$c
   fi
 done
-
-# ---------------------------------------------------------------------------------------------
-# 3. GET latency without and with a login flood, at a paced rate below the knee.
-
-if [[ -z $LAT_RPS ]]; then
-  LAT_RPS=$(awk -v r="$api_rps" 'BEGIN { x = int(r / 4); if (x < 1) x = 1; print x }')
-fi
-if ((LAT_RPS > 0)); then
-  # Each connection waits about LAT_CONNECTIONS / LAT_RPS seconds between its requests.
-  export BENCH_DELAY_MS=$(((LAT_CONNECTIONS * 1000 + LAT_RPS / 2) / LAT_RPS))
-  ((BENCH_DELAY_MS >= 1)) || BENCH_DELAY_MS=1
-  lat_mode="paced, ~$LAT_RPS req/s offered"
-else
-  export BENCH_DELAY_MS=0
-  lat_mode="closed loop"
-fi
-
-say "GET latency, no flood: wrk -c$LAT_CONNECTIONS -d${DURATION}s ($lat_mode)"
-run_wrk "$work/wrk-idle.txt" "$LAT_CONNECTIONS" "$DURATION" bench/list.lua
-check_wrk "$work/wrk-idle.txt" "latency run without flood"
-idle_p50=$(wrk_value "$work/wrk-idle.txt" p50)
-idle_p99=$(wrk_value "$work/wrk-idle.txt" p99)
-idle_rps=$(wrk_value "$work/wrk-idle.txt" rps)
-
-say "GET latency during a login flood: wrk -c$FLOOD_CONNECTIONS POST /auth/login alongside"
-flood_secs=$((DURATION + 2))
-BENCH_LOGIN_EMAIL=$flood_email BENCH_LOGIN_PASSWORD=$FLOOD_PASSWORD BENCH_DELAY_MS=0 \
-  wrk -t1 -c"$FLOOD_CONNECTIONS" -d"${flood_secs}s" --latency --timeout 60s \
-  -s bench/login.lua "$(api_base)" >"$work/wrk-flood.txt" 2>&1 &
-flood_pid=$!
-sleep 1 # let the flood fill the hashing queue first
-run_wrk "$work/wrk-loaded.txt" "$LAT_CONNECTIONS" "$DURATION" bench/list.lua
-check_wrk "$work/wrk-loaded.txt" "latency run during the flood"
-wait "$flood_pid" || {
-  cat "$work/wrk-flood.txt" >&2
-  die "the login flood (wrk) failed"
-}
-flood_pid=
-loaded_p50=$(wrk_value "$work/wrk-loaded.txt" p50)
-loaded_p99=$(wrk_value "$work/wrk-loaded.txt" p99)
-loaded_rps=$(wrk_value "$work/wrk-loaded.txt" rps)
-flood_rps=$(wrk_value "$work/wrk-flood.txt" rps)
-flood_p50=$(wrk_value "$work/wrk-flood.txt" p50 || echo "")
-flood_statuses=$(sed -n 's/^login-statuses: //p' "$work/wrk-flood.txt")
-[[ -n $flood_statuses ]] || flood_statuses="none completed"
 
 stop_api
 
@@ -615,12 +665,24 @@ report=$work/report.md
   echo "| list latency p50 / p99 at $CONNECTIONS connections (peak load) | $(fmt "$api_p50" 2) / $(fmt "$api_p99" 2) ms | ${pg_lat:-?} ms average | – | – | – |"
   echo "| GET p50 / p99, no flood ($LAT_CONNECTIONS conns, $lat_mode) | $(fmt "$idle_p50" 2) / $(fmt "$idle_p99" 2) ms | – | – | reference | – |"
   echo "| GET p50 / p99 during login flood ($FLOOD_CONNECTIONS conns) | $(fmt "$loaded_p50" 2) / $(fmt "$loaded_p99" 2) ms | $(fmt "$idle_p99" 2) ms (p99, no flood) | $(fmt "$p99_ratio" 2)× | ≤ ${TARGET_FLOOD_P99_RATIO}× | $p99_pass |"
-  echo "| login flood: POST /auth/login | $(fmt "$flood_rps" 1) req/s${flood_p50:+, p50 $(fmt "$flood_p50" 0) ms}; status $flood_statuses | – | – | – | – |"
+  echo "| login flood: POST /auth/login | $(fmt "$flood_rps" 1) req/s, p50 $(fmt "$flood_p50" 0) ms; status (each repeat) $flood_statuses | – | – | – | – |"
   echo
+  echo "Median of $REPEATS interleaved repeats (each figure on its own)."
+  echo
+  line="- Each repeat: core-api"
+  for ((i = 0; i < REPEATS; i++)); do
+    line+=" $(fmt "${rep_api_rps[$i]}" 0)"
+  done
+  line+=" req/s; pgbench -c $CONNECTIONS"
+  for ((i = 0; i < REPEATS; i++)); do
+    line+=" $(fmt "${rep_pg_tps[$i]}" 0)"
+  done
+  echo "$line tps."
   if ((${#sweep_tps[@]} > 0)); then
-    line="- pgbench sweep (${SWEEP_DURATION}s each, -j min(clients, $THREADS)):"
+    line="- pgbench sweep (${SWEEP_DURATION}s each, -j min(clients, $THREADS)), median (each repeat):"
     for c in $PGBENCH_SWEEP; do
-      line+=" -c $c: $(fmt "${sweep_tps[$c]}" 0) tps;"
+      # shellcheck disable=SC2086 # the runs are a space-separated list of numbers
+      line+=" -c $c: $(fmt "${sweep_tps[$c]}" 0) tps ($(printf '%.0f ' ${sweep_runs[$c]} | sed 's/ $//'));"
     done
     echo "${line%;}; -c $CONNECTIONS: $(fmt "$pg_tps" 0) tps (${DURATION}s)."
   fi
@@ -635,6 +697,7 @@ report=$work/report.md
   echo "  pgbench runs the same transaction (bench/list.sql) as the same role, -M prepared, -j $THREADS."
   echo "- Runs: ${DURATION}s each after ${WARMUP}s warm-up; wrk ${wrk_version:-?} -t$THREADS. Throughput is closed loop"
   echo "  (as fast as answered); latency runs offer a fixed paced rate (LAT_RPS=$LAT_RPS, 0 = closed loop)."
+  echo "  core-api CPU: its utime + stime over the throughput run, per request."
   echo "  During the flood the GET run achieved $(fmt "$loaded_rps" 0) req/s (no flood: $(fmt "$idle_rps" 0) req/s)."
   for w in "${warnings[@]}"; do
     echo "- WARNING: $w"

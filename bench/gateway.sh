@@ -670,7 +670,6 @@ done
 # The median of the repeats, each column on its own; the req/s of every repeat is kept for the
 # report (R_all).
 declare -A R_all=()
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 for s in "${scenarios[@]}"; do
   for p in "${PROXIES[@]}"; do
     [[ -n ${R_rps[$s/$p@1]:-} ]] || continue

@@ -86,6 +86,8 @@ PY
 
 # calc EXPR: awk's value of EXPR (parenthesized, so a comparison is never read as a redirect).
 calc() { awk "BEGIN { printf \"%s\", ($1) }"; }
+# median V...: the median of numbers (the mean of the middle two for an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 # fmt VALUE [DECIMALS]: VALUE with DECIMALS (1) digits after the point.
 fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN { printf "%.*f", d, v }'; }
 # pass EXPR: "✅ yes" when awk finds EXPR true, else "❌ no".
