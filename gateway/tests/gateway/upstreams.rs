@@ -186,7 +186,7 @@ async fn pooled_upstream_connections_serve_only_their_own_target() {
 }
 
 /// A keep-alive HTTP/1.1 upstream written out by hand, so a test decides when it closes a
-/// connection. `open` counts the connections that carried a proxied request (health checks
+/// connection; `GET /open/never` is never answered. `open` counts the connections that carried a proxied request (health checks
 /// excluded) and are still open.
 struct RawUpstream {
     addr: std::net::SocketAddr,
@@ -231,6 +231,15 @@ impl RawUpstream {
                                 let head = String::from_utf8_lossy(&head).into_owned();
                                 heads.lock().unwrap_or_else(|p| p.into_inner()).push(head);
                             }
+                            if head.starts_with(b"GET /open/never ") {
+                                continue; // never answered: the test waits for the close
+                            }
+                            if head.starts_with(b"GET /open/big") {
+                                if write_big(&mut s, head.windows(8).any(|w| w == b"chunked/")).await.is_err() {
+                                    break 'conn;
+                                }
+                                continue;
+                            }
                             let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-Odd-CASE: Keep-This\r\nX-Powered-By: PHP/8.3\r\ncontent-length: 2\r\n\r\nok";
                             if s.write_all(answer).await.is_err() {
                                 break 'conn;
@@ -260,6 +269,64 @@ impl RawUpstream {
     }
 }
 
+/// The body `GET /open/big` answers: 1 MiB of a pattern that shows a lost or repeated piece.
+fn big_body() -> Vec<u8> {
+    (0..1usize << 20).map(|i| (i % 251) as u8).collect()
+}
+
+/// Answers `GET /open/big` in pieces, yielding between them so that the response arrives over
+/// many reads: with a content length, or chunked when the request target has `?chunked/`.
+async fn write_big(s: &mut tokio::net::TcpStream, chunked: bool) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let body = big_body();
+    if chunked {
+        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await?;
+    } else {
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+        s.write_all(head.as_bytes()).await?;
+    }
+    for piece in body.chunks(48 * 1024 + 7) {
+        if chunked {
+            s.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                .await?;
+            s.write_all(piece).await?;
+            s.write_all(b"\r\n").await?;
+        } else {
+            s.write_all(piece).await?;
+        }
+        s.flush().await?;
+        tokio::task::yield_now().await;
+    }
+    if chunked {
+        s.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(())
+}
+
+/// A response that arrives over many reads, with a length or chunked, reaches HTTP/1.1 and
+/// HTTP/2 clients whole, and the connections go on serving.
+#[tokio::test]
+async fn a_large_response_arriving_in_pieces_is_passed_on_whole() {
+    let (_jwks, _up, gw) = behind_raw_upstream(10, false, |_| {}).await;
+    let want = big_body();
+    for h2 in [false, true] {
+        let client = gw.https_client(h2);
+        for path in ["/open/big", "/open/big?chunked/"] {
+            for round in 0..2 {
+                let r = client.get(gw.url(path)).send().await.unwrap();
+                assert_eq!(r.status(), 200, "{path} h2={h2} round {round}");
+                let got = r.bytes().await.unwrap();
+                assert!(
+                    got[..] == want[..],
+                    "{path} h2={h2} round {round}: {} bytes",
+                    got.len()
+                );
+            }
+        }
+    }
+}
+
 impl Drop for RawUpstream {
     fn drop(&mut self) {
         self.task.abort();
@@ -282,6 +349,39 @@ async fn behind_raw_upstream(
     };
     let gw = Gateway::start_with(o, tweak).await;
     (jwks, up, gw)
+}
+
+/// A client that goes away while the upstream has not answered yet ends the request: the
+/// gateway closes the upstream connection then, rather than holding it until the upstream's
+/// 60 s read timeout.
+#[tokio::test]
+async fn a_client_that_goes_away_frees_the_upstream_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (_jwks, up, gw) = behind_raw_upstream(9, false, |c| {
+        c.set("upstreams.echo.read_timeout_ms", 60_000);
+    })
+    .await;
+    let mut tls = crate::helpers::tls_connect(&gw).await.unwrap();
+    tls.write_all(b"GET /open/never HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let up = &up;
+    let until = |want: usize| async move {
+        for _ in 0..200 {
+            if up.open() == want {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(until(1).await, "the request did not reach the upstream");
+    drop(tls);
+    assert!(
+        until(0).await,
+        "the upstream connection stayed open after the client left\n{}",
+        gw.log()
+    );
 }
 
 /// An upstream that closes its idle keep-alive connections soon after answering: the gateway

@@ -116,7 +116,8 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upgrade_req = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upgrade_req);
 
         session.upstream_compression.request_filter(&req);
 
@@ -141,6 +142,27 @@ where
             Ok(reader) => reader,
             Err(e) => return (false, false, Some(e)),
         };
+
+        // GATEHOUSE PATCH (vendor/README.md, 9): a request without a body that is neither an
+        // upgrade nor cached, on a session without custom messages, has nothing to pump from
+        // the downstream: its response is read and written in this task, without the two tasks
+        // joined by two channels below.
+        if downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && !upgrade_req
+            && !session.cache.enabled()
+            && !session.cache.bypassing()
+            && session.as_mut().is_body_empty()
+            && session.as_mut().is_body_done()
+            && session.as_ref().get_retry_buffer().is_none()
+        {
+            return match self.proxy_1to1_bodiless(session, client_session, ctx).await {
+                Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                    (downstream_can_reuse, upstream_can_reuse, None)
+                }
+                Err(e) => (false, false, Some(e)),
+            };
+        }
 
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
@@ -192,6 +214,120 @@ where
             }
             Err(e) => (false, false, Some(e)),
         }
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 9): [`Self::proxy_1to1`] for a request that has no
+    /// body, is not an upgrade and is not cached. It does what the two halves of the body pump
+    /// do for such a request, in one task: the end of the (empty) request body goes through the
+    /// request body filters to the upstream; the response is read, filtered and written
+    /// downstream, each batch of what has already arrived in one write; meanwhile the
+    /// downstream is watched, so a client that goes away ends the request. Returns whether the
+    /// downstream and the upstream connection can be reused.
+    async fn proxy_1to1_bodiless(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // As `send_body_to_pipe` then `send_body_to1` would.
+        let mut data = None;
+        session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await?;
+        self.inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await?;
+        // A request that could not be finished still lets a response through (the pump's
+        // upstream half keeps reading); its connection is not reused.
+        let mut send_error = send_body_to1(client_session, Some(HttpTask::Body(data, true)))
+            .await
+            .err();
+        if let Some(e) = &send_error {
+            warn!("send error, draining read buf: {e}");
+        }
+        let request_sent = send_error.is_none();
+
+        let mut serve_from_cache = ServeFromCache::new();
+        let mut range_body_filter = RangeBodyFilter::new();
+        let mut watch_downstream = true;
+        let mut upstream_done = false;
+        let mut upstream_failed = false;
+        let mut response_done = false;
+        while !upstream_done && !response_done {
+            let first = tokio::select! {
+                biased;
+                res = client_session.read_response_task() => res,
+                idle = session.downstream_session.read_body_or_idle(true), if watch_downstream => {
+                    // Only an error or nothing ever comes back for a request whose body is
+                    // done; should anything else come, stop watching rather than spin.
+                    idle.map_err(|e| e.into_down())?;
+                    watch_downstream = false;
+                    continue;
+                }
+            };
+            // What has already arrived goes downstream in one write, as the pump batches it.
+            let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
+            let mut next = Some(first);
+            while let Some(read) = next.take() {
+                let task = match read {
+                    Ok(task) => task,
+                    Err(e) => {
+                        upstream_failed = true;
+                        HttpTask::Failed(send_error.take().unwrap_or(e).into_up())
+                    }
+                };
+                upstream_done = task.is_end();
+                tasks.push(task);
+                if !upstream_done {
+                    next = tokio::task::unconstrained(client_session.read_response_task())
+                        .now_or_never();
+                }
+            }
+            let mut filtered = Vec::with_capacity(tasks.len());
+            for mut t in tasks {
+                #[cfg(feature = "upstream_modules")]
+                if let HttpTask::Header(header, end_of_stream) = &t {
+                    self.inner
+                        .adjust_upstream_modules(session, header, *end_of_stream, ctx)
+                        .await?;
+                }
+                #[cfg(feature = "upstream_modules")]
+                session.upstream_modules_filter_task(&mut t).await?;
+                session.upstream_compression.response_filter(&mut t);
+                let task = self
+                    .h1_response_filter(
+                        session,
+                        t,
+                        ctx,
+                        &mut serve_from_cache,
+                        &mut range_body_filter,
+                        false,
+                    )
+                    .await?;
+                filtered.push(task);
+            }
+            response_done = session.write_response_tasks(filtered).await?;
+        }
+
+        // As the pump's downstream half ends.
+        let reuse_downstream = match session.as_mut().finish_body().await {
+            Ok(_) => true,
+            Err(e) => {
+                error!("Error finish sending body to downstream: {}", e);
+                false
+            }
+        };
+        // Reusable only if the whole request was written to the connection and the whole
+        // response read off it.
+        Ok((
+            reuse_downstream,
+            request_sent && upstream_done && !upstream_failed,
+        ))
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
