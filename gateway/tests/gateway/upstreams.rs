@@ -451,3 +451,36 @@ async fn header_names_are_passed_on_in_one_case() {
         heads[0]
     );
 }
+
+/// Hop-by-hop fields and the ones the client's `Connection` names stay between the client and
+/// the gateway; the others reach the upstream. A request without any of them passes whole.
+#[tokio::test]
+async fn hop_by_hop_fields_do_not_reach_the_upstream() {
+    let (_jwks, up, gw) = behind_raw_upstream(11, false, |_| {}).await;
+    let request = b"GET /open/hop HTTP/1.1\r\nHost: localhost\r\nConnection: X-Drop-Me, close\r\nX-Drop-Me: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X-Sum\r\nProxy-Authorization: Basic eDp5\r\nProxy-Connection: keep-alive\r\nX-Keep: 2\r\n\r\n";
+    let answer = raw_tls(&gw, request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let plain =
+        b"GET /open/plain HTTP/1.1\r\nHost: localhost\r\nX-Keep: 3\r\nConnection: close\r\n\r\n";
+    assert!(raw_tls(&gw, plain).await.starts_with("HTTP/1.1 200"));
+    let heads = up.heads.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    let hop = heads[0].to_ascii_lowercase();
+    for gone in [
+        "\r\nx-drop-me:",
+        "\r\nkeep-alive:",
+        "\r\nte:",
+        "\r\ntrailer:",
+        "\r\nproxy-authorization:",
+        "\r\nproxy-connection:",
+        "close",
+    ] {
+        assert!(!hop.contains(gone), "{gone} reached the upstream: {hop}");
+    }
+    assert!(hop.contains("\r\nx-keep: 2\r\n"), "{hop}");
+    assert!(
+        heads[1].to_ascii_lowercase().contains("\r\nx-keep: 3\r\n"),
+        "{}",
+        heads[1]
+    );
+}

@@ -175,6 +175,26 @@ impl ConnectionNominations {
     }
 }
 
+/// GATEHOUSE PATCH (vendor/README.md, 10): whether `req` carries any of the fields that
+/// [`strip_standard_hop_by_hop_headers`] and the upgrade policies remove. Most requests carry
+/// none, and one look at each of their few names costs less than thirteen removals, each of
+/// which hashes its name (and turns a `&str` name into a `HeaderName` first).
+fn carries_hop_by_hop(req: &RequestHeader) -> bool {
+    req.headers.keys().any(|name| {
+        *name == header::CONNECTION
+            || *name == header::TE
+            || *name == header::TRAILER
+            || *name == header::TRANSFER_ENCODING
+            || *name == header::UPGRADE
+            || *name == header::PROXY_AUTHENTICATE
+            || *name == header::PROXY_AUTHORIZATION
+            || matches!(
+                name.as_str(),
+                KEEP_ALIVE | PROXY_CONNECTION | HTTP2_SETTINGS
+            )
+    })
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
@@ -354,24 +374,31 @@ pub(crate) fn sanitize_h1_upstream_request(
         nominations.remove_from(req);
     }
 
-    if policy.strip_hop_by_hop {
+    // GATEHOUSE PATCH (vendor/README.md, 10): nothing to remove from a request without any of
+    // these fields.
+    let hop_by_hop = carries_hop_by_hop(req);
+    if policy.strip_hop_by_hop && hop_by_hop {
         strip_standard_hop_by_hop_headers(req);
     }
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if hop_by_hop {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
         H1UpgradePolicy::Deny => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if hop_by_hop {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
         }
         H1UpgradePolicy::Preserve => {}
     }
@@ -402,7 +429,8 @@ pub(crate) fn sanitize_h2_upstream_request(
         ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations)?
             .remove_from(req);
     }
-    if policy.strip_hop_by_hop {
+    // GATEHOUSE PATCH (vendor/README.md, 10)
+    if policy.strip_hop_by_hop && carries_hop_by_hop(req) {
         strip_standard_hop_by_hop_headers(req);
     }
     Ok(())
