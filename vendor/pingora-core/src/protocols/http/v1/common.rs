@@ -363,7 +363,18 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
 /// present but cannot be resolved to a single value (conflicting duplicates or
 /// an unparseable value), or `None` when the header is absent.
 pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
-    match content_length_parse_all(headers) {
+    // GATEHOUSE PATCH (vendor/README.md, 11): the two common cases, no `Content-Length` and
+    // one that is only digits, are answered from one lookup; anything else (several fields, a
+    // list, spaces, a bad value) goes through `content_length_parse_all` as before.
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let parsed = match (values.next(), values.next()) {
+        (None, _) => return Ok(None),
+        (Some(only), None) => {
+            from_digits(only.as_bytes()).or_else(|| content_length_parse_all(headers))
+        }
+        _ => content_length_parse_all(headers),
+    };
+    match parsed {
         Some(cl) => {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
@@ -379,13 +390,13 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
                 )
             })
         }
-        None if headers.contains_key(header::CONTENT_LENGTH) => {
+        // Present (absent returned above) but not a single valid value.
+        None => {
             // debug, not warn: per-message, client-influenced; avoids log floods
             // under adversarial load. The error is returned to the caller.
             debug!("invalid Content-Length header");
             Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
         }
-        None => Ok(None),
     }
 }
 
@@ -563,6 +574,26 @@ mod test {
             err.context.as_ref().map(|c| c.as_str()),
             Some("invalid Content-Length header")
         );
+
+        // GATEHOUSE PATCH (vendor/README.md, 11): one field that is not only digits is
+        // reconciled or refused as before.
+        for (value, expected) in [
+            (" 5 ", Some(5)),
+            ("5, 5", Some(5)),
+            ("5,6", None),
+            ("+5", None),
+            ("", None),
+            ("99999999999999999999", None),
+            ("0", Some(0)),
+        ] {
+            let mut headers = HMap::new();
+            headers.insert(CONTENT_LENGTH, value.try_into().unwrap());
+            assert_eq!(
+                content_length_for_framing(&headers).ok(),
+                expected.map(Some),
+                "{value:?}"
+            );
+        }
     }
 
     #[test]
