@@ -418,11 +418,12 @@ expect=$((TASKS_PER_USER < 20 ? TASKS_PER_USER : 20))
 
 export BENCH_USERS_FILE=$users_file
 
-
-# run_wrk OUT CONNECTIONS SECONDS SCRIPT [extra wrk args...]
+# run_wrk OUT CONNECTIONS SECONDS SCRIPT DELAY_MS: DELAY_MS > 0 paces each connection
+# (bench/list.lua), 0 is closed loop.
 run_wrk() {
-  local out=$1 conns=$2 secs=$3 script=$4
-  run_child "$out" wrk -t"$THREADS" -c"$conns" -d"${secs}s" --latency "${@:5}" -s "$script" "$(api_base)" || {
+  local out=$1 conns=$2 secs=$3 script=$4 delay_ms=$5
+  run_child "$out" env BENCH_DELAY_MS="$delay_ms" \
+    wrk -t"$THREADS" -c"$conns" -d"${secs}s" --latency -s "$script" "$(api_base)" || {
     cat "$out" >&2
     die "wrk failed"
   }
@@ -505,12 +506,12 @@ for ((rep = 1; rep <= REPEATS; rep++)); do
 
   # 1. Throughput.
   if ((WARMUP > 0)); then
-    run_wrk "$work/wrk-warmup.txt" "$CONNECTIONS" "$WARMUP" bench/list.lua
+    run_wrk "$work/wrk-warmup.txt" "$CONNECTIONS" "$WARMUP" bench/list.lua 0
   fi
   say "core-api list throughput: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s"
   out=$work/wrk-throughput-$rep.txt
   read -r api_u0 api_s0 < <(cpu_ticks "$api_pid")
-  run_wrk "$out" "$CONNECTIONS" "$DURATION" bench/list.lua
+  run_wrk "$out" "$CONNECTIONS" "$DURATION" bench/list.lua 0
   read -r api_u1 api_s1 < <(cpu_ticks "$api_pid")
   check_wrk "$out" "throughput run $rep"
   requests=$(wrk_value "$out" requests)
@@ -549,17 +550,17 @@ for ((rep = 1; rep <= REPEATS; rep++)); do
   fi
   if ((LAT_RPS > 0)); then
     # Each connection waits about LAT_CONNECTIONS / LAT_RPS seconds between its requests.
-    export BENCH_DELAY_MS=$(((LAT_CONNECTIONS * 1000 + LAT_RPS / 2) / LAT_RPS))
-    ((BENCH_DELAY_MS >= 1)) || BENCH_DELAY_MS=1
+    lat_delay_ms=$(((LAT_CONNECTIONS * 1000 + LAT_RPS / 2) / LAT_RPS))
+    ((lat_delay_ms >= 1)) || lat_delay_ms=1
     lat_mode="paced, ~$LAT_RPS req/s offered"
   else
-    export BENCH_DELAY_MS=0
+    lat_delay_ms=0
     lat_mode="closed loop"
   fi
 
   say "GET latency, no flood: wrk -c$LAT_CONNECTIONS -d${DURATION}s ($lat_mode)"
   out=$work/wrk-idle-$rep.txt
-  run_wrk "$out" "$LAT_CONNECTIONS" "$DURATION" bench/list.lua
+  run_wrk "$out" "$LAT_CONNECTIONS" "$DURATION" bench/list.lua "$lat_delay_ms"
   check_wrk "$out" "latency run without flood ($rep)"
   rep_idle_p50+=("$(wrk_value "$out" p50)")
   rep_idle_p99+=("$(wrk_value "$out" p99)")
@@ -573,7 +574,7 @@ for ((rep = 1; rep <= REPEATS; rep++)); do
   flood_pid=$!
   sleep 1 # let the flood fill the hashing queue first
   out=$work/wrk-loaded-$rep.txt
-  run_wrk "$out" "$LAT_CONNECTIONS" "$DURATION" bench/list.lua
+  run_wrk "$out" "$LAT_CONNECTIONS" "$DURATION" bench/list.lua "$lat_delay_ms"
   check_wrk "$out" "latency run during the flood ($rep)"
   wait "$flood_pid" || {
     cat "$work/wrk-flood-$rep.txt" >&2
