@@ -254,9 +254,9 @@ where
 
         let mut serve_from_cache = ServeFromCache::new();
         let mut range_body_filter = RangeBodyFilter::new();
+        let mut response_state = ResponseStateMachine::new();
         let mut watch_downstream = true;
         let mut upstream_done = false;
-        let mut upstream_failed = false;
         let mut response_done = false;
         while !upstream_done && !response_done {
             let first = tokio::select! {
@@ -274,12 +274,11 @@ where
             let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
             let mut next = Some(first);
             while let Some(read) = next.take() {
+                // A failed read goes downstream as `Failed`, whose write below returns the
+                // error, as in the pump.
                 let task = match read {
                     Ok(task) => task,
-                    Err(e) => {
-                        upstream_failed = true;
-                        HttpTask::Failed(send_error.take().unwrap_or(e).into_up())
-                    }
+                    Err(e) => HttpTask::Failed(send_error.take().unwrap_or(e).into_up()),
                 };
                 upstream_done = task.is_end();
                 tasks.push(task);
@@ -288,30 +287,18 @@ where
                         .now_or_never();
                 }
             }
-            let mut filtered = Vec::with_capacity(tasks.len());
-            for mut t in tasks {
-                #[cfg(feature = "upstream_modules")]
-                if let HttpTask::Header(header, end_of_stream) = &t {
-                    self.inner
-                        .adjust_upstream_modules(session, header, *end_of_stream, ctx)
-                        .await?;
-                }
-                #[cfg(feature = "upstream_modules")]
-                session.upstream_modules_filter_task(&mut t).await?;
-                session.upstream_compression.response_filter(&mut t);
-                let task = self
-                    .h1_response_filter(
-                        session,
-                        t,
-                        ctx,
-                        &mut serve_from_cache,
-                        &mut range_body_filter,
-                        false,
-                    )
-                    .await?;
-                filtered.push(task);
-            }
-            response_done = session.write_response_tasks(filtered).await?;
+            // Without a cache every batch is written (`None` only when serving from cache).
+            response_done = self
+                .write_upstream_tasks(
+                    session,
+                    ctx,
+                    tasks,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    &mut response_state,
+                )
+                .await?
+                .unwrap_or(false);
         }
 
         // As the pump's downstream half ends.
@@ -324,10 +311,7 @@ where
         };
         // Reusable only if the whole request was written to the connection and the whole
         // response read off it.
-        Ok((
-            reuse_downstream,
-            request_sent && upstream_done && !upstream_failed,
-        ))
+        Ok((reuse_downstream, request_sent && upstream_done))
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
@@ -533,6 +517,33 @@ where
             }
         }
 
+        self.write_upstream_tasks(
+            session,
+            ctx,
+            tasks,
+            serve_from_cache,
+            range_body_filter,
+            response_state,
+        )
+        .await
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 9): the second half of
+    /// [`Self::process_upstream_tasks`], shared with [`Self::proxy_1to1_bodiless`]: a batch of
+    /// upstream tasks through the response filters and downstream in one write.
+    async fn write_upstream_tasks(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        tasks: Vec<HttpTask>,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
+        response_state: &mut ResponseStateMachine,
+    ) -> Result<Option<bool>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
         /* run filters before sending to downstream */
         let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
         for mut t in tasks {
