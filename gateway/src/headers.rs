@@ -82,8 +82,8 @@ pub fn secure(resp: &mut ResponseHeader, hsts: &HeaderValue, authenticated: bool
 /// add an entry to the connection's HPACK table that no later response can use, push out the
 /// entries that keep the repeated security headers at one byte each, and make the encoder
 /// compare each new id with every earlier one still in the table (h2: 2 632 instructions per
-/// response in callgrind, −5 % CPU per request measured). An id that is not a valid header value becomes empty (cannot
-/// happen: `request_id` only makes or accepts visible ASCII).
+/// response in callgrind, −5 % CPU per request measured). An id that is not a valid header
+/// value becomes empty (cannot happen: `request_id` only makes or accepts visible ASCII).
 pub fn request_id_value(id: String) -> HeaderValue {
     let mut value = HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static(""));
     value.set_sensitive(true);
