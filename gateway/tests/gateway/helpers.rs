@@ -385,11 +385,30 @@ impl Gateway {
             if let Ok(r) = plain.get(self.admin_url("/readyz")).send().await
                 && r.status() == 200
             {
+                self.wait_listening().await;
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("gateway not ready:\n{}", self.log());
+    }
+
+    /// Pingora binds each listener in its own service thread, so `/readyz` (the admin
+    /// listener's) can answer before the HTTPS and HTTP listeners accept: wait a little for
+    /// them. A listener the configuration leaves out never accepts; the wait is then bounded
+    /// and the test finds out for itself.
+    async fn wait_listening(&self) {
+        for port in [self.https, self.http] {
+            for _ in 0..40 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     pub fn https_client(&self, http2_only: bool) -> reqwest::Client {
