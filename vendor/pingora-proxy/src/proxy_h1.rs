@@ -547,7 +547,9 @@ where
         /* run filters before sending to downstream */
         let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
         for mut t in tasks {
-            if self.revalidate_or_stale(session, &mut t, ctx).await {
+            // GATEHOUSE PATCH (vendor/README.md, 9): not even entered without a cache (it
+            // answers false at once then, after building and polling its future per task).
+            if session.cache.enabled() && self.revalidate_or_stale(session, &mut t, ctx).await {
                 serve_from_cache.enable();
                 response_state.enable_cached_response();
                 // skip downstream filtering entirely as the 304 will not be sent
