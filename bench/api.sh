@@ -463,17 +463,16 @@ pgbench_tps() {
   printf '%s' "$v"
 }
 
-# First prove that the reference does the API's work: with the identity set in the pipelined
-# transaction, row-level security lets each user's page through (a wrong identity would make
-# pgbench fast at reading nothing). A wrong count divides by zero and fails the run.
+# First prove that the reference does the API's work: with the identity set in the
+# pipeline's implicit transaction, row-level security lets each user's page through (a wrong
+# identity would make pgbench fast at reading nothing). A wrong count divides by zero and fails
+# the run.
 cat >"$work/verify.sql" <<SQL
 \\set n random(1, :nusers)
 SELECT id AS uid FROM bench_users WHERE n = :n \\gset
 \\startpipeline
-BEGIN;
 SELECT set_config('app.user_id', :uid, true);
 SELECT 1 / (count(*) = $expect)::int FROM (SELECT id FROM tasks WHERE owner_id = :uid::uuid ORDER BY created_at DESC, id DESC LIMIT 21) s;
-COMMIT;
 \\endpipeline
 SQL
 "$pgbench_bin" -n -M prepared -c 2 -j 1 -t 20 -D nusers="$BENCH_USERS" -f "$work/verify.sql" \

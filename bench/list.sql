@@ -1,7 +1,8 @@
 -- pgbench script: what core-api sends PostgreSQL for one GET /api/users/{id}/tasks?limit=20
 -- (Db::scoped running tasks::LIST): a transaction that sets the row-level-security identity
 -- and reads the owner's newest page, limit + 1 rows to learn whether a next page exists. Like
--- the API, the four statements go out as one pipeline (one round trip).
+-- the API, the two statements go out as one pipeline with one Sync (one round trip), which
+-- PostgreSQL runs as one implicit transaction.
 --
 -- pgbench variables are numbers, so a random row number is mapped to a seeded user's uuid
 -- through bench_users(n, id), which bench/api.sh creates; that lookup is one extra primary-key
@@ -10,8 +11,6 @@
 \set n random(1, :nusers)
 SELECT id AS uid FROM bench_users WHERE n = :n \gset
 \startpipeline
-BEGIN;
 SELECT set_config('app.user_id', :uid, true);
 SELECT id, title, description, completed, due_at, created_at, updated_at FROM tasks WHERE owner_id = :uid::uuid ORDER BY created_at DESC, id DESC LIMIT 21;
-COMMIT;
 \endpipeline

@@ -271,8 +271,8 @@ async fn handle(
     let method = req.method().clone();
     let deadline = Duration::from_secs(state.settings.server.request_timeout_seconds);
     // Panic boundary: a panic anywhere in a handler becomes a 500 problem for this request
-    // only. What the handler held is dropped while unwinding; a database connection inside an
-    // open transaction is closed rather than pooled (`db::InTransaction`).
+    // only. What the handler held is dropped while unwinding; no database transaction can be
+    // left open (`db::Db::scoped` sends each transaction whole, ending in its Sync).
     let handler = AssertUnwindSafe(routes::dispatch(&state, &router, req, &mut ctx)).catch_unwind();
     let result = match tokio::time::timeout(deadline, handler).await {
         Ok(Ok(result)) => result,

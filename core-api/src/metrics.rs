@@ -61,8 +61,7 @@ impl Metrics {
         )?;
         let panics = IntCounter::new(
             "panics_total",
-            "Requests whose handler panicked; each was answered 500 internal_error and any \
-             database transaction it held was rolled back by closing its connection.",
+            "Requests whose handler panicked; each was answered 500 internal_error.",
         )?;
         let db_up = IntGauge::new(
             "db_up",

@@ -2,21 +2,18 @@
 //! statement execution in both statement modes, and owner-scoped execution that sets the
 //! row-level-security identity for exactly one transaction.
 //!
-//! A pooled connection goes back to the pool only when no transaction of ours can still be
-//! open on it: [`InTransaction`] takes a connection whose transaction did not visibly end (a
-//! panic or a cancelled request between `BEGIN` and `COMMIT`) out of the pool and closes it,
-//! so PostgreSQL rolls the transaction back and no later statement (another user's, or an
-//! autocommitted write) can run inside it.
+//! No transaction of ours can stay open on a pooled connection: the identity and the statement
+//! go out as one pipeline that ends in its Sync, where PostgreSQL ends the implicit transaction
+//! whatever happens to the request afterwards (a panic, a cancelled request); a panic before
+//! it is sent sends nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
-};
-use tokio_postgres::Row;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{PipelineQuery, Row};
 use uuid::Uuid;
 
 use crate::settings::{DatabaseSettings, StatementMode};
@@ -85,39 +82,6 @@ pub struct Db {
     fault: Arc<AtomicBool>,
 }
 
-/// A connection on which a transaction may be open. [`InTransaction::ended`] hands it back
-/// once the transaction is known to be over; dropped otherwise (unwinding from a panic, or a
-/// request future cancelled by its deadline), it is detached from the pool and closed.
-struct InTransaction(Option<Object>);
-
-impl InTransaction {
-    fn client(&self) -> Result<&Object, DbError> {
-        self.0
-            .as_ref()
-            .ok_or_else(|| DbError::Unavailable("connection already released".into()))
-    }
-
-    /// COMMIT (or the error that ended the transaction) has been answered: the connection
-    /// is clean and may be reused.
-    fn ended(mut self) {
-        drop(self.0.take());
-    }
-}
-
-impl Drop for InTransaction {
-    fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
-            tracing::warn!(
-                "a database transaction did not finish (panic or cancelled request); \
-                 closing its connection instead of reusing it"
-            );
-            // Detached from the pool: dropping the client closes the socket, and the server
-            // rolls the transaction back.
-            drop(Object::take(conn));
-        }
-    }
-}
-
 const SET_IDENTITY: &str = "SELECT set_config('app.user_id', $1, true)";
 
 impl Db {
@@ -159,7 +123,7 @@ impl Db {
 
     fn fault_point(&self) {
         if self.fault.swap(false, Ordering::SeqCst) {
-            panic!("injected fault: panic inside an open transaction");
+            panic!("injected fault: panic while an owner-scoped statement is being sent");
         }
     }
 
@@ -203,59 +167,50 @@ impl Db {
     /// Runs one statement as `owner` in its own transaction, with the row-level-security
     /// identity set for that transaction only (`set_config(…, true)`).
     ///
-    /// BEGIN, the identity, the statement and COMMIT are pipelined: tokio-postgres sends a
-    /// request when its future is first polled, and `join!` polls them in order, so the four
-    /// go out back to back and cost one round trip. Should anything stop this between BEGIN
-    /// and the answer to COMMIT (a panic while encoding a parameter, a cancelled request),
-    /// the connection is closed rather than returned to the pool ([`InTransaction`]).
+    /// The identity and the statement go out as one pipeline ending in a single Sync
+    /// (`query_pipeline`, a patch of ours to tokio-postgres): PostgreSQL runs the two as one
+    /// implicit transaction that ends at the Sync, commits only if both succeed, and drops the
+    /// identity with it. One round trip and one flush each way. No transaction can be left
+    /// open on a pooled connection: everything up to the Sync is encoded before anything is
+    /// sent (a panic while encoding sends nothing) and then sent whole, so a request cancelled
+    /// or panicking while it waits still ends its transaction on the server at the Sync.
     pub async fn scoped(
         &self,
         owner: Uuid,
         sql: &'static str,
         params: &[Param<'_>],
     ) -> Result<Vec<Row>, DbError> {
-        let conn = InTransaction(Some(self.client().await?));
-        let client = conn.client()?;
+        let client = self.client().await?;
         let owner = owner.to_string();
-        let (begin, identity, rows, commit) = match self.mode {
+        let mut results = match self.mode {
             StatementMode::Cached => {
-                // Prepare first (cached after the first use) so that nothing is awaited
-                // between the pipelined messages.
                 let set = client
                     .prepare_typed_cached(SET_IDENTITY, &[Type::TEXT])
                     .await?;
-                let (stmt, values) = prepare(client, sql, params).await?;
+                let (stmt, values) = prepare(&client, sql, params).await?;
                 let owner_param: [&(dyn ToSql + Sync); 1] = [&owner];
-                tokio::join!(
-                    client.batch_execute("BEGIN"),
-                    client.query(&set, &owner_param),
-                    async {
-                        self.fault_point();
-                        client.query(&stmt, &values).await
-                    },
-                    client.batch_execute("COMMIT"),
-                )
+                self.fault_point();
+                client
+                    .query_pipeline(&[
+                        PipelineQuery::Prepared(&set, &owner_param),
+                        PipelineQuery::Prepared(&stmt, &values),
+                    ])
+                    .await?
             }
             StatementMode::Unnamed => {
                 let owner_param: [Param<'_>; 1] = [(&owner, Type::TEXT)];
-                tokio::join!(
-                    client.batch_execute("BEGIN"),
-                    client.query_typed(SET_IDENTITY, &owner_param),
-                    async {
-                        self.fault_point();
-                        client.query_typed(sql, params).await
-                    },
-                    client.batch_execute("COMMIT"),
-                )
+                self.fault_point();
+                client
+                    .query_pipeline(&[
+                        PipelineQuery::Typed(SET_IDENTITY, &owner_param),
+                        PipelineQuery::Typed(sql, params),
+                    ])
+                    .await?
             }
         };
-        // Every message was answered (or the connection broke): no transaction is open.
-        conn.ended();
-        begin?;
-        identity?;
-        let rows = rows?;
-        commit?;
-        Ok(rows)
+        results
+            .pop()
+            .ok_or(DbError::NoRow("a pipeline answers every statement"))
     }
 
     async fn run(

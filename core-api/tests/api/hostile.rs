@@ -192,11 +192,12 @@ async fn forged_cursors_are_refused_and_an_empty_cursor_is_the_first_page() {
     assert_eq!(r.body["items"].as_array().map(Vec::len), Some(1));
 }
 
-/// The panic boundary: a panic after BEGIN and the row-level-security identity went out is a
-/// 500 problem for that request only; its connection is closed, not pooled, so neither the
-/// next user's statements nor an autocommitted write can run inside that transaction.
+/// The panic boundary: a panic in the middle of an owner-scoped write (after the connection was
+/// taken and the statement prepared, before the pipeline went out) is a 500 problem for that
+/// request only; nothing of the write is stored, no transaction is left open, and every
+/// connection of the pool serves the next requests.
 #[tokio::test]
-async fn a_panic_inside_a_transaction_is_a_500_and_leaves_no_transaction_open() {
+async fn a_panic_during_a_scoped_write_is_a_500_and_leaves_nothing_behind() {
     let app = spawn_app().await;
     let u = app.user().await;
     let other = app.user().await;

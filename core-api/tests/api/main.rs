@@ -9,6 +9,7 @@ mod cookies;
 mod faults;
 mod helpers;
 mod hostile;
+mod pipeline;
 mod system;
 mod tasks;
 mod tokens;
