@@ -113,9 +113,9 @@ impl Db {
         })
     }
 
-    /// Test hook: the next owner-scoped statement panics after `BEGIN` and the identity have
-    /// been sent, the way a driver panic inside a handler would. Only reachable from Rust
-    /// (the integration tests), never from a request.
+    /// Test hook: the next owner-scoped statement panics once its connection is taken and its
+    /// statements prepared, just before the pipeline is sent, the way a panic while encoding a
+    /// parameter would. Only reachable from Rust (the integration tests), never from a request.
     #[doc(hidden)]
     pub fn inject_panic_in_next_transaction(&self) {
         self.fault.store(true, Ordering::SeqCst);
