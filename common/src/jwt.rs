@@ -8,8 +8,9 @@
 //! - `iss`, `aud`, `sub`, `exp` required, `nbf` honoured, small leeway;
 //! - unknown `crit` extensions are rejected (RFC 7515 §4.1.11).
 //!
-//! Verified tokens are cached (keyed by a SHA-256 of the token, bounded, and never served
-//! past their `exp`) so repeated requests skip the signature check. Each cached verdict names
+//! Verified tokens are cached (keyed by the token itself, compared whole, as Envoy's `jwt_authn`
+//! cache keys by the token string; bounded, and never served past their `exp`) so repeated
+//! requests skip the signature check. Each cached verdict names
 //! the key set it was reached under (a generation number); it is served only while that set is
 //! the current one, so a verification that raced a key replacement can never bring an old
 //! key's verdict back.
@@ -24,7 +25,6 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 /// `typ` value required on access tokens (RFC 9068 §2.1).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
@@ -191,7 +191,9 @@ struct Verdict {
     claims: Arc<AccessClaims>,
 }
 
-type Cache = quick_cache::sync::Cache<[u8; 32], Verdict>;
+/// Keyed by the whole token: a hit needs the same bytes, so no hash collision can serve one
+/// token's verdict for another (a digest per request cost ~0.3 µs of SHA-256 for nothing more).
+type Cache = quick_cache::sync::Cache<Box<str>, Verdict>;
 
 /// The key set in force and its generation (bumped on every replacement).
 struct Current {
@@ -261,21 +263,20 @@ impl Verifier {
     /// Verification against one snapshot of the key set: what a request sees from start to end
     /// even when the set is replaced meanwhile.
     fn verify_under(&self, current: &Current, token: &str) -> Result<Arc<AccessClaims>, Rejection> {
-        let fingerprint: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(cached) = self.cache.get(&fingerprint)
+        if let Some(cached) = self.cache.get(token)
             && cached.generation == current.generation
         {
             if cached.claims.exp.saturating_add(self.policy.leeway_secs) > now_secs() {
                 return Ok(cached.claims);
             }
-            self.cache.remove(&fingerprint);
+            self.cache.remove(token);
             return Err(Rejection::Expired);
         }
         let claims = Arc::new(self.verify_uncached(&current.keys, token)?);
         // Tagged with the generation it was verified under: if the set was replaced while we
         // verified, this entry is stale on arrival and never served.
         self.cache.insert(
-            fingerprint,
+            token.into(),
             Verdict {
                 generation: current.generation,
                 claims: claims.clone(),
