@@ -299,6 +299,7 @@ pub struct Jwt {
     /// Least time between the start of a fetch and a fetch triggered by a token the keys
     /// refused (unknown `kid`, or a failed signature under a known one); at least 1.
     pub min_refetch_seconds: u64,
+    /// Verified tokens kept, each with its token (a few hundred bytes): what a full cache holds.
     pub cache_capacity: usize,
 }
 
