@@ -25,6 +25,8 @@ pub struct Shared {
     pub env: Environment,
     /// One reload (or upstream rebuild) at a time.
     pub reloading: tokio::sync::Mutex<()>,
+    /// Each client-facing listener's name and whether it is bound yet (`/readyz`).
+    pub listeners_bound: Vec<(&'static str, Arc<std::sync::atomic::AtomicBool>)>,
 }
 
 impl Shared {

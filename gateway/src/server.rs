@@ -5,6 +5,7 @@
 //! lookups, rate-limit pruning, SIGHUP reloads). Reloads compile the files again and swap.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -54,14 +55,6 @@ pub fn run(
     let runtime = Arc::new(ArcSwap::from_pointee(compiled.runtime));
     let resolver = Arc::new(Resolver::new(compiled.certs));
     let acme = Acme::new(resolver.clone(), metrics.clone());
-    let shared = Arc::new(Shared {
-        runtime: runtime.clone(),
-        resolver: resolver.clone(),
-        metrics: metrics.clone(),
-        base: config.files().first().cloned().unwrap_or_default(),
-        env: config.env,
-        reloading: tokio::sync::Mutex::new(()),
-    });
     let gateway = Gateway {
         runtime: runtime.clone(),
         metrics: metrics.clone(),
@@ -71,10 +64,19 @@ pub fn run(
     let listeners = Listeners::new(s, &runtime, &metrics);
 
     if s.listen.https_enabled() {
-        let tls = crate::tls::server_config(resolver).map_err(anyhow::Error::msg)?;
+        let tls = crate::tls::server_config(resolver.clone()).map_err(anyhow::Error::msg)?;
         server.add_service(https_service(&server, &listeners, gateway.clone(), tls));
     }
     server.add_boxed_service(http_service(&server, &listeners, gateway, acme.clone()));
+    let shared = Arc::new(Shared {
+        runtime: runtime.clone(),
+        resolver: resolver.clone(),
+        metrics: metrics.clone(),
+        base: config.files().first().cloned().unwrap_or_default(),
+        env: config.env,
+        reloading: tokio::sync::Mutex::new(()),
+        listeners_bound: listeners.data_bound(),
+    });
     server.add_service(admin_service(&listeners, shared.clone()));
     if let Some(metrics_only) = metrics_service(&listeners, shared.clone()) {
         server.add_service(metrics_only);
@@ -130,7 +132,12 @@ struct Listeners<'a> {
     settings: &'a Settings,
     exempt: conn::Exempt,
     metrics: Arc<Metrics>,
+    /// The client-facing listeners' "bound" flags, for `/readyz`.
+    data_bound: BoundFlags,
 }
+
+/// Each client-facing listener's name and whether it is bound yet.
+type BoundFlags = Arc<std::sync::Mutex<Vec<(&'static str, Arc<AtomicBool>)>>>;
 
 impl<'a> Listeners<'a> {
     fn new(
@@ -148,6 +155,7 @@ impl<'a> Listeners<'a> {
             settings,
             exempt,
             metrics: metrics.clone(),
+            data_bound: BoundFlags::default(),
         }
     }
 
@@ -169,7 +177,16 @@ impl<'a> Listeners<'a> {
                 self.exempt.clone(),
                 &self.metrics,
             ),
+            data_bound: matches!(name, "https" | "http").then(|| self.data_bound.clone()),
         }
+    }
+
+    /// The client-facing listeners' flags, once their services are built.
+    fn data_bound(&self) -> Vec<(&'static str, Arc<AtomicBool>)> {
+        self.data_bound
+            .lock()
+            .map(|flags| flags.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -262,6 +279,8 @@ struct Listener {
     addr: String,
     buffers: L4BufferSettings,
     limits: Arc<conn::Limits>,
+    /// Where a client-facing listener registers its "bound" flag (none for admin listeners).
+    data_bound: Option<BoundFlags>,
 }
 
 impl Listener {
@@ -278,6 +297,9 @@ impl Listener {
         );
         service.add_listener(ListenerConfig::tcp(&self.addr).l4_buffer(self.buffers));
         service.set_connection_filter(self.limits);
+        if let Some(Ok(mut flags)) = self.data_bound.as_ref().map(|f| f.lock()) {
+            flags.push((self.name, service.bound()));
+        }
         service
     }
 }
@@ -355,8 +377,9 @@ impl ServeHttp for Redirect {
     }
 }
 
-/// Loopback admin: `/metrics`, `/healthz` (the process runs), `/readyz` (keys loaded and every
-/// upstream has a healthy target), `POST /reload`; who may ask is `admin.rs`'s decision.
+/// Loopback admin: `/metrics`, `/healthz` (the process runs), `/readyz` (keys loaded, every
+/// upstream has a healthy target, the HTTPS and HTTP listeners bound), `POST /reload`; who may
+/// ask is `admin.rs`'s decision.
 struct Admin {
     shared: Arc<Shared>,
     /// The `listen.metrics` listener: no `/reload`.
@@ -465,16 +488,35 @@ impl ServeHttp for Admin {
                     .filter(|u| u.healthy_targets() == 0)
                     .map(|u| u.name.as_str())
                     .collect();
-                if keys && down.is_empty() {
-                    plain(200, "application/json", br#"{"status":"ready"}"#.to_vec())
-                } else {
-                    let body = serde_json::json!({"status": "not_ready", "jwks_loaded": keys, "upstreams_down": down});
-                    plain(503, "application/json", body.to_string().into_bytes())
-                }
+                let unbound: Vec<&str> = self
+                    .shared
+                    .listeners_bound
+                    .iter()
+                    .filter(|(_, bound)| !bound.load(Ordering::Acquire))
+                    .map(|(name, _)| *name)
+                    .collect();
+                let (status, body) = readiness(keys, &down, &unbound);
+                plain(status, "application/json", body)
             }
             _ => plain(404, "text/plain", b"not found\n".to_vec()),
         }
     }
+}
+
+/// `/readyz`: ready once the keys are loaded, every upstream has a healthy target and every
+/// client-facing listener is bound (each is bound in its own service thread, so the admin
+/// listener can answer first); otherwise 503 and what is missing.
+fn readiness(keys: bool, upstreams_down: &[&str], listeners_unbound: &[&str]) -> (u16, Vec<u8>) {
+    if keys && upstreams_down.is_empty() && listeners_unbound.is_empty() {
+        return (200, br#"{"status":"ready"}"#.to_vec());
+    }
+    let body = serde_json::json!({
+        "status": "not_ready",
+        "jwks_loaded": keys,
+        "upstreams_down": upstreams_down,
+        "listeners_unbound": listeners_unbound,
+    });
+    (503, body.to_string().into_bytes())
 }
 
 struct Housekeeping {
@@ -545,5 +587,25 @@ impl BackgroundService for Housekeeping {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readiness;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn readiness_waits_for_keys_upstreams_and_every_client_listener() {
+        assert_eq!(readiness(true, &[], &[]).0, 200);
+        let (status, body) = readiness(true, &[], &["https"]);
+        assert_eq!(status, 503);
+        let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(
+            body,
+            json!({"status": "not_ready", "jwks_loaded": true, "upstreams_down": [], "listeners_unbound": ["https"]})
+        );
+        assert_eq!(readiness(false, &[], &[]).0, 503);
+        assert_eq!(readiness(true, &["api"], &[]).0, 503);
     }
 }

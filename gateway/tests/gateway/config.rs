@@ -48,6 +48,15 @@ impl TestConfig {
         self
     }
 
+    /// Whether `listen.https` is on (not set to "").
+    pub fn https_enabled(&self) -> bool {
+        self.0
+            .get("listen")
+            .and_then(|l| l.get("https"))
+            .and_then(|v| v.as_str())
+            != Some("")
+    }
+
     pub fn remove(&mut self, key: &str) -> &mut Self {
         let (table, last) = self.parent(key);
         table.remove(last);

@@ -258,6 +258,8 @@ pub struct Gateway {
     /// Environment variables set for the process on top of the defaults (`APP_ENV`...).
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// `listen.https` is on (one test turns it off).
+    https_on: bool,
 }
 
 impl Gateway {
@@ -299,6 +301,7 @@ impl Gateway {
         let config = dir.join("gateway.toml");
         let mut settings = TestConfig::new(&o, https, http, admin, &dir);
         tweak(&mut settings);
+        let https_on = settings.https_enabled();
         std::fs::write(&config, settings.to_string()).unwrap();
         let mut gw = Self {
             https,
@@ -312,6 +315,7 @@ impl Gateway {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             child: None,
+            https_on,
         };
         gw.spawn(false);
         gw.wait_ready().await;
@@ -375,40 +379,36 @@ impl Gateway {
         std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
     }
 
-    /// Waits for /readyz (keys loaded, upstream healthy); fails with the log otherwise.
+    /// Waits for /readyz (keys loaded, upstream healthy, client listeners bound); fails with
+    /// the log otherwise. Polled often, so that the first "ready" comes as early as it can: at
+    /// that moment the HTTPS and HTTP listeners must already accept, which every test's start
+    /// checks (Pingora binds each listener in its own service thread, after the admin one could
+    /// answer).
     pub async fn wait_ready(&mut self) {
         let plain = plain_client();
-        for _ in 0..150 {
+        for _ in 0..1500 {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("gateway exited with {status}:\n{}", self.log());
             }
             if let Ok(r) = plain.get(self.admin_url("/readyz")).send().await
                 && r.status() == 200
             {
-                self.wait_listening().await;
+                let listening = [
+                    ("http", self.http, true),
+                    ("https", self.https, self.https_on),
+                ];
+                for (name, port, on) in listening {
+                    let accepted = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+                    assert!(
+                        !on || accepted.is_ok(),
+                        "/readyz said ready before the {name} listener accepted: {accepted:?}"
+                    );
+                }
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("gateway not ready:\n{}", self.log());
-    }
-
-    /// Pingora binds each listener in its own service thread, so `/readyz` (the admin
-    /// listener's) can answer before the HTTPS and HTTP listeners accept: wait a little for
-    /// them. A listener the configuration leaves out never accepts; the wait is then bounded
-    /// and the test finds out for itself.
-    async fn wait_listening(&self) {
-        for port in [self.https, self.http] {
-            for _ in 0..40 {
-                if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
     }
 
     pub fn https_client(&self, http2_only: bool) -> reqwest::Client {

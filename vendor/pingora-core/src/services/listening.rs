@@ -37,6 +37,8 @@ use pingora_error::Result;
 use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
 use std::fs::Permissions;
+// GATEHOUSE PATCH (vendor/README.md, 13): `AtomicBool`, `Ordering`
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +55,8 @@ pub struct Service<A> {
     runtime_opts_override: Option<RuntimeOptsOverride>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
+    // GATEHOUSE PATCH (vendor/README.md, 13): true once the listeners are bound.
+    bound: Arc<AtomicBool>,
 }
 
 impl<A> Service<A> {
@@ -66,6 +70,7 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            bound: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -80,7 +85,16 @@ impl<A> Service<A> {
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
+            bound: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// A flag that turns true once every listener of this service is bound (or taken over
+    /// from the previous process) and accepting connections into its backlog: services start
+    /// in their own threads, so a readiness check that answers elsewhere can wait for it.
+    // GATEHOUSE PATCH (vendor/README.md, 13)
+    pub fn bound(&self) -> Arc<AtomicBool> {
+        self.bound.clone()
     }
 
     /// Set a runtime options override for this service.
@@ -294,6 +308,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
             )
             .await
             .expect("Failed to build listeners");
+        // GATEHOUSE PATCH (vendor/README.md, 13)
+        self.bound.store(true, Ordering::Release);
 
         let app_logic = self
             .app_logic
