@@ -16,8 +16,8 @@
 //! key's verdict back.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -44,6 +44,26 @@ pub struct AccessClaims {
     pub nbf: Option<u64>,
     #[serde(default)]
     pub jti: Option<String>,
+    /// `sub` as an HTTP header value, made on first use and kept with the verified claims, so
+    /// a cached token costs no new one per request (the gateway forwards it as `X-User-Id` and
+    /// keys per-subject limits by it). Not a claim.
+    #[serde(skip)]
+    sub_value: OnceLock<Option<http::HeaderValue>>,
+}
+
+impl AccessClaims {
+    /// `sub` as a header value; `None` when it is not visible ASCII (no spaces, no control
+    /// characters, nothing beyond ASCII), which a request header cannot carry unambiguously.
+    pub fn sub_header(&self) -> Option<&http::HeaderValue> {
+        self.sub_value
+            .get_or_init(|| {
+                let visible = self.sub.bytes().all(|b| b.is_ascii_graphic());
+                visible
+                    .then(|| http::HeaderValue::from_str(&self.sub).ok())
+                    .flatten()
+            })
+            .as_ref()
+    }
 }
 
 /// Why a token was refused. `reason()` is a stable label for metrics and logs.
@@ -391,6 +411,28 @@ mod tests {
     }
 
     /// Caught by the policy check of fuzz/fuzz_targets/jwt.rs: `"sub": ""` passed as a subject.
+    #[test]
+    fn the_subject_header_value_is_made_once_and_only_from_visible_ascii() {
+        let claims = |sub: &str| -> AccessClaims {
+            serde_json::from_value(serde_json::json!({"sub": sub, "iss": "i", "exp": 1}))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let c = claims("3f2a-user");
+        let first = c.sub_header().map(|v| v as *const http::HeaderValue);
+        assert_eq!(
+            c.sub_header().map(|v| v.as_bytes()),
+            Some(&b"3f2a-user"[..])
+        );
+        assert_eq!(
+            c.sub_header().map(|v| v as *const _),
+            first,
+            "kept, not rebuilt"
+        );
+        for bad in ["a b", "tab\there", "caf\u{e9}", "line\nbreak"] {
+            assert!(claims(bad).sub_header().is_none(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn an_empty_subject_is_a_missing_subject() {
         let (enc, dec) = keypair(1);

@@ -44,8 +44,8 @@ pub enum Bucket {
     /// A client: an IPv4 address (IPv4-mapped IPv6 included, RFC 4291 §2.5.5.2), or an IPv6
     /// network of the given prefix length.
     Client(IpAddr, u8),
-    /// A token subject.
-    Subject(String),
+    /// A token subject (visible ASCII: `AccessClaims::sub_header`).
+    Subject(http::HeaderValue),
     /// The one bucket of a global limit, and of clients whose address is unknown.
     Shared,
 }
@@ -71,7 +71,7 @@ impl std::fmt::Display for Bucket {
         match self {
             Self::Client(IpAddr::V4(a), _) => write!(f, "{a}"),
             Self::Client(IpAddr::V6(net), prefix) => write!(f, "{net}/{prefix}"),
-            Self::Subject(s) => f.write_str(s),
+            Self::Subject(s) => f.write_str(s.to_str().unwrap_or_default()),
             Self::Shared => Ok(()),
         }
     }
@@ -383,7 +383,7 @@ mod tests {
                 ..Limit::default()
             },
         );
-        let subject = |s: &str| Bucket::Subject(s.into());
+        let subject = |s: &'static str| Bucket::Subject(http::HeaderValue::from_static(s));
         for _ in 0..3 {
             assert_eq!(n.check_local(&subject("a")), Verdict::Allowed);
         }

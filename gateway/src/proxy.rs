@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use gatehouse_common::jwt::AccessClaims;
 use gatehouse_common::problem;
 use gatehouse_common::request_id;
 use http::header::{self, HeaderValue};
@@ -67,7 +68,8 @@ pub struct Ctx {
     client_ip: Option<IpAddr>,
     route: Option<usize>,
     cors_headers: cors::Headers,
-    user_id: Option<String>,
+    /// The verified token's claims (JWT routes).
+    user: Option<Arc<AccessClaims>>,
     outcome: Outcome,
     body_bytes: usize,
     connect_failures: usize,
@@ -102,15 +104,16 @@ async fn admit(rt: &Runtime, req: &RequestHeader, ctx: &mut Ctx) -> Result<Admit
     }
     stages::declared_body(route, headers)?;
     let redis = rt.redis.as_deref();
-    stages::limit(route, redis, LimitKey::Ip, ctx.client_ip, "").await?;
-    stages::limit(route, redis, LimitKey::Global, None, "").await?;
+    stages::limit(route, redis, LimitKey::Ip, ctx.client_ip, None).await?;
+    stages::limit(route, redis, LimitKey::Global, None, None).await?;
     if route.cfg.auth == Auth::Jwt {
         let token = stages::bearer(headers)?;
-        let sub = ctx
-            .user_id
+        let claims = ctx
+            .user
             .insert(stages::authenticate(&rt.jwks, token).await?);
-        stages::path_claim(route, uri.path(), sub)?;
-        stages::limit(route, redis, LimitKey::Subject, None, sub).await?;
+        stages::path_claim(route, uri.path(), &claims.sub)?;
+        let subject = claims.sub_header();
+        stages::limit(route, redis, LimitKey::Subject, None, subject).await?;
     }
     Ok(Admitted::Forward)
 }
@@ -129,6 +132,11 @@ impl Ctx {
     /// The request id as text (it is always visible ASCII: `request_id.rs`).
     fn rid(&self) -> &str {
         self.request_id.to_str().unwrap_or_default()
+    }
+
+    /// The verified subject, or "" (for logs).
+    fn user_id(&self) -> &str {
+        self.user.as_ref().map_or("", |c| c.sub.as_str())
     }
 }
 
@@ -230,7 +238,7 @@ impl Gateway {
                 tracing::info!(request_id = %ctx.rid(), reason = why.reason(), "access token rejected");
             }
             Rejection::PathClaim => {
-                tracing::warn!(request_id = %ctx.rid(), user_id = %ctx.user_id.as_deref().unwrap_or(""), "authorization denied at the edge: path is not the token subject");
+                tracing::warn!(request_id = %ctx.rid(), user_id = %ctx.user_id(), "authorization denied at the edge: path is not the token subject");
             }
             _ => {}
         }
@@ -269,7 +277,7 @@ impl ProxyHttp for Gateway {
             client_ip: None,
             route: None,
             cors_headers: Vec::new(),
-            user_id: None,
+            user: None,
             outcome: Outcome::Forwarded,
             body_bytes: 0,
             connect_failures: 0,
@@ -425,8 +433,8 @@ impl ProxyHttp for Gateway {
             upstream.insert_header(&headers::X_FORWARDED_HOST, host)?;
         }
         upstream.insert_header(&headers::X_REQUEST_ID, ctx.request_id.clone())?;
-        if let Some(sub) = &ctx.user_id {
-            upstream.insert_header(&headers::X_USER_ID, sub.as_str())?;
+        if let Some(sub) = ctx.user.as_ref().and_then(|c| c.sub_header()) {
+            upstream.insert_header(&headers::X_USER_ID, sub.clone())?;
         }
         Ok(())
     }
@@ -519,7 +527,7 @@ impl ProxyHttp for Gateway {
             upstream = %route.map_or("", |r| r.upstream.name.as_str()),
             status,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
-            user_id = %ctx.user_id.as_deref().unwrap_or(""),
+            user_id = %ctx.user_id(),
             decision = ctx.outcome.decision(),
             limit = match &ctx.outcome {
                 Outcome::Refused(r) => r.limit().unwrap_or(""),

@@ -5,10 +5,11 @@
 //! calls them in sequence and writes the answer.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use gatehouse_common::jwt;
-use http::{HeaderMap, Method, Uri};
+use gatehouse_common::jwt::{self, AccessClaims};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::admission::{self, HeadLimits};
 use crate::cors::{self, Outcome};
@@ -90,12 +91,15 @@ pub async fn limit(
     redis: Option<&RedisLimits>,
     key: LimitKey,
     ip: Option<IpAddr>,
-    subject: &str,
+    subject: Option<&HeaderValue>,
 ) -> Result<(), Rejection> {
     for l in route.limits.iter().filter(|l| l.key == key) {
         let bucket = match key {
             LimitKey::Ip => l.client_bucket(ip),
-            LimitKey::Subject => Bucket::Subject(subject.to_string()),
+            LimitKey::Subject => match subject {
+                Some(subject) => Bucket::Subject(subject.clone()),
+                None => continue,
+            },
             LimitKey::Global => Bucket::Shared,
         };
         if let Verdict::Limited {
@@ -136,7 +140,7 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, Rejection> {
 /// The verified subject of `token`. A key we do not have, or a signature that fails under
 /// the key we have for its kid (the issuer may have replaced it), lets the JWKS be fetched
 /// again (single-flight, at most once per `min_refetch_seconds`) before the token is refused.
-pub async fn authenticate(jwks: &Jwks, token: &str) -> Result<String, Rejection> {
+pub async fn authenticate(jwks: &Jwks, token: &str) -> Result<Arc<AccessClaims>, Rejection> {
     let verifier = jwks.verifier();
     let rejected_at = Instant::now();
     let claims = match verifier.verify(token) {
@@ -149,10 +153,10 @@ pub async fn authenticate(jwks: &Jwks, token: &str) -> Result<String, Rejection>
     };
     // The subject travels upstream as `X-User-Id`: one that cannot be a header value (control
     // characters, non-ASCII) is refused here rather than failing the forward with a 5xx.
-    if !claims.sub.bytes().all(|b| b.is_ascii_graphic()) {
+    if claims.sub_header().is_none() {
         return Err(jwt::Rejection::Malformed.into());
     }
-    Ok(claims.sub.clone())
+    Ok(claims)
 }
 
 /// `routes.path_claim`: the path's `{sub}` segment must be the verified subject.
@@ -266,16 +270,23 @@ mod tests {
         };
         let r = route(Route::default(), &[("tight", tight), ("by_sub", by_sub)]);
         let ip = Some(IpAddr::from([192, 0, 2, 1]));
-        assert!(limit(&r, None, LimitKey::Ip, ip, "").await.is_ok());
-        let Err(refused) = limit(&r, None, LimitKey::Ip, ip, "").await else {
+        assert!(limit(&r, None, LimitKey::Ip, ip, None).await.is_ok());
+        let Err(refused) = limit(&r, None, LimitKey::Ip, ip, None).await else {
             panic!("the second request within the burst of 1 must be refused");
         };
         assert_eq!(refused.limit(), Some("tight"));
         // Another client, and the per-subject limit, have buckets of their own.
         let other = Some(IpAddr::from([192, 0, 2, 2]));
-        assert!(limit(&r, None, LimitKey::Ip, other, "").await.is_ok());
-        assert!(limit(&r, None, LimitKey::Subject, None, "u1").await.is_ok());
-        let refused = limit(&r, None, LimitKey::Subject, None, "u1").await.err();
+        assert!(limit(&r, None, LimitKey::Ip, other, None).await.is_ok());
+        let u1 = HeaderValue::from_static("u1");
+        assert!(
+            limit(&r, None, LimitKey::Subject, None, Some(&u1))
+                .await
+                .is_ok()
+        );
+        let refused = limit(&r, None, LimitKey::Subject, None, Some(&u1))
+            .await
+            .err();
         assert_eq!(refused.as_ref().and_then(Rejection::limit), Some("by_sub"));
     }
 
