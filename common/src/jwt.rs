@@ -10,10 +10,9 @@
 //!
 //! Verified tokens are cached (keyed by the token itself, compared whole, as Envoy's `jwt_authn`
 //! cache keys by the token string; bounded, and never served past their `exp`) so repeated
-//! requests skip the signature check. Each cached verdict names
-//! the key set it was reached under (a generation number); it is served only while that set is
-//! the current one, so a verification that raced a key replacement can never bring an old
-//! key's verdict back.
+//! requests skip the signature check. Each cached verdict names the key set it was reached under
+//! (a generation number); it is served only while that set is the current one, so a
+//! verification that raced a key replacement can never bring an old key's verdict back.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +31,9 @@ pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 /// Largest leeway we accept from configuration (docs/security.md: ≤ 30 s).
 pub const MAX_LEEWAY_SECS: u64 = 30;
 
-/// The claims of a verified access token that callers use.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The claims of a verified access token that callers use. Equal when the claims are (the
+/// header value kept with them is not a claim).
+#[derive(Debug, Clone, Deserialize)]
 pub struct AccessClaims {
     pub sub: String,
     pub iss: String,
@@ -50,6 +50,18 @@ pub struct AccessClaims {
     #[serde(skip)]
     sub_value: OnceLock<Option<http::HeaderValue>>,
 }
+
+impl PartialEq for AccessClaims {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.sub, &self.iss, self.exp, self.iat, self.nbf, &self.jti,
+        ) == (
+            &other.sub, &other.iss, other.exp, other.iat, other.nbf, &other.jti,
+        )
+    }
+}
+
+impl Eq for AccessClaims {}
 
 impl AccessClaims {
     /// `sub` as a header value; `None` when it is not visible ASCII (no spaces, no control

@@ -1,5 +1,6 @@
 //! Who may talk to the admin listener (`listen.admin`: `/metrics`, `/healthz`, `/readyz`,
-//! `POST /reload`) and the read-only metrics listener (`listen.metrics`).
+//! `POST /reload`) and the read-only metrics listener (`listen.metrics`), and what `/readyz`
+//! answers (`readiness`).
 //!
 //! Loopback alone is not a boundary against a browser: a web page can make a local browser send
 //! requests to `127.0.0.1`, either cross-site (a form POST needs no CORS permission) or through
@@ -179,11 +180,32 @@ fn same_secret(presented: &str, expected: &str) -> bool {
 /// Shortest accepted `admin.token` (e.g. `openssl rand -hex 32` gives 64 characters).
 pub const MIN_TOKEN_CHARS: usize = 32;
 
+/// `/readyz`: ready once the keys are loaded, every upstream has a healthy target and every
+/// client-facing listener is bound (each is bound in its own service thread, so the admin
+/// listener can answer first); otherwise 503 and what is missing.
+pub fn readiness(
+    keys: bool,
+    upstreams_down: &[&str],
+    listeners_unbound: &[&str],
+) -> (u16, Vec<u8>) {
+    if keys && upstreams_down.is_empty() && listeners_unbound.is_empty() {
+        return (200, br#"{"status":"ready"}"#.to_vec());
+    }
+    let body = serde_json::json!({
+        "status": "not_ready",
+        "jwks_loaded": keys,
+        "upstreams_down": upstreams_down,
+        "listeners_unbound": listeners_unbound,
+    });
+    (503, body.to_string().into_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::headers::map as headers;
     use http::HeaderValue;
+    use serde_json::{Value, json};
 
     fn host(h: &'static str) -> Result<(), Refusal> {
         let uri: http::Uri = "/reload".parse().unwrap_or_default();
@@ -284,5 +306,19 @@ mod tests {
             check_reload(&h, &none, Environment::Production),
             Err(Refusal::ReloadDisabled)
         );
+    }
+
+    #[test]
+    fn readiness_waits_for_keys_upstreams_and_every_client_listener() {
+        assert_eq!(readiness(true, &[], &[]).0, 200);
+        let (status, body) = readiness(true, &[], &["https"]);
+        assert_eq!(status, 503);
+        let body: Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(
+            body,
+            json!({"status": "not_ready", "jwks_loaded": true, "upstreams_down": [], "listeners_unbound": ["https"]})
+        );
+        assert_eq!(readiness(false, &[], &[]).0, 503);
+        assert_eq!(readiness(true, &["api"], &[]).0, 503);
     }
 }

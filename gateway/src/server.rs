@@ -495,28 +495,12 @@ impl ServeHttp for Admin {
                     .filter(|(_, bound)| !bound.load(Ordering::Acquire))
                     .map(|(name, _)| *name)
                     .collect();
-                let (status, body) = readiness(keys, &down, &unbound);
+                let (status, body) = crate::admin::readiness(keys, &down, &unbound);
                 plain(status, "application/json", body)
             }
             _ => plain(404, "text/plain", b"not found\n".to_vec()),
         }
     }
-}
-
-/// `/readyz`: ready once the keys are loaded, every upstream has a healthy target and every
-/// client-facing listener is bound (each is bound in its own service thread, so the admin
-/// listener can answer first); otherwise 503 and what is missing.
-fn readiness(keys: bool, upstreams_down: &[&str], listeners_unbound: &[&str]) -> (u16, Vec<u8>) {
-    if keys && upstreams_down.is_empty() && listeners_unbound.is_empty() {
-        return (200, br#"{"status":"ready"}"#.to_vec());
-    }
-    let body = serde_json::json!({
-        "status": "not_ready",
-        "jwks_loaded": keys,
-        "upstreams_down": upstreams_down,
-        "listeners_unbound": listeners_unbound,
-    });
-    (503, body.to_string().into_bytes())
 }
 
 struct Housekeeping {
@@ -587,25 +571,5 @@ impl BackgroundService for Housekeeping {
                 _ = shutdown.changed() => return,
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::readiness;
-    use serde_json::{Value, json};
-
-    #[test]
-    fn readiness_waits_for_keys_upstreams_and_every_client_listener() {
-        assert_eq!(readiness(true, &[], &[]).0, 200);
-        let (status, body) = readiness(true, &[], &["https"]);
-        assert_eq!(status, 503);
-        let body: Value = serde_json::from_slice(&body).unwrap_or_default();
-        assert_eq!(
-            body,
-            json!({"status": "not_ready", "jwks_loaded": true, "upstreams_down": [], "listeners_unbound": ["https"]})
-        );
-        assert_eq!(readiness(false, &[], &[]).0, 503);
-        assert_eq!(readiness(true, &["api"], &[]).0, 503);
     }
 }
