@@ -182,32 +182,28 @@ impl Db {
     ) -> Result<Vec<Row>, DbError> {
         let client = self.client().await?;
         let owner = owner.to_string();
-        let mut results = match self.mode {
+        let owner_text: [&(dyn ToSql + Sync); 1] = [&owner];
+        let owner_typed: [Param<'_>; 1] = [(&owner, Type::TEXT)];
+        let prepared;
+        let queries = match self.mode {
             StatementMode::Cached => {
                 let set = client
                     .prepare_typed_cached(SET_IDENTITY, &[Type::TEXT])
                     .await?;
-                let (stmt, values) = prepare(&client, sql, params).await?;
-                let owner_param: [&(dyn ToSql + Sync); 1] = [&owner];
-                self.fault_point();
-                client
-                    .query_pipeline(&[
-                        PipelineQuery::Prepared(&set, &owner_param),
-                        PipelineQuery::Prepared(&stmt, &values),
-                    ])
-                    .await?
+                prepared = (set, prepare(&client, sql, params).await?);
+                let (set, (stmt, values)) = &prepared;
+                [
+                    PipelineQuery::Prepared(set, &owner_text),
+                    PipelineQuery::Prepared(stmt, values),
+                ]
             }
-            StatementMode::Unnamed => {
-                let owner_param: [Param<'_>; 1] = [(&owner, Type::TEXT)];
-                self.fault_point();
-                client
-                    .query_pipeline(&[
-                        PipelineQuery::Typed(SET_IDENTITY, &owner_param),
-                        PipelineQuery::Typed(sql, params),
-                    ])
-                    .await?
-            }
+            StatementMode::Unnamed => [
+                PipelineQuery::Typed(SET_IDENTITY, &owner_typed),
+                PipelineQuery::Typed(sql, params),
+            ],
         };
+        self.fault_point();
+        let mut results = client.query_pipeline(&queries).await?;
         results
             .pop()
             .ok_or(DbError::NoRow("a pipeline answers every statement"))
