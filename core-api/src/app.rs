@@ -79,7 +79,8 @@ impl Application {
         let hasher = tokio::task::spawn_blocking({
             let cost = settings.auth.bcrypt_cost;
             let wait = Duration::from_millis(settings.auth.hash_queue_timeout_ms);
-            move || Hasher::new(cost, concurrency, wait)
+            let nice = settings.auth.hash_nice;
+            move || Hasher::new(cost, concurrency, wait, nice)
         })
         .await??;
 

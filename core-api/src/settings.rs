@@ -184,6 +184,9 @@ pub struct AuthSettings {
     pub hash_concurrency: usize,
     /// How long a request waits for a hashing slot before 503.
     pub hash_queue_timeout_ms: u64,
+    /// Nice value of the hashing threads (0–19; 0 = the process's own priority), so that a
+    /// login flood yields the CPU to every other request (`auth/password.rs`).
+    pub hash_nice: i32,
     /// Failed sign-ins per account from one client (an IPv4 address or an IPv6 /64) per
     /// minute; the next attempt from that client gets 429. Other clients are not affected.
     pub login_attempts_per_minute: u32,
@@ -212,6 +215,7 @@ impl Default for AuthSettings {
             bcrypt_cost: 12,
             hash_concurrency: 0,
             hash_queue_timeout_ms: 5_000,
+            hash_nice: crate::auth::password::DEFAULT_HASH_NICE,
             login_attempts_per_minute: 10,
             login_account_failures_per_hour: 100,
             token_cache_capacity: 10_000,
@@ -352,6 +356,9 @@ fn validate(loaded: &Loaded<Settings>, env: Environment) -> Vec<String> {
             "auth.bcrypt_cost",
             format!("must be between {min_cost} and 16"),
         );
+    }
+    if !(0..=19).contains(&a.hash_nice) {
+        bad("auth.hash_nice", "must be between 0 and 19".into());
     }
     if a.login_attempts_per_minute == 0 {
         bad(
