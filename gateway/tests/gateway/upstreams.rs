@@ -186,7 +186,9 @@ async fn pooled_upstream_connections_serve_only_their_own_target() {
 }
 
 /// A keep-alive HTTP/1.1 upstream written out by hand, so a test decides when it closes a
-/// connection; `GET /open/never` is never answered. `open` counts the connections that carried a proxied request (health checks
+/// connection; `GET /open/never` is never answered; `GET /open/announced-close` is answered with
+/// `Connection: close` and `GET /open/http10` as HTTP/1.0 without keep-alive, the connection
+/// left open all the same. `open` counts the connections that carried a proxied request (health checks
 /// excluded) and are still open.
 struct RawUpstream {
     addr: std::net::SocketAddr,
@@ -240,7 +242,13 @@ impl RawUpstream {
                                 }
                                 continue;
                             }
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-Odd-CASE: Keep-This\r\nX-Powered-By: PHP/8.3\r\ncontent-length: 2\r\n\r\nok";
+                            let answer: &[u8] = if head.starts_with(b"GET /open/announced-close ") {
+                                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+                            } else if head.starts_with(b"GET /open/http10 ") {
+                                b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                            } else {
+                                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-Odd-CASE: Keep-This\r\nX-Powered-By: PHP/8.3\r\ncontent-length: 2\r\n\r\nok"
+                            };
                             if s.write_all(answer).await.is_err() {
                                 break 'conn;
                             }
@@ -496,4 +504,40 @@ async fn hop_by_hop_fields_do_not_reach_the_upstream() {
         "{}",
         heads[1]
     );
+}
+
+/// An upstream that says its connection ends with the answer (`Connection: close`, or HTTP/1.0
+/// without keep-alive) has that connection closed by the gateway and never reused, even when
+/// the upstream itself would keep it open; an ordinary answer's connection stays for the next
+/// request. (Vendored Pingora patch 14: the upstream session hands the response header over
+/// to the proxy and keeps only what keep-alive and framing need.)
+#[tokio::test]
+async fn an_upstream_announcing_the_end_of_its_connection_is_not_reused() {
+    let (_jwks, up, gw) = behind_raw_upstream(15, false, |_| {}).await;
+    let closed = || async {
+        for _ in 0..100 {
+            if up.open() == 0 {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    };
+    for path in [
+        "/open/announced-close",
+        "/open/http10",
+        "/open/announced-close",
+    ] {
+        let r = gw.get(path, None).await;
+        assert_eq!((r.status, r.text.as_str()), (200, "ok"), "{path}");
+        assert!(
+            closed().await,
+            "{path}: the gateway kept a connection the upstream announced it would close"
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(gw.get("/open/kept", None).await.status, 200);
+        assert_eq!(up.open(), 1, "a kept-alive answer's connection is reused");
+    }
+    assert_eq!(up.heads().len(), 6);
 }

@@ -45,6 +45,9 @@ where
         // GATEHOUSE PATCH (vendor/README.md, 8): a downstream session that does not keep the
         // case of header names does not keep the upstream response's either.
         client_session.keep_header_case = session.downstream_session.keeps_header_case();
+        // GATEHOUSE PATCH (vendor/README.md, 14): the proxy never reads the upstream session's
+        // copy of the response header again, so it takes the header instead of a copy.
+        client_session.hand_over_response_header = true;
 
         // phase 2 send to upstream
 

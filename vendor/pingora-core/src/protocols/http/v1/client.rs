@@ -71,6 +71,28 @@ pub struct HttpSession {
     /// its names as received (default true); public like the timeouts, which the proxy also
     /// sets per request.
     pub keep_header_case: bool,
+    /// GATEHOUSE PATCH (vendor/README.md, 14): whether [`Self::read_resp_header_parts`] (and
+    /// so [`Self::read_response_task`]) hands the final response header over instead of
+    /// returning a copy of it (default false). This session then keeps only what it still
+    /// needs to frame the body and decide keep-alive ([`HandedOver`]), and
+    /// [`Self::resp_header`] / [`Self::get_header`] answer `None` once it is handed over.
+    /// Public like the timeouts, which the proxy also sets per request.
+    pub hand_over_response_header: bool,
+    /// GATEHOUSE PATCH (vendor/README.md, 14): what is kept of a handed-over response header.
+    handed_over: Option<HandedOver>,
+}
+
+/// GATEHOUSE PATCH (vendor/README.md, 14): the facts of a handed-over response header that the
+/// session still uses after the body (keep-alive) or to answer [`HttpSession::get_status`].
+#[derive(Debug, Clone, Copy)]
+struct HandedOver {
+    status: StatusCode,
+    version: Version,
+    /// `Connection` says keep-alive (`Some(true)`) or close (`Some(false)`).
+    connection_keepalive: Option<bool>,
+    /// `Keep-Alive: timeout=N`.
+    keepalive_timeout: Option<u64>,
+    has_transfer_encoding: bool,
 }
 
 /// HTTP 1.x client session
@@ -105,6 +127,8 @@ impl HttpSession {
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
             keep_header_case: true,
+            hand_over_response_header: false,
+            handed_over: None,
         }
     }
 
@@ -443,9 +467,26 @@ impl HttpSession {
         }
     }
 
-    /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
+    /// Similar to [`Self::read_response()`], read the response header and then return a copy of it
+    /// (or, with [`Self::hand_over_response_header`] set and a final status, the header itself).
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
+        // GATEHOUSE PATCH (vendor/README.md, 14): a final response header is handed over, not
+        // copied, when asked: a copy of every name and value per response, dropped again when
+        // the proxy has written its own, is the only use most proxies have for it.
+        if self.hand_over_response_header && self.get_status().is_some_and(|s| s.as_u16() >= 200) {
+            // The body's framing is decided from the header while this session still has it.
+            self.init_body_reader();
+            let facts = HandedOver {
+                status: self.get_status().expect("just read"),
+                version: self.resp_header().expect("just read").version,
+                connection_keepalive: is_buf_keepalive(self.get_header(header::CONNECTION)),
+                keepalive_timeout: self.get_keepalive_values().0,
+                has_transfer_encoding: self.get_header(header::TRANSFER_ENCODING).is_some(),
+            };
+            self.handed_over = Some(facts);
+            return Ok(self.response_header.take().expect("just read"));
+        }
         // safe to unwrap because it is just read
         Ok(Box::new(self.resp_header().unwrap().clone()))
     }
@@ -472,7 +513,19 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
-        self.response_header.as_ref().map(|h| h.status)
+        // GATEHOUSE PATCH (vendor/README.md, 14): also once the header is handed over.
+        self.response_header
+            .as_ref()
+            .map(|h| h.status)
+            .or(self.handed_over.map(|f| f.status))
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 14): the response's HTTP version, also once its header
+    /// is handed over.
+    fn resp_version(&self) -> Option<Version> {
+        self.resp_header()
+            .map(|h| h.version)
+            .or(self.handed_over.map(|f| f.version))
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -582,18 +635,23 @@ impl HttpSession {
 
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
-            && self
-                .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some()
-        {
+        // GATEHOUSE PATCH (vendor/README.md, 14): version and Transfer-Encoding also once the
+        // header is handed over.
+        let has_transfer_encoding = match self.handed_over {
+            Some(f) => f.has_transfer_encoding,
+            None => self.get_header(header::TRANSFER_ENCODING).is_some(),
+        };
+        if self.resp_version() == Some(Version::HTTP_10) && has_transfer_encoding {
             self.set_keepalive(None);
             return;
         }
         if let Some(keepalive) = self.is_connection_keepalive() {
             if keepalive {
-                let (timeout, _max_use) = self.get_keepalive_values();
+                // GATEHOUSE PATCH (vendor/README.md, 14): also once the header is handed over.
+                let (timeout, _max_use) = match self.handed_over {
+                    Some(f) => (f.keepalive_timeout, None),
+                    None => self.get_keepalive_values(),
+                };
                 // TODO: respect max_use
                 match timeout {
                     Some(d) => self.set_keepalive(Some(d)),
@@ -602,7 +660,7 @@ impl HttpSession {
             } else {
                 self.set_keepalive(None);
             }
-        } else if self.resp_header().map(|h| h.version) == Some(Version::HTTP_11) {
+        } else if self.resp_version() == Some(Version::HTTP_11) {
             self.set_keepalive(Some(0)); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
@@ -623,7 +681,11 @@ impl HttpSession {
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
-            _ => is_buf_keepalive(self.get_header(header::CONNECTION)),
+            // GATEHOUSE PATCH (vendor/README.md, 14): also once the header is handed over.
+            _ => match self.handed_over {
+                Some(f) => f.connection_keepalive,
+                None => is_buf_keepalive(self.get_header(header::CONNECTION)),
+            },
         }
     }
 
