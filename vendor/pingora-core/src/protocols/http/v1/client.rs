@@ -477,11 +477,16 @@ impl HttpSession {
         if self.hand_over_response_header && self.get_status().is_some_and(|s| s.as_u16() >= 200) {
             // The body's framing is decided from the header while this session still has it.
             self.init_body_reader();
+            let connection_keepalive = is_buf_keepalive(self.get_header(header::CONNECTION));
             let facts = HandedOver {
                 status: self.get_status().expect("just read"),
                 version: self.resp_header().expect("just read").version,
-                connection_keepalive: is_buf_keepalive(self.get_header(header::CONNECTION)),
-                keepalive_timeout: self.get_keepalive_values().0,
+                connection_keepalive,
+                // Read only when the answer says keep-alive, as `respect_keepalive` does.
+                keepalive_timeout: match connection_keepalive {
+                    Some(true) => self.get_keepalive_values().0,
+                    _ => None,
+                },
                 has_transfer_encoding: self.get_header(header::TRANSFER_ENCODING).is_some(),
             };
             self.handed_over = Some(facts);
@@ -694,7 +699,10 @@ impl HttpSession {
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        let Some(keep_alive_header) = self.get_header("Keep-Alive") else {
+        // GATEHOUSE PATCH (vendor/README.md, 14): looked up by a name made once, not parsed from
+        // a string on every response.
+        static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+        let Some(keep_alive_header) = self.get_header(&KEEP_ALIVE) else {
             return (None, None);
         };
 
