@@ -422,14 +422,20 @@ check_get() {
     die "$what: HTTP $code, expected $want"
   }
 }
+# has_hsts: whether the last answer carried Strict-Transport-Security.
+has_hsts() { grep -qi '^strict-transport-security:' "$work/runs/sanity-headers"; }
 for p in "${PROXIES[@]}"; do
   check_get "$p over TLS, HTTP/1.1" 200 https "${tls_port[$p]}" /sanity --http1.1
   [[ $(<"$work/runs/sanity-body") == "$expect_body" ]] ||
     die "$p over TLS: body $(<"$work/runs/sanity-body"), expected $expect_body"
+  # The same response headers from every proxy but the bare one (which adds none): HSTS over
+  # HTTPS only (RFC 6797 §7.2).
+  [[ $p == bare ]] || has_hsts || die "$p over TLS: no Strict-Transport-Security"
   check_get "$p over TLS, h2" 200 https "${tls_port[$p]}" /sanity --http2
   grep -q '^HTTP/2 200' "$work/runs/sanity-headers" || die "$p did not answer in h2"
   if [[ -n ${plain_port[$p]:-} ]]; then
     check_get "$p plain HTTP" 200 http "${plain_port[$p]}" /sanity
+    ! has_hsts || die "$p over plain HTTP: Strict-Transport-Security sent"
   fi
 done
 check_get "gateway /api/ without a token" 401 https "$gw_tls" /api/sanity -H "Origin: $CORS_ORIGIN"

@@ -60,10 +60,14 @@ pub fn strip_spoofable(req: &mut RequestHeader) {
 }
 
 /// Security headers on every response, local or proxied (docs/contracts.md, docs/security.md).
+/// `Strict-Transport-Security` only when the answer reaches the client over HTTPS (`hsts` is
+/// `None` otherwise): RFC 6797 §7.2 forbids it over plain HTTP, where browsers ignore it.
 /// Names go to HTTP/1 clients as Pingora writes a prebuilt name: its usual title case
 /// (`Cache-Control`), otherwise lower case.
-pub fn secure(resp: &mut ResponseHeader, hsts: &HeaderValue, authenticated: bool) {
-    let _ = resp.insert_header(&header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+pub fn secure(resp: &mut ResponseHeader, hsts: Option<&HeaderValue>, authenticated: bool) {
+    if let Some(hsts) = hsts {
+        let _ = resp.insert_header(&header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     let _ = resp.insert_header(&header::X_CONTENT_TYPE_OPTIONS, NOSNIFF.clone());
     let _ = resp.insert_header(&header::REFERRER_POLICY, NO_REFERRER.clone());
     if authenticated {

@@ -187,11 +187,12 @@ impl Gateway {
         headers::strip_spoofable(session.req_header_mut());
     }
 
-    /// Request id, security, CORS headers: on every response, local or proxied.
+    /// Request id, security, CORS headers: on every response, local or proxied (HSTS only on
+    /// what reaches the client over HTTPS, here or at a trusted proxy in front).
     fn finish_headers(&self, resp: &mut ResponseHeader, ctx: &Ctx) {
         let hsts = ctx.rt.as_ref().map_or(&headers::DEFAULT_HSTS, |r| &r.hsts);
         let authenticated = self.route(ctx).is_some_and(|r| r.cfg.auth == Auth::Jwt);
-        headers::secure(resp, hsts, authenticated);
+        headers::secure(resp, ctx.forwarded_https.then_some(hsts), authenticated);
         let _ = resp.insert_header(&headers::X_REQUEST_ID, ctx.request_id.clone());
         for (k, v) in &ctx.cors_headers {
             let _ = resp.insert_header(k, v.clone());

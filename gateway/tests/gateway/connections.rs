@@ -499,6 +499,10 @@ async fn plain_http_proxy_mode_behind_a_tls_terminator() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["headers"]["x-forwarded-proto"], "http");
     assert!(r.header("x-request-id").is_some());
+    // An answer over plain HTTP carries no HSTS (RFC 6797 §7.2); the other security headers
+    // it does.
+    assert_eq!(r.header("strict-transport-security"), None);
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     // The platform's proxy says the client used https.
     let r = crate::helpers::Resp::from(
         plain
@@ -512,6 +516,11 @@ async fn plain_http_proxy_mode_behind_a_tls_terminator() {
     .await;
     assert_eq!(r.body["headers"]["x-forwarded-proto"], "https");
     assert_eq!(r.body["headers"]["x-forwarded-for"], "203.0.113.9");
+    // It reaches the client over HTTPS: HSTS goes with it.
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
     // Auth is enforced the same way on this listener.
     let r = crate::helpers::Resp::from(
         plain
