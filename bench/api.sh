@@ -690,7 +690,7 @@ report=$work/report.md
   echo "  pgbench all ran on this same machine over loopback, one after another (nothing pinned)."
   echo "- core-api: $bin_label, $("$api" --version) ($build_kind); revision $revision."
   echo "  APP_ENV=development with bench overrides: log level warn, login limit lifted, database"
-  echo "  pool $(cfg_value database.pool_size), bcrypt cost $(cfg_value auth.bcrypt_cost), hashing concurrency $(cfg_value auth.hash_concurrency) (0 = CPUs - 1);"
+  echo "  pool $(cfg_value database.pool_size), bcrypt cost $(cfg_value auth.bcrypt_cost), hashing concurrency $(cfg_value auth.hash_concurrency) (0 = CPUs - 1) at nice $(cfg_value auth.hash_nice);"
   echo "  database connections sslmode=$BENCH_PG_SSLMODE (pgbench too)."
   echo "- Data: $BENCH_USERS users × $TASKS_PER_USER tasks; each request is the next user's"
   echo "  \`GET /api/users/{id}/tasks?limit=20\` with its own bearer token (bench/list.lua);"
