@@ -57,8 +57,10 @@ impl Idle {
 
 #[derive(Default)]
 struct Inner {
-    /// Idle streams per reuse key, oldest first.
-    groups: HashMap<u64, Vec<Idle>>,
+    /// Idle streams per reuse key, oldest first. The keys are already hashes (a peer's
+    /// `reuse_hash`), looked up twice per proxied request (take, put back): hashed again with
+    /// ahash under a per-process random key instead of SipHash (~180 instructions a lookup).
+    groups: HashMap<u64, Vec<Idle>, ahash::RandomState>,
     len: usize,
     seq: u64,
     sweeping: bool,
