@@ -1265,6 +1265,56 @@ mod tests_stream {
         assert!(!http_stream.will_keepalive());
     }
 
+    /// GATEHOUSE PATCH (vendor/README.md, 14): a final response header is handed over whole;
+    /// the session still reads the body and decides keep-alive from what it kept, as it did
+    /// from its own copy.
+    #[tokio::test]
+    async fn gatehouse_patch_response_header_handed_over() {
+        init_log();
+        let cases: [(&[u8], KeepaliveStatus); 5] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok",
+                KeepaliveStatus::Infinite,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+                KeepaliveStatus::Off,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                KeepaliveStatus::Off,
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=7\r\nContent-Length: 2\r\n\r\nok",
+                KeepaliveStatus::Timeout(Duration::from_secs(7)),
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                KeepaliveStatus::Off,
+            ),
+        ];
+        for (input, keepalive) in cases {
+            for hand_over in [true, false] {
+                let mock_io = Builder::new().read(input).build();
+                let mut http = HttpSession::new(Box::new(mock_io));
+                http.hand_over_response_header = hand_over;
+                let HttpTask::Header(header, _) = http.read_response_task().await.unwrap() else {
+                    panic!("expected the header first");
+                };
+                assert_eq!(header.status, 200);
+                assert_eq!(http.resp_header().is_none(), hand_over);
+                assert_eq!(http.get_status(), Some(StatusCode::OK));
+                let mut body = Vec::new();
+                while let Some(chunk) = http.read_body_ref().await.unwrap() {
+                    body.extend_from_slice(chunk);
+                }
+                assert_eq!(body, b"ok");
+                http.respect_keepalive();
+                assert_eq!(http.keepalive_timeout, keepalive, "{hand_over}");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn read_resp_header_with_space() {
         init_log();
