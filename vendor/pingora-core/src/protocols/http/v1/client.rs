@@ -73,26 +73,78 @@ pub struct HttpSession {
     pub keep_header_case: bool,
     /// GATEHOUSE PATCH (vendor/README.md, 14): whether [`Self::read_resp_header_parts`] (and
     /// so [`Self::read_response_task`]) hands the final response header over instead of
-    /// returning a copy of it (default false). This session then keeps only what it still
-    /// needs to frame the body and decide keep-alive ([`HandedOver`]), and
-    /// [`Self::resp_header`] / [`Self::get_header`] answer `None` once it is handed over.
-    /// Public like the timeouts, which the proxy also sets per request.
+    /// returning a copy of it (default false). The session decides status and keep-alive from
+    /// [`ResponseFacts`] either way, so [`Self::resp_header`] / [`Self::get_header`] answering
+    /// `None` once the header is handed over changes nothing else. Public like the timeouts,
+    /// which the proxy also sets per request.
     pub hand_over_response_header: bool,
-    /// GATEHOUSE PATCH (vendor/README.md, 14): what is kept of a handed-over response header.
-    handed_over: Option<HandedOver>,
+    /// GATEHOUSE PATCH (vendor/README.md, 14): read from each response header as it is parsed.
+    response_facts: Option<ResponseFacts>,
 }
 
-/// GATEHOUSE PATCH (vendor/README.md, 14): the facts of a handed-over response header that the
-/// session still uses after the body (keep-alive) or to answer [`HttpSession::get_status`].
+/// GATEHOUSE PATCH (vendor/README.md, 14): what the session needs of the response header after
+/// reading it: the status, and what decides keep-alive at the end of the body. Read once, when
+/// the header is parsed (the session never changes its header afterwards), so it holds whether
+/// or not the header is handed over.
 #[derive(Debug, Clone, Copy)]
-struct HandedOver {
+struct ResponseFacts {
     status: StatusCode,
     version: Version,
     /// `Connection` says keep-alive (`Some(true)`) or close (`Some(false)`).
     connection_keepalive: Option<bool>,
-    /// `Keep-Alive: timeout=N`.
+    /// `Keep-Alive: timeout=N`, read only when `Connection` says keep-alive.
     keepalive_timeout: Option<u64>,
-    has_transfer_encoding: bool,
+    /// An HTTP/1.0 response with `Transfer-Encoding` (RFC 9112 §6.1: close after it).
+    http10_with_transfer_encoding: bool,
+}
+
+/// `Keep-Alive: timeout=5, max=1000` => 5, 1000
+/// This is defined in the below spec, this not part of any RFC, so
+/// it's behavior is different on different platforms.
+/// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
+// GATEHOUSE PATCH (vendor/README.md, 14): a function of the header (it was a method of the
+// session reading its own copy), looked up by a name made once, not parsed from a string on
+// every response.
+fn keepalive_values(header: &ResponseHeader) -> (Option<u64>, Option<usize>) {
+    static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+    let Some(keep_alive_header) = header.headers.get(&KEEP_ALIVE) else {
+        return (None, None);
+    };
+
+    let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
+        return (None, None);
+    };
+
+    let mut timeout = None;
+    let mut max = None;
+
+    for param in header_value.split(',') {
+        let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
+        match parts {
+            Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
+            Some(("max", max_value)) => max = max_value.trim().parse().ok(),
+            _ => {}
+        }
+    }
+
+    (timeout, max)
+}
+
+impl ResponseFacts {
+    fn of(resp: &ResponseHeader) -> Self {
+        let connection_keepalive = is_buf_keepalive(resp.headers.get(header::CONNECTION));
+        ResponseFacts {
+            status: resp.status,
+            version: resp.version,
+            connection_keepalive,
+            keepalive_timeout: match connection_keepalive {
+                Some(true) => keepalive_values(resp).0,
+                _ => None,
+            },
+            http10_with_transfer_encoding: resp.version == Version::HTTP_10
+                && resp.headers.contains_key(header::TRANSFER_ENCODING),
+        }
+    }
 }
 
 /// HTTP 1.x client session
@@ -128,7 +180,7 @@ impl HttpSession {
             allow_h1_response_invalid_content_length: false,
             keep_header_case: true,
             hand_over_response_header: false,
-            handed_over: None,
+            response_facts: None,
         }
     }
 
@@ -369,6 +421,8 @@ impl HttpSession {
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
+                        // GATEHOUSE PATCH (vendor/README.md, 14)
+                        self.response_facts = Some(ResponseFacts::of(&response_header));
                         self.response_header = Some(response_header);
                         if let Err(e) = self.validate_response() {
                             return self.fail_response_header_read(e);
@@ -477,19 +531,6 @@ impl HttpSession {
         if self.hand_over_response_header && self.get_status().is_some_and(|s| s.as_u16() >= 200) {
             // The body's framing is decided from the header while this session still has it.
             self.init_body_reader();
-            let connection_keepalive = is_buf_keepalive(self.get_header(header::CONNECTION));
-            let facts = HandedOver {
-                status: self.get_status().expect("just read"),
-                version: self.resp_header().expect("just read").version,
-                connection_keepalive,
-                // Read only when the answer says keep-alive, as `respect_keepalive` does.
-                keepalive_timeout: match connection_keepalive {
-                    Some(true) => self.get_keepalive_values().0,
-                    _ => None,
-                },
-                has_transfer_encoding: self.get_header(header::TRANSFER_ENCODING).is_some(),
-            };
-            self.handed_over = Some(facts);
             return Ok(self.response_header.take().expect("just read"));
         }
         // safe to unwrap because it is just read
@@ -519,18 +560,7 @@ impl HttpSession {
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
         // GATEHOUSE PATCH (vendor/README.md, 14): also once the header is handed over.
-        self.response_header
-            .as_ref()
-            .map(|h| h.status)
-            .or(self.handed_over.map(|f| f.status))
-    }
-
-    /// GATEHOUSE PATCH (vendor/README.md, 14): the response's HTTP version, also once its header
-    /// is handed over.
-    fn resp_version(&self) -> Option<Version> {
-        self.resp_header()
-            .map(|h| h.version)
-            .or(self.handed_over.map(|f| f.version))
+        self.response_facts.map(|f| f.status)
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -640,32 +670,27 @@ impl HttpSession {
 
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        // GATEHOUSE PATCH (vendor/README.md, 14): version and Transfer-Encoding also once the
-        // header is handed over.
-        let has_transfer_encoding = match self.handed_over {
-            Some(f) => f.has_transfer_encoding,
-            None => self.get_header(header::TRANSFER_ENCODING).is_some(),
+        // GATEHOUSE PATCH (vendor/README.md, 14): from the facts read with the header (also
+        // once the header is handed over).
+        let Some(facts) = self.response_facts else {
+            self.set_keepalive(None);
+            return;
         };
-        if self.resp_version() == Some(Version::HTTP_10) && has_transfer_encoding {
+        if facts.http10_with_transfer_encoding {
             self.set_keepalive(None);
             return;
         }
-        if let Some(keepalive) = self.is_connection_keepalive() {
+        if let Some(keepalive) = self.is_connection_keepalive(facts) {
             if keepalive {
-                // GATEHOUSE PATCH (vendor/README.md, 14): also once the header is handed over.
-                let (timeout, _max_use) = match self.handed_over {
-                    Some(f) => (f.keepalive_timeout, None),
-                    None => self.get_keepalive_values(),
-                };
                 // TODO: respect max_use
-                match timeout {
+                match facts.keepalive_timeout {
                     Some(d) => self.set_keepalive(Some(d)),
                     None => self.set_keepalive(Some(0)), // infinite
                 }
             } else {
                 self.set_keepalive(None);
             }
-        } else if self.resp_version() == Some(Version::HTTP_11) {
+        } else if facts.version == Version::HTTP_11 {
             self.set_keepalive(Some(0)); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
@@ -677,7 +702,7 @@ impl HttpSession {
         !matches!(self.keepalive_timeout, KeepaliveStatus::Off)
     }
 
-    fn is_connection_keepalive(&self) -> Option<bool> {
+    fn is_connection_keepalive(&self, facts: ResponseFacts) -> Option<bool> {
         let request_keepalive = self
             .request_written
             .as_ref()
@@ -687,42 +712,16 @@ impl HttpSession {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
             // GATEHOUSE PATCH (vendor/README.md, 14): also once the header is handed over.
-            _ => match self.handed_over {
-                Some(f) => f.connection_keepalive,
-                None => is_buf_keepalive(self.get_header(header::CONNECTION)),
-            },
+            _ => facts.connection_keepalive,
         }
     }
 
-    /// `Keep-Alive: timeout=5, max=1000` => 5, 1000
-    /// This is defined in the below spec, this not part of any RFC, so
-    /// it's behavior is different on different platforms.
-    /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
+    /// `Keep-Alive: timeout=5, max=1000` => 5, 1000 (see [`keepalive_values`]).
+    // GATEHOUSE PATCH (vendor/README.md, 14): the parsing moved to `keepalive_values`, which
+    // `ResponseFacts` reads once per header; this stays for the tests below.
+    #[cfg(test)]
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        // GATEHOUSE PATCH (vendor/README.md, 14): looked up by a name made once, not parsed from
-        // a string on every response.
-        static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
-        let Some(keep_alive_header) = self.get_header(&KEEP_ALIVE) else {
-            return (None, None);
-        };
-
-        let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
-            return (None, None);
-        };
-
-        let mut timeout = None;
-        let mut max = None;
-
-        for param in header_value.split(',') {
-            let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
-            match parts {
-                Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
-                Some(("max", max_value)) => max = max_value.trim().parse().ok(),
-                _ => {}
-            }
-        }
-
-        (timeout, max)
+        self.resp_header().map_or((None, None), keepalive_values)
     }
 
     /// Close the connection abruptly. This allows to signal the server that the connection is closed
