@@ -31,9 +31,8 @@ pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 /// Largest leeway we accept from configuration (docs/security.md: ≤ 30 s).
 pub const MAX_LEEWAY_SECS: u64 = 30;
 
-/// The claims of a verified access token that callers use. Equal when the claims are (the
-/// header value kept with them is not a claim).
-#[derive(Debug, Clone, Deserialize)]
+/// The claims of a verified access token that callers use.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AccessClaims {
     pub sub: String,
     pub iss: String,
@@ -48,26 +47,28 @@ pub struct AccessClaims {
     /// a cached token costs no new one per request (the gateway forwards it as `X-User-Id` and
     /// keys per-subject limits by it). Not a claim.
     #[serde(skip)]
-    sub_value: OnceLock<Option<http::HeaderValue>>,
+    sub_value: NotAClaim<Option<http::HeaderValue>>,
 }
 
-impl PartialEq for AccessClaims {
-    fn eq(&self, other: &Self) -> bool {
-        (
-            &self.sub, &self.iss, self.exp, self.iat, self.nbf, &self.jti,
-        ) == (
-            &other.sub, &other.iss, other.exp, other.iat, other.nbf, &other.jti,
-        )
+/// A value made once from the claims and kept with them. It is not a claim: two claims compare
+/// equal whatever it holds, so `AccessClaims` derives its equality over the claims alone.
+#[derive(Debug, Clone, Default)]
+struct NotAClaim<T>(OnceLock<T>);
+
+impl<T> PartialEq for NotAClaim<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
     }
 }
 
-impl Eq for AccessClaims {}
+impl<T> Eq for NotAClaim<T> {}
 
 impl AccessClaims {
     /// `sub` as a header value; `None` when it is not visible ASCII (no spaces, no control
     /// characters, nothing beyond ASCII), which a request header cannot carry unambiguously.
     pub fn sub_header(&self) -> Option<&http::HeaderValue> {
         self.sub_value
+            .0
             .get_or_init(|| {
                 let visible = self.sub.bytes().all(|b| b.is_ascii_graphic());
                 visible
@@ -440,6 +441,13 @@ mod tests {
             first,
             "kept, not rebuilt"
         );
+        // The kept value is not a claim: equality sees the claims only.
+        assert_eq!(
+            c,
+            claims("3f2a-user"),
+            "one has made its value, the other not"
+        );
+        assert_ne!(c, claims("another-user"));
         for bad in ["a b", "tab\there", "caf\u{e9}", "line\nbreak"] {
             assert!(claims(bad).sub_header().is_none(), "{bad:?}");
         }
