@@ -190,9 +190,11 @@ impl Gateway {
     /// Request id, security, CORS headers: on every response, local or proxied (HSTS only on
     /// what reaches the client over HTTPS, here or at a trusted proxy in front).
     fn finish_headers(&self, resp: &mut ResponseHeader, ctx: &Ctx) {
-        let hsts = ctx.rt.as_ref().map_or(&headers::DEFAULT_HSTS, |r| &r.hsts);
+        let hsts = ctx
+            .forwarded_https
+            .then(|| ctx.rt.as_ref().map_or(&headers::DEFAULT_HSTS, |r| &r.hsts));
         let authenticated = self.route(ctx).is_some_and(|r| r.cfg.auth == Auth::Jwt);
-        headers::secure(resp, ctx.forwarded_https.then_some(hsts), authenticated);
+        headers::secure(resp, hsts, authenticated);
         let _ = resp.insert_header(&headers::X_REQUEST_ID, ctx.request_id.clone());
         for (k, v) in &ctx.cors_headers {
             let _ = resp.insert_header(k, v.clone());
