@@ -96,7 +96,7 @@ fn unknown_keys_and_bad_values_name_file_line_and_key() {
 
     std::fs::write(
         &base,
-        "[server]\nlisten = \"nowhere\"\n[auth]\nbcrypt_cost = 8\n",
+        "[server]\nlisten = \"nowhere\"\n[auth]\nbcrypt_cost = 8\nhash_nice = 20\n",
     )
     .expect("write");
     let (ok, text) = run(core_api()
@@ -108,6 +108,10 @@ fn unknown_keys_and_bad_values_name_file_line_and_key() {
     assert!(text.contains("core-api.toml:2: server.listen"), "{text}");
     assert!(
         text.contains("core-api.toml:4: auth.bcrypt_cost: must be between 10 and 16"),
+        "{text}"
+    );
+    assert!(
+        text.contains("core-api.toml:5: auth.hash_nice: must be between 0 and 19"),
         "{text}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -189,10 +189,11 @@ async fn pooled_upstream_connections_serve_only_their_own_target() {
 /// connection; `GET /open/never` is never answered; `GET /open/announced-close` is answered with
 /// `Connection: close` and `GET /open/http10` as HTTP/1.0 without keep-alive, the connection
 /// left open all the same. `open` counts the connections that carried a proxied request (health checks
-/// excluded) and are still open.
+/// excluded) and are still open, `opened` all such connections ever.
 struct RawUpstream {
     addr: std::net::SocketAddr,
     open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    opened: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// The head of every proxied request, as received.
     heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -208,12 +209,13 @@ impl RawUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (o, h) = (open.clone(), heads.clone());
+        let (o, o2, h) = (open.clone(), opened.clone(), heads.clone());
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((mut s, _)) = listener.accept().await {
-                let (open, heads) = (o.clone(), h.clone());
+                let (open, opened, heads) = (o.clone(), o2.clone(), h.clone());
                 conns.spawn(async move {
                     let (mut buf, mut chunk, mut proxied) = (Vec::new(), [0u8; 4096], false);
                     'conn: loop {
@@ -228,6 +230,7 @@ impl RawUpstream {
                             if !health && !proxied {
                                 proxied = true;
                                 open.fetch_add(1, SeqCst);
+                                opened.fetch_add(1, SeqCst);
                             }
                             if !health {
                                 let head = String::from_utf8_lossy(&head).into_owned();
@@ -267,6 +270,7 @@ impl RawUpstream {
         Self {
             addr,
             open,
+            opened,
             heads,
             task,
         }
@@ -274,6 +278,21 @@ impl RawUpstream {
 
     fn open(&self) -> usize {
         self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn opened(&self) -> usize {
+        self.opened.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether `open()` comes to `want` within 10 s (polled every 50 ms).
+    async fn open_becomes(&self, want: usize) -> bool {
+        for _ in 0..200 {
+            if self.open() == want {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// The heads of the proxied requests so far, as received.
@@ -378,20 +397,13 @@ async fn a_client_that_goes_away_frees_the_upstream_connection() {
     tls.write_all(b"GET /open/never HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
-    let up = &up;
-    let until = |want: usize| async move {
-        for _ in 0..200 {
-            if up.open() == want {
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        false
-    };
-    assert!(until(1).await, "the request did not reach the upstream");
+    assert!(
+        up.open_becomes(1).await,
+        "the request did not reach the upstream"
+    );
     drop(tls);
     assert!(
-        until(0).await,
+        up.open_becomes(0).await,
         "the upstream connection stayed open after the client left\n{}",
         gw.log()
     );
@@ -434,15 +446,10 @@ async fn idle_upstream_connections_are_reused_then_closed_after_the_idle_timeout
         up.open() >= 1,
         "the gateway keeps its upstream connections open for reuse"
     );
-    let mut closed = false;
-    for _ in 0..50 {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if up.open() == 0 {
-            closed = true;
-            break;
-        }
-    }
-    assert!(closed, "the idle connection was closed by the gateway");
+    assert!(
+        up.open_becomes(0).await,
+        "the idle connection was closed by the gateway"
+    );
     assert_eq!(gw.get("/open/after", None).await.status, 200);
 }
 
@@ -514,15 +521,6 @@ async fn hop_by_hop_fields_do_not_reach_the_upstream() {
 #[tokio::test]
 async fn an_upstream_announcing_the_end_of_its_connection_is_not_reused() {
     let (_jwks, up, gw) = behind_raw_upstream(15, false, |_| {}).await;
-    let closed = || async {
-        for _ in 0..100 {
-            if up.open() == 0 {
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        false
-    };
     for path in [
         "/open/announced-close",
         "/open/http10",
@@ -531,13 +529,22 @@ async fn an_upstream_announcing_the_end_of_its_connection_is_not_reused() {
         let r = gw.get(path, None).await;
         assert_eq!((r.status, r.text.as_str()), (200, "ok"), "{path}");
         assert!(
-            closed().await,
+            up.open_becomes(0).await,
             "{path}: the gateway kept a connection the upstream announced it would close"
         );
     }
+    assert_eq!(
+        up.opened(),
+        3,
+        "each of those answers had a connection of its own"
+    );
     for _ in 0..3 {
         assert_eq!(gw.get("/open/kept", None).await.status, 200);
-        assert_eq!(up.open(), 1, "a kept-alive answer's connection is reused");
     }
+    assert_eq!(
+        (up.opened(), up.open()),
+        (4, 1),
+        "the three kept-alive answers came over one connection, still open"
+    );
     assert_eq!(up.heads().len(), 6);
 }
