@@ -529,8 +529,9 @@ impl HttpSession {
         // copied, when asked: a copy of every name and value per response, dropped again when
         // the proxy has written its own, is the only use most proxies have for it.
         if self.hand_over_response_header && self.get_status().is_some_and(|s| s.as_u16() >= 200) {
-            // The body's framing is decided from the header while this session still has it.
-            self.init_body_reader();
+            // The body's framing was decided from the header as it was read (`read_response`
+            // initialises the body reader for every final status).
+            debug_assert!(!self.body_reader.need_init());
             return Ok(self.response_header.take().expect("just read"));
         }
         // safe to unwrap because it is just read
