@@ -167,7 +167,7 @@ async fn first_certificates_over_http01_verify_against_the_ca_and_follow_sni() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(gw.log().contains("ACME order created"));
+    gw.wait_log("ACME order created", 10).await;
     assert_eq!(
         gw.metric("gatehouse_gateway_acme_renewal_attempts_total")
             .await,
@@ -290,17 +290,17 @@ async fn ca_outage_keeps_the_certificate_serving_backs_off_and_recovers() {
         served_serial(gw.https, NAME, &old_root).await,
         Ok(first.clone())
     );
-    let waits = retry_waits(&gw.log());
+    let waits = retry_waits(&gw.log_when(|l| retry_waits(l).len() >= 3, 10).await);
     assert!(waits.len() >= 3, "{waits:?}");
     assert!(
         waits[0] < waits[1] && waits[1] < waits[2],
         "the backoff grows: {waits:?}"
     );
-    assert!(gw.log().contains("cannot reach the CA"));
+    gw.wait_log("cannot reach the CA", 10).await;
     // The CA comes back (a fresh Pebble: new root, no accounts) and renewal succeeds.
     pebble.restart().await;
     wait_for_certificate(&gw, &pebble, Some(&first)).await;
-    assert!(gw.log().contains("no longer knows the stored account"));
+    gw.wait_log("no longer knows the stored account", 10).await;
     let _ = std::fs::remove_dir_all(&store);
 }
 
@@ -324,7 +324,7 @@ async fn a_restart_serves_the_stored_certificate_without_a_new_order() {
         0.0
     );
     assert_eq!(pebble.orders(), 1, "no new order after the restart");
-    assert!(gw.log().contains("certificate loaded from storage"));
+    gw.wait_log("certificate loaded from storage", 10).await;
     // The account was reused too: Pebble saw one account created.
     assert_eq!(pebble.log().matches("POST /sign-me-up").count(), 1);
     let _ = std::fs::remove_dir_all(&store);
@@ -567,7 +567,7 @@ async fn unreachable_ca_and_rejected_name_are_reported_while_the_fallback_serves
     .await;
     let reason = "gatehouse_gateway_acme_renewal_failures_total{name=\"a.gatehouse.test\",reason=\"ca_unreachable\"}";
     gw.wait_metric(reason, 1.0, 10).await;
-    assert!(gw.log().contains("cannot reach the CA"), "{}", gw.log());
+    gw.wait_log("cannot reach the CA", 10).await;
     // The configured fallback certificate serves meanwhile, and the gateway is healthy.
     let ca = std::fs::read_to_string(fallback.join("ca.pem")).unwrap();
     assert!(served_serial(gw.https, NAME, &ca).await.is_ok());
@@ -583,7 +583,7 @@ async fn unreachable_ca_and_rejected_name_are_reported_while_the_fallback_serves
     .await;
     let rejected = "gatehouse_gateway_acme_renewal_failures_total{name=\"a.gatehouse.test\",reason=\"ca_rejected\"}";
     gw.wait_metric(rejected, 1.0, 10).await;
-    assert!(gw.log().contains("the CA refused"), "{}", gw.log());
+    gw.wait_log("the CA refused", 10).await;
     assert_eq!(gw.admin("/healthz").await.status, 200);
     let _ = std::fs::remove_dir_all(&store);
     let _ = std::fs::remove_dir_all(&fallback);

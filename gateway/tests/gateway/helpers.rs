@@ -379,6 +379,25 @@ impl Gateway {
         std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
     }
 
+    /// Waits up to `seconds` for the log to contain `needle`; fails with the log.
+    pub async fn wait_log(&self, needle: &str, seconds: u64) {
+        self.log_when(|log| log.contains(needle), seconds).await;
+    }
+
+    /// The log, once `ready(log)` holds (polled for up to `seconds`); fails with the log. The
+    /// log is written off the thread that did the work (a non-blocking writer), so a line can
+    /// come after the metric or the answer that follows the same event.
+    pub async fn log_when(&self, ready: impl Fn(&str) -> bool, seconds: u64) -> String {
+        for _ in 0..seconds * 20 {
+            let log = self.log();
+            if ready(&log) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the log never got there:\n{}", self.log());
+    }
+
     /// Waits for /readyz (keys loaded, upstream healthy, client listeners bound); fails with
     /// the log otherwise. Polled often, so that the first "ready" comes as early as it can: at
     /// that moment the HTTPS and HTTP listeners must already accept, which every test's start

@@ -71,7 +71,8 @@ async fn a_429_names_the_limit_that_fired() {
             .await,
         2.0
     );
-    let lines = gw.log();
+    let rate_limited = |log: &str| log.matches("\"decision\":\"rate_limited\"").count();
+    let lines = gw.log_when(|l| rate_limited(l) >= 2, 10).await;
     let refused: Vec<&str> = lines
         .lines()
         .filter(|l| l.contains("\"decision\":\"rate_limited\""))
