@@ -155,15 +155,12 @@ impl Named {
         if self.store == LimitStore::Redis
             && let Some(redis) = shared
         {
-            match redis
-                .gcra(
-                    &self.name,
-                    &bucket.to_string(),
-                    self.interval_ms,
-                    self.burst,
-                )
-                .await
-            {
+            // Boxed: the Redis round trip's state (kilobytes, with its timeout) would otherwise
+            // be laid out inline in `request_filter`'s future, which `async_trait` moves into a
+            // box of its own on every request, whether or not a limit of the route is shared.
+            let key = bucket.to_string();
+            let shared_check = Box::pin(redis.gcra(&self.name, &key, self.interval_ms, self.burst));
+            match shared_check.await {
                 Ok(None) => return Verdict::Allowed,
                 Ok(Some(wait_ms)) => {
                     return Verdict::Limited {

@@ -299,6 +299,9 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// The answers written here (challenge, preflight, refusal) are boxed: their futures hold
+    /// Pingora's response writes (a kilobyte), which would otherwise be laid out inline in this
+    /// future, which `async_trait` moves into a box of its own on every request, forwarded or not.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let rt = self.runtime.load_full();
         self.identify(session, ctx, &rt);
@@ -308,14 +311,13 @@ impl ProxyHttp for Gateway {
             .path()
             .starts_with(CHALLENGE_PREFIX)
         {
-            return self.answer_challenge(session, ctx).await;
+            return Box::pin(self.answer_challenge(session, ctx)).await;
         }
         match admit(&rt, session.req_header(), ctx).await {
             Ok(Admitted::Forward) => Ok(false),
             Ok(Admitted::Preflight) => {
                 ctx.outcome = Outcome::Preflight;
-                self.respond_bytes(session, ctx, 204, "", Vec::new(), &[])
-                    .await
+                Box::pin(self.respond_bytes(session, ctx, 204, "", Vec::new(), &[])).await
             }
             Err(r) => {
                 // A rejected upload is not read and discarded to reuse the connection: it is
@@ -324,7 +326,7 @@ impl ProxyHttp for Gateway {
                 if r.closes_connection() || has_body(session.req_header()) {
                     session.set_keepalive(None);
                 }
-                self.refuse(session, ctx, r).await
+                Box::pin(self.refuse(session, ctx, r)).await
             }
         }
     }

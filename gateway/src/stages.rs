@@ -140,8 +140,9 @@ pub async fn authenticate(jwks: &Jwks, token: &str) -> Result<Arc<AccessClaims>,
     let verifier = jwks.verifier();
     let rejected_at = Instant::now();
     let claims = match verifier.verify(token) {
+        // Boxed: a rare path whose state would otherwise be part of every request's future.
         Err(jwt::Rejection::UnknownKey | jwt::Rejection::BadSignature)
-            if jwks.refetch_after_rejection(rejected_at).await =>
+            if Box::pin(jwks.refetch_after_rejection(rejected_at)).await =>
         {
             verifier.verify(token)?
         }
