@@ -54,6 +54,18 @@ pub trait IntoCaseHeaderName {
             .or_err(InvalidHTTPHeader, "invalid header name")?;
         Ok((case_header_name, header_name))
     }
+
+    /// The name as looked up ([HeaderName]) only, for a message that keeps no case.
+    ///
+    /// GATEHOUSE PATCH (vendor/README.md, 4): a header inserted into a message without a case
+    /// map (`build_no_case`) was spelled in title case all the same, and the spelling dropped.
+    /// Types that already hold a [HeaderName] return it as it is.
+    fn into_header_name(self) -> Result<HeaderName>
+    where
+        Self: Sized,
+    {
+        self.into_case_and_header_name().map(|(_, name)| name)
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -82,6 +94,10 @@ impl IntoCaseHeaderName for HeaderName {
     fn into_case_and_header_name(self) -> Result<(CaseHeaderName, HeaderName)> {
         Ok((CaseHeaderName(titled_header_name(&self)), self))
     }
+
+    fn into_header_name(self) -> Result<HeaderName> {
+        Ok(self)
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
@@ -91,6 +107,10 @@ impl IntoCaseHeaderName for &HeaderName {
 
     fn into_case_and_header_name(self) -> Result<(CaseHeaderName, HeaderName)> {
         Ok((CaseHeaderName(titled_header_name(self)), self.clone()))
+    }
+
+    fn into_header_name(self) -> Result<HeaderName> {
+        Ok(self.clone())
     }
 }
 
@@ -156,12 +176,33 @@ mod tests {
         assert_eq!(header::SERVER.into_case_header_name().as_slice(), b"Server");
     }
 
+    /// GATEHOUSE PATCH (vendor/README.md, 4): the looked-up name alone, as the pair gives it.
+    #[test]
+    fn gatehouse_patch_header_name_alone() {
+        assert_eq!("FoO".into_header_name().unwrap(), "foo");
+        assert_eq!("X-Up".to_string().into_header_name().unwrap(), "x-up");
+        assert_eq!(header::SERVER.into_header_name().unwrap(), header::SERVER);
+        assert_eq!(
+            (&header::REFERRER_POLICY).into_header_name().unwrap(),
+            header::REFERRER_POLICY
+        );
+        assert!("bad name".into_header_name().is_err());
+    }
+
     #[test]
     fn gatehouse_patch_both_names_at_once() {
         for (case, name) in [
             ("FoO".into_case_and_header_name().unwrap(), "foo"),
-            (header::SERVER.into_case_and_header_name().unwrap(), "server"),
-            ((&header::REFERRER_POLICY).into_case_and_header_name().unwrap(), "referrer-policy"),
+            (
+                header::SERVER.into_case_and_header_name().unwrap(),
+                "server",
+            ),
+            (
+                (&header::REFERRER_POLICY)
+                    .into_case_and_header_name()
+                    .unwrap(),
+                "referrer-policy",
+            ),
             (
                 HeaderName::from_static("x-request-id")
                     .into_case_and_header_name()
@@ -173,7 +214,11 @@ mod tests {
             assert_eq!(case.0.as_slice().to_ascii_lowercase(), name.as_bytes());
         }
         assert_eq!(
-            header::SERVER.into_case_and_header_name().unwrap().0.as_slice(),
+            header::SERVER
+                .into_case_and_header_name()
+                .unwrap()
+                .0
+                .as_slice(),
             b"Server"
         );
         assert!("bad name".into_case_and_header_name().is_err());

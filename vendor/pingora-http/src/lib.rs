@@ -852,17 +852,22 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    // GATEHOUSE PATCH (vendor/README.md, 4): a [HeaderName] is not parsed again.
-    let (case_header_name, header_name) = name.into_case_and_header_name()?;
-    // store the original case in the map
-    if let Some(name_map) = name_map {
-        // Use the non-panicking `try_append`: the infallible `append` calls
-        // `.expect("size overflows MAX_SIZE")` internally, which would abort the
-        // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
-        name_map
-            .try_append(header_name.clone(), case_header_name)
-            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
-    }
+    // GATEHOUSE PATCH (vendor/README.md, 4): a [HeaderName] is not parsed again, nor
+    // spelled in title case for a message that keeps no case.
+    let header_name = match name_map {
+        // store the original case in the map
+        Some(name_map) => {
+            let (case_header_name, header_name) = name.into_case_and_header_name()?;
+            // Use the non-panicking `try_append`: the infallible `append` calls
+            // `.expect("size overflows MAX_SIZE")` internally, which would abort the
+            // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
+            name_map
+                .try_append(header_name.clone(), case_header_name)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+            header_name
+        }
+        None => name.into_header_name()?,
+    };
 
     // Non-panicking `try_append` for the same reason as the case map above.
     value_map.try_append(header_name, value).or_err(
@@ -878,12 +883,17 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    // GATEHOUSE PATCH (vendor/README.md, 4): a [HeaderName] is not parsed again.
-    let (case_header_name, header_name) = name.into_case_and_header_name()?;
-    if let Some(name_map) = name_map {
-        // store the original case in the map
-        name_map.insert(header_name.clone(), case_header_name);
-    }
+    // GATEHOUSE PATCH (vendor/README.md, 4): a [HeaderName] is not parsed again, nor
+    // spelled in title case for a message that keeps no case.
+    let header_name = match name_map {
+        Some(name_map) => {
+            let (case_header_name, header_name) = name.into_case_and_header_name()?;
+            // store the original case in the map
+            name_map.insert(header_name.clone(), case_header_name);
+            header_name
+        }
+        None => name.into_header_name()?,
+    };
     value_map.insert(header_name, value);
     Ok(())
 }
@@ -1112,6 +1122,33 @@ mod tests {
         resp.header_to_h1_wire(&mut buf);
         assert_eq!(buf, b"foo: Bar\r\n");
         assert!(resp.case_header_iter().next().is_none());
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 4): prebuilt names go out in title case with and
+    /// without a case map; only the map spells them at insertion.
+    #[test]
+    fn gatehouse_patch_prebuilt_names_with_and_without_case() {
+        let xrid = http::HeaderName::from_static("x-request-id");
+        for mut req in [
+            RequestHeader::build("GET", b"/", None).unwrap(),
+            RequestHeader::build_no_case("GET", b"/", None).unwrap(),
+        ] {
+            req.insert_header(&http::header::CACHE_CONTROL, "no-store")
+                .unwrap();
+            req.append_header(http::header::VARY, "Origin").unwrap();
+            req.insert_header(&xrid, "1").unwrap();
+            req.append_header(xrid.clone(), "2").unwrap();
+            let mut buf: Vec<u8> = vec![];
+            req.header_to_h1_wire(&mut buf);
+            assert_eq!(
+                buf,
+                b"Cache-Control: no-store\r\nVary: Origin\r\nx-request-id: 1\r\nx-request-id: 2\r\n"
+            );
+            assert_eq!(
+                req.case_header_iter().count(),
+                if req.has_case() { 4 } else { 0 }
+            );
+        }
     }
 
     #[test]
