@@ -44,11 +44,12 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Headers that would reveal the upstream's software and version: removed from every answer.
 static REVEALING: [&HeaderName; 2] = [&header::SERVER, &X_POWERED_BY];
 
-/// Which of `names` (at most 8) `headers` has, as bits (bit i: `names[i]`). Most messages
-/// carry none of the names the gateway removes, and the others one or two: one pass over the
-/// names a message has (a handful) is cheaper than a hashed removal per listed name that finds
-/// nothing.
-fn carried(headers: &http::HeaderMap, names: &[&HeaderName]) -> u8 {
+/// Which of `names` (at most 32; the tests call it with every list) `headers` has, as bits
+/// (bit i: `names[i]`). Most messages carry none of the names the gateway removes, and the
+/// others one or two: one pass over the names a message has (a handful) is cheaper than a
+/// hashed removal per listed name that finds nothing.
+fn carried(headers: &http::HeaderMap, names: &[&HeaderName]) -> u32 {
+    debug_assert!(names.len() <= u32::BITS as usize, "one bit per name");
     headers.keys().fold(0, |found, name| {
         names
             .iter()
@@ -58,7 +59,7 @@ fn carried(headers: &http::HeaderMap, names: &[&HeaderName]) -> u8 {
 }
 
 /// Removes those of `names` whose bit is set in `found` (see [`carried`]).
-fn remove_found<H>(found: u8, names: &[&HeaderName], mut remove: impl FnMut(&HeaderName) -> H) {
+fn remove_found<H>(found: u32, names: &[&HeaderName], mut remove: impl FnMut(&HeaderName) -> H) {
     for (i, name) in names.iter().enumerate() {
         if found & 1 << i != 0 {
             remove(name);
