@@ -69,10 +69,13 @@ impl Time {
 }
 
 /// GATEHOUSE PATCH (vendor/README.md, 15): `d` in whole milliseconds, as `Duration::as_millis`
-/// but in a u64.
+/// but in a u64 (saturating: a deadline ~584 million years away; `Instant + Duration` overflows
+/// long before).
 #[inline]
 fn as_millis(d: Duration) -> u64 {
-    d.as_secs() * 1000 + u64::from(d.subsec_millis())
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_millis()))
 }
 
 /// the stub for waiting for a timer to be expired.
@@ -402,6 +405,7 @@ mod tests {
         ] {
             assert_eq!(u128::from(as_millis(d)), d.as_millis());
         }
+        assert_eq!(as_millis(Duration::MAX), u64::MAX);
         assert_eq!(Time::from(Duration::from_millis(128)), Time(130));
     }
 }
