@@ -584,6 +584,10 @@ async fn admin_listener_reports_health_and_metrics() {
     gw.get("/open/x", None).await;
     assert_eq!(gw.admin("/healthz").await.status, 200);
     assert_eq!(gw.admin("/readyz").await.body, json!({"status": "ready"}));
+    // Counted when the request is logged, just after its answer went out: the client can ask
+    // before that.
+    let served = r#"gatehouse_gateway_http_requests_total{route="/open/",status="200"}"#;
+    gw.wait_metric(served, 1.0, 10).await;
     let m = gw.admin("/metrics").await.text;
     assert!(
         m.contains(r#"gatehouse_gateway_http_requests_total{route="/open/",status="200"} 1"#),
