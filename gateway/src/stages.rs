@@ -287,6 +287,17 @@ mod tests {
         assert_eq!(refused.as_ref().and_then(Rejection::limit), Some("by_sub"));
     }
 
+    /// `request_filter`'s future holds this stage's future inline, and `async_trait` moves it
+    /// into a new box on every request: the Redis round trip (kilobytes of state with its
+    /// timeout) is boxed where it is awaited, so the stage stays small whether or not a limit is
+    /// shared (240 bytes in a debug build; 3 936 with the round trip inline).
+    #[test]
+    fn the_limit_stage_future_stays_small() {
+        let r = route(Route::default(), &[]);
+        let size = std::mem::size_of_val(&limit(&r, None, LimitKey::Ip, None, None));
+        assert!(size <= 512, "{size} bytes");
+    }
+
     #[test]
     fn cors_answers_preflights_refuses_bad_ones_and_varies_on_origin() {
         let policy = CorsSettings {
