@@ -118,6 +118,19 @@ async fn admit(rt: &Runtime, req: &RequestHeader, ctx: &mut Ctx) -> Result<Admit
     Ok(Admitted::Forward)
 }
 
+/// Writes a local answer's header and its body (none when empty), ending the request.
+async fn write_local(session: &mut Session, resp: ResponseHeader, bytes: Vec<u8>) -> Result<bool> {
+    session
+        .write_response_header(Box::new(resp), bytes.is_empty())
+        .await?;
+    if !bytes.is_empty() {
+        session
+            .write_response_body(Some(Bytes::from(bytes)), true)
+            .await?;
+    }
+    Ok(true)
+}
+
 /// Whether the request announces a body (Pingora would read and discard it before reusing
 /// the connection).
 fn has_body(req: &RequestHeader) -> bool {
@@ -221,15 +234,10 @@ impl Gateway {
         for (k, v) in extra {
             resp.insert_header(*k, v.as_str())?;
         }
-        session
-            .write_response_header(Box::new(resp), bytes.is_empty())
-            .await?;
-        if !bytes.is_empty() {
-            session
-                .write_response_body(Some(Bytes::from(bytes)), true)
-                .await?;
-        }
-        Ok(true)
+        // Boxed: every future that may answer locally would otherwise hold the writes' state (a
+        // kilobyte) inline, `request_filter`'s among them, which `async_trait` moves into a box
+        // of its own on every request, forwarded or not.
+        Box::pin(write_local(session, resp, bytes)).await
     }
 
     /// The one place a rejection is answered: logged where it says more than the access line,
@@ -299,9 +307,6 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// The answers written here (challenge, preflight, refusal) are boxed: their futures hold
-    /// Pingora's response writes (a kilobyte), which would otherwise be laid out inline in this
-    /// future, which `async_trait` moves into a box of its own on every request, forwarded or not.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let rt = self.runtime.load_full();
         self.identify(session, ctx, &rt);
@@ -311,13 +316,14 @@ impl ProxyHttp for Gateway {
             .path()
             .starts_with(CHALLENGE_PREFIX)
         {
-            return Box::pin(self.answer_challenge(session, ctx)).await;
+            return self.answer_challenge(session, ctx).await;
         }
         match admit(&rt, session.req_header(), ctx).await {
             Ok(Admitted::Forward) => Ok(false),
             Ok(Admitted::Preflight) => {
                 ctx.outcome = Outcome::Preflight;
-                Box::pin(self.respond_bytes(session, ctx, 204, "", Vec::new(), &[])).await
+                self.respond_bytes(session, ctx, 204, "", Vec::new(), &[])
+                    .await
             }
             Err(r) => {
                 // A rejected upload is not read and discarded to reuse the connection: it is
@@ -326,7 +332,7 @@ impl ProxyHttp for Gateway {
                 if r.closes_connection() || has_body(session.req_header()) {
                     session.set_keepalive(None);
                 }
-                Box::pin(self.refuse(session, ctx, r)).await
+                self.refuse(session, ctx, r).await
             }
         }
     }
