@@ -44,33 +44,29 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Headers that would reveal the upstream's software and version: removed from every answer.
 static REVEALING: [&HeaderName; 2] = [&header::SERVER, &X_POWERED_BY];
 
-/// Which of `names` (at most 32; the tests call it with every list) `headers` has, as bits
-/// (bit i: `names[i]`). Most messages carry none of the names the gateway removes, and the
-/// others one or two: one pass over the names a message has (a handful) is cheaper than a
-/// hashed removal per listed name that finds nothing.
-fn carried(headers: &http::HeaderMap, names: &[&HeaderName]) -> u32 {
+/// Those of `names` (at most 32; the tests call it with every list) that `headers` has. Most
+/// messages carry none of the names the gateway removes, and the others one or two: one pass
+/// over the names a message has (a handful) is cheaper than a hashed removal per listed name
+/// that finds nothing. The pass is over when this returns, so the caller may remove them.
+fn carried<'a>(
+    headers: &http::HeaderMap,
+    names: &'a [&'a HeaderName],
+) -> impl Iterator<Item = &'a HeaderName> + use<'a> {
     debug_assert!(names.len() <= u32::BITS as usize, "one bit per name");
-    headers.keys().fold(0, |found, name| {
+    let found: u32 = headers.keys().fold(0, |found, name| {
         names
             .iter()
             .position(|n| *n == name)
             .map_or(found, |i| found | 1 << i)
-    })
-}
-
-/// Removes those of `names` whose bit is set in `found` (see [`carried`]).
-fn remove_found<H>(found: u32, names: &[&HeaderName], mut remove: impl FnMut(&HeaderName) -> H) {
-    for (i, name) in names.iter().enumerate() {
-        if found & 1 << i != 0 {
-            remove(name);
-        }
-    }
+    });
+    (0..names.len())
+        .filter(move |i| found & 1 << i != 0)
+        .map(|i| names[i])
 }
 
 pub fn strip_spoofable(req: &mut RequestHeader) {
-    let found = carried(&req.headers, &SPOOFABLE);
-    if found != 0 {
-        remove_found(found, &SPOOFABLE, |h| req.remove_header(h));
+    for name in carried(&req.headers, &SPOOFABLE) {
+        req.remove_header(name);
     }
 }
 
@@ -89,9 +85,8 @@ pub fn secure(resp: &mut ResponseHeader, hsts: Option<&HeaderValue>, authenticat
         let _ = resp.insert_header(&header::CACHE_CONTROL, NO_STORE.clone());
     }
     // Never reveal versions.
-    let found = carried(&resp.headers, &REVEALING);
-    if found != 0 {
-        remove_found(found, &REVEALING, |h| resp.remove_header(h));
+    for name in carried(&resp.headers, &REVEALING) {
+        resp.remove_header(name);
     }
 }
 
