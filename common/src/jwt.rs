@@ -15,6 +15,7 @@
 //! verification that raced a key replacement can never bring an old key's verdict back.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -226,7 +227,43 @@ struct Verdict {
 
 /// Keyed by the whole token: a hit needs the same bytes, so no hash collision can serve one
 /// token's verdict for another (a digest per request cost ~0.3 µs of SHA-256 for nothing more).
-type Cache = quick_cache::sync::Cache<Box<str>, Verdict>;
+type Cache = quick_cache::sync::Cache<TokenKey, Verdict>;
+
+/// A cached token. Hashed by its length and its last [`HASHED_TAIL`] bytes only: they are the
+/// end of the signature, which no caller can choose for a token that verifies (only verified
+/// tokens are ever inserted), so entries spread as well as under the whole token, and a lookup
+/// hashes 16 bytes instead of a few hundred. Equality is still the whole token.
+#[derive(PartialEq, Eq)]
+struct TokenKey(Box<str>);
+
+/// A token looked up: hashed as [`TokenKey`] is, equal to the key of the same text.
+struct TokenRef<'a>(&'a str);
+
+const HASHED_TAIL: usize = 16;
+
+fn hash_token<H: Hasher>(token: &str, state: &mut H) {
+    let bytes = token.as_bytes();
+    state.write_usize(bytes.len());
+    state.write(&bytes[bytes.len().saturating_sub(HASHED_TAIL)..]);
+}
+
+impl Hash for TokenKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_token(&self.0, state);
+    }
+}
+
+impl Hash for TokenRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_token(self.0, state);
+    }
+}
+
+impl quick_cache::Equivalent<TokenKey> for TokenRef<'_> {
+    fn equivalent(&self, key: &TokenKey) -> bool {
+        *key.0 == *self.0
+    }
+}
 
 /// The key set in force and its generation (bumped on every replacement).
 struct Current {
@@ -296,20 +333,20 @@ impl Verifier {
     /// Verification against one snapshot of the key set: what a request sees from start to end
     /// even when the set is replaced meanwhile.
     fn verify_under(&self, current: &Current, token: &str) -> Result<Arc<AccessClaims>, Rejection> {
-        if let Some(cached) = self.cache.get(token)
+        if let Some(cached) = self.cache.get(&TokenRef(token))
             && cached.generation == current.generation
         {
             if cached.claims.exp.saturating_add(self.policy.leeway_secs) > now_secs() {
                 return Ok(cached.claims);
             }
-            self.cache.remove(token);
+            self.cache.remove(&TokenRef(token));
             return Err(Rejection::Expired);
         }
         let claims = Arc::new(self.verify_uncached(&current.keys, token)?);
         // Tagged with the generation it was verified under: if the set was replaced while we
         // verified, this entry is stale on arrival and never served.
         self.cache.insert(
-            token.into(),
+            TokenKey(token.into()),
             Verdict {
                 generation: current.generation,
                 claims: claims.clone(),
@@ -488,6 +525,40 @@ mod tests {
             key: other,
         }]));
         assert_eq!(v.verify(&t), Err(Rejection::BadSignature));
+    }
+
+    /// The cache hashes a token's tail only: a token that shares a cached one's length and tail
+    /// but differs before it is another key, verified on its own.
+    #[test]
+    fn a_token_sharing_a_cached_tokens_tail_is_not_served_its_verdict() {
+        use std::hash::BuildHasher;
+        let (enc, dec) = keypair(1);
+        let v = verifier(dec);
+        let t = token(&enc, 300);
+        assert!(v.verify(&t).is_ok());
+        // The same length and signature, one payload character changed.
+        let dot = t.find('.').unwrap_or_default();
+        let mut forged = t.clone().into_bytes();
+        forged[dot + 2] = if forged[dot + 2] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap_or_default();
+        let hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(
+            hasher.hash_one(TokenKey(t.as_str().into())),
+            hasher.hash_one(TokenRef(&forged)),
+            "one hash for both"
+        );
+        assert!(v.verify(&forged).is_err(), "a cached verdict served");
+        assert!(v.verify(&t).is_ok());
+        assert_eq!(v.cache.len(), 1);
+        // Shorter than the tail: the whole token is hashed.
+        assert_eq!(
+            hasher.hash_one(TokenKey("abc".into())),
+            hasher.hash_one(TokenRef("abc"))
+        );
+        assert_ne!(
+            hasher.hash_one(TokenRef("abc")),
+            hasher.hash_one(TokenRef("abd"))
+        );
     }
 
     fn replacement(dec: DecodingKey) -> KeySet {
