@@ -70,13 +70,14 @@ impl OriginPattern {
         }
     }
 
+    /// `origin` in any case: patterns are kept in lower case and compared without it (no
+    /// lower-cased copy of the origin per request).
     fn matches(&self, origin: &str) -> bool {
         match self {
-            Self::Exact(o) => o == origin,
-            Self::Subdomain { scheme, suffix } => origin
-                .strip_prefix(scheme.as_str())
+            Self::Exact(o) => o.eq_ignore_ascii_case(origin),
+            Self::Subdomain { scheme, suffix } => strip_prefix_ignore_case(origin, scheme)
                 .and_then(|r| r.strip_prefix("://"))
-                .and_then(|host| host.strip_suffix(suffix.as_str()))
+                .and_then(|host| strip_suffix_ignore_case(host, suffix))
                 .is_some_and(|label| {
                     !label.is_empty()
                         && label
@@ -167,9 +168,18 @@ impl Policy {
         if origin == "null" {
             return false;
         }
-        let origin = origin.to_ascii_lowercase();
-        self.origins.iter().any(|p| p.matches(&origin))
+        self.origins.iter().any(|p| p.matches(origin))
     }
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let (head, rest) = s.split_at_checked(prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then_some(rest)
+}
+
+fn strip_suffix_ignore_case<'a>(s: &'a str, suffix: &str) -> Option<&'a str> {
+    let (rest, tail) = s.split_at_checked(s.len().checked_sub(suffix.len())?)?;
+    tail.eq_ignore_ascii_case(suffix).then_some(rest)
 }
 
 /// Response headers of a CORS decision, names and values ready to insert.
@@ -311,6 +321,16 @@ mod tests {
         assert!(!p.matches("https://a.b.example.com"));
         assert!(!p.matches("http://app.example.com"));
         assert!(!p.matches("https://app.example.com.evil.com"));
+        // Origins match in any case, without a lower-cased copy.
+        assert!(p.matches("HTTPS://App.EXAMPLE.com"));
+        assert!(!p.matches("HTTPS://App.EXAMPLE.com.evil.com"));
+        assert!(!p.matches("HTTP://App.EXAMPLE.com"));
+        assert!(!p.matches("https://é.example.com"), "not ASCII: no label");
+        let exact = OriginPattern::parse("https://App.Example.com")
+            .unwrap_or(OriginPattern::Exact(String::new()));
+        assert!(exact.matches("https://app.example.COM"));
+        assert!(!exact.matches("https://app.example.co"));
+        assert!(!exact.matches("https://app.example.comm"));
     }
 
     #[test]
@@ -492,7 +512,8 @@ mod tests {
                 let p = OriginPattern::parse("https://*.example.com");
                 prop_assert!(p.is_ok());
                 let p = p.unwrap_or(OriginPattern::Exact(String::new()));
-                let origin = format!("https://{label}.example.com").to_ascii_lowercase();
+                // In the case it came in: matching ignores case.
+                let origin = format!("https://{label}.example.com");
                 let one_label = !label.is_empty()
                     && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
                 prop_assert_eq!(p.matches(&origin), one_label);
