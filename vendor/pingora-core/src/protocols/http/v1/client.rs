@@ -991,10 +991,16 @@ pub(crate) fn request_target_has_forbidden_byte(path: &[u8]) -> bool {
     path.iter().any(|&b| matches!(b, 0x00 | 0x0a | 0x0d | 0x20))
 }
 
+/// GATEHOUSE PATCH (vendor/README.md, 16): the buffer a request header is written into.
+const REQUEST_HEADER_BUF_SIZE: usize = 1024;
+
 // TODO: change it to to_buf
 #[inline]
 pub fn http_req_header_to_wire(req: &RequestHeader) -> Option<BytesMut> {
-    let mut buf = BytesMut::with_capacity(512);
+    // GATEHOUSE PATCH (vendor/README.md, 16): room for a request with a bearer token and the
+    // forwarding headers a proxy adds, which outgrew 512 bytes and reallocated and copied the
+    // buffer on every such request; still an allocator's small size (4 KiB costs more).
+    let mut buf = BytesMut::with_capacity(REQUEST_HEADER_BUF_SIZE);
 
     // Request-Line
     let method = req.method.as_str().as_bytes();
@@ -2978,6 +2984,38 @@ mod test_sync {
         assert_eq!("/", req.path.unwrap());
         assert_eq!(b"Foo", headers[0].name.as_bytes());
         assert_eq!(b"Bar", headers[0].value);
+    }
+
+    // GATEHOUSE PATCH (vendor/README.md, 16)
+    #[test]
+    fn gatehouse_patch_request_header_written_without_growing() {
+        let mut req = RequestHeader::build("GET", b"/api/tasks", None).unwrap();
+        let token = "t".repeat(400);
+        req.insert_header("Authorization", format!("Bearer {token}"))
+            .unwrap();
+        req.insert_header("Cookie", "c".repeat(200)).unwrap();
+        let wire = http_req_header_to_wire(&req).unwrap();
+        assert!(wire.len() > 600, "{}", wire.len());
+        assert_eq!(
+            wire.capacity(),
+            REQUEST_HEADER_BUF_SIZE,
+            "the buffer never grew"
+        );
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(wire.as_ref()).unwrap().is_complete());
+        assert_eq!(
+            parsed.headers[0].value,
+            format!("Bearer {token}").as_bytes()
+        );
+        // Larger than the buffer: grown, and still whole.
+        req.insert_header("X-Big", "b".repeat(2 * REQUEST_HEADER_BUF_SIZE))
+            .unwrap();
+        let wire = http_req_header_to_wire(&req).unwrap();
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(wire.as_ref()).unwrap().is_complete());
+        assert_eq!(parsed.headers[2].value.len(), 2 * REQUEST_HEADER_BUF_SIZE);
     }
 
     #[test]
