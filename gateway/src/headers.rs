@@ -182,6 +182,22 @@ mod tests {
         }
     }
 
+    /// The gateway adds its forwarding headers to the upstream request as new ones, beside the
+    /// header map (`proxy.rs`, `upstream_request_filter`): safe only because every one of them
+    /// is removed from the client's request first.
+    #[test]
+    fn every_header_added_upstream_is_one_a_client_cannot_send() {
+        for added in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &X_REQUEST_ID,
+            &X_USER_ID,
+        ] {
+            assert!(SPOOFABLE.contains(&added), "{added}");
+        }
+    }
+
     #[test]
     fn spoofable_headers_are_removed_and_others_kept() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap_or_else(|e| panic!("{e}"));

@@ -436,16 +436,19 @@ impl ProxyHttp for Gateway {
         } else {
             &headers::HTTP
         };
+        // Every one of these names was removed from the client's request (`strip_spoofable`,
+        // of which this is a copy), so each is added as new, beside the header map rather than
+        // hashed into it (vendored Pingora patch 18).
         if let Some(ip) = ctx.client_ip.and_then(headers::ip_value) {
-            upstream.insert_header(&headers::X_FORWARDED_FOR, ip)?;
+            upstream.append_new_header(&headers::X_FORWARDED_FOR, ip);
         }
-        upstream.insert_header(&headers::X_FORWARDED_PROTO, proto.clone())?;
+        upstream.append_new_header(&headers::X_FORWARDED_PROTO, proto.clone());
         if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
-            upstream.insert_header(&headers::X_FORWARDED_HOST, host)?;
+            upstream.append_new_header(&headers::X_FORWARDED_HOST, host);
         }
-        upstream.insert_header(&headers::X_REQUEST_ID, ctx.request_id.clone())?;
+        upstream.append_new_header(&headers::X_REQUEST_ID, ctx.request_id.clone());
         if let Some(sub) = ctx.user.as_ref().and_then(|c| c.sub_header()) {
-            upstream.insert_header(&headers::X_USER_ID, sub.clone())?;
+            upstream.append_new_header(&headers::X_USER_ID, sub.clone());
         }
         Ok(())
     }

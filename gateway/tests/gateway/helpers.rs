@@ -161,11 +161,17 @@ impl Echo {
                                         tokio::time::sleep(Duration::from_millis(ms)).await;
                                     }
                                     let method = req.method().to_string();
-                                    let headers: serde_json::Map<String, Value> = req
-                                        .headers()
-                                        .iter()
-                                        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
-                                        .collect();
+                                    // A field sent more than once reads as its lines joined
+                                    // (RFC 9110 §5.3), so a duplicate shows.
+                                    let mut headers = serde_json::Map::<String, Value>::new();
+                                    for (k, v) in req.headers() {
+                                        let v = v.to_str().unwrap_or("");
+                                        let joined = match headers.get(k.as_str()).and_then(Value::as_str) {
+                                            Some(before) => format!("{before}, {v}"),
+                                            None => v.to_string(),
+                                        };
+                                        headers.insert(k.to_string(), json!(joined));
+                                    }
                                     let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
                                     json!({"port": port, "method": method, "path": path, "headers": headers, "body_len": body}).to_string()
                                 }

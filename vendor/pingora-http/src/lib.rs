@@ -88,6 +88,9 @@ pub struct RequestHeader {
     raw_target: RawTarget,
     // whether we send END_STREAM with HEADERS for h2 requests
     send_end_stream: bool,
+    // GATEHOUSE PATCH (vendor/README.md, 18): headers added by [Self::append_new_header()],
+    // kept beside `base.headers` and written after them.
+    appended: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// How a request-target is stored, and how [`RequestHeader::raw_path`] recovers it.
@@ -155,6 +158,7 @@ impl RequestHeader {
             header_name_map: None,
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            appended: Vec::new(),
         }
     }
 
@@ -239,11 +243,48 @@ impl RequestHeader {
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
     }
 
+    /// GATEHOUSE PATCH (vendor/README.md, 18): add a header whose name `self` does not carry,
+    /// without a hashed insertion into the header map: a proxy adding the forwarding headers it
+    /// has just removed from the client's request knows they are absent, and paid a map
+    /// insertion (name hashed, table probed, the map's entries grown) for each.
+    ///
+    /// The header is kept beside the map, in the order added, and is part of the request where
+    /// it leaves this type: written after the map's headers on HTTP/1
+    /// ([Self::header_to_h1_wire()], spelled as a prebuilt name is), and appended to the map by
+    /// [Self::as_owned_parts()] and the conversion into [ReqParts] (HTTP/2). It is not in
+    /// [`headers`](ReqParts::headers), so lookups there do not see it, and
+    /// [Self::insert_header()] / [Self::remove_header()] do not touch it: add these headers
+    /// last, once nothing else will change them.
+    ///
+    /// The caller guarantees the name is absent (checked in debug builds); otherwise the request
+    /// carries it twice.
+    pub fn append_new_header(&mut self, name: &HeaderName, value: HeaderValue) {
+        debug_assert!(
+            !self.base.headers.contains_key(name) && self.appended.iter().all(|(n, _)| n != name),
+            "append_new_header: {name} is already in the request"
+        );
+        if self.appended.capacity() == 0 {
+            // One allocation for the few a proxy adds.
+            self.appended.reserve_exact(8);
+        }
+        self.appended.push((name.clone(), value));
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 18): the headers added by
+    /// [Self::append_new_header()], in order.
+    pub fn new_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.appended
+    }
+
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf)
+        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf);
+        // GATEHOUSE PATCH (vendor/README.md, 18)
+        for (name, value) in &self.appended {
+            header_field_to_h1_wire(name, value, buf);
+        }
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -398,17 +439,31 @@ impl RequestHeader {
     /// rebuilding a [RequestHeader] from the result serializes the URI's origin-form path
     /// instead of the original bytes. [Clone] keeps it; [Self::set_raw_path()] restores it.
     pub fn as_owned_parts(&self) -> ReqParts {
-        clone_req_parts(&self.base)
+        let mut parts = clone_req_parts(&self.base);
+        // GATEHOUSE PATCH (vendor/README.md, 18)
+        append_new_headers(&mut parts.headers, self.appended.iter().cloned());
+        parts
+    }
+}
+
+/// GATEHOUSE PATCH (vendor/README.md, 18): the headers of [RequestHeader::append_new_header()]
+/// into a header map, where a request leaves [RequestHeader].
+fn append_new_headers(map: &mut HMap, new: impl Iterator<Item = (HeaderName, HeaderValue)>) {
+    for (name, value) in new {
+        map.append(name, value);
     }
 }
 
 impl Clone for RequestHeader {
     fn clone(&self) -> Self {
         Self {
-            base: self.as_owned_parts(),
+            // GATEHOUSE PATCH (vendor/README.md, 18): the map alone; the added headers stay
+            // beside it.
+            base: clone_req_parts(&self.base),
             header_name_map: self.header_name_map.clone(),
             raw_target: self.raw_target.clone(),
             send_end_stream: self.send_end_stream,
+            appended: self.appended.clone(),
         }
     }
 }
@@ -425,13 +480,17 @@ impl From<ReqParts> for RequestHeader {
             // The Uri is the only target available here, so it is the one that serializes.
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            appended: Vec::new(),
         }
     }
 }
 
 impl From<RequestHeader> for ReqParts {
     fn from(resp: RequestHeader) -> ReqParts {
-        resp.base
+        let mut parts = resp.base;
+        // GATEHOUSE PATCH (vendor/README.md, 18)
+        append_new_headers(&mut parts.headers, resp.appended.into_iter());
+        parts
     }
 }
 
@@ -1014,6 +1073,17 @@ fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
     bytes::Bytes::from(unfolded)
 }
 
+/// GATEHOUSE PATCH (vendor/README.md, 18): one field line, its name spelled as
+/// [header_to_h1_wire] spells a map's name without a case map.
+#[inline]
+fn header_field_to_h1_wire(name: &HeaderName, value: &HeaderValue, buf: &mut impl BufMut) {
+    let titled = case_header_name::titled_header_name_str(name).unwrap_or(name.as_str());
+    buf.put_slice(titled.as_bytes());
+    buf.put_slice(b": ");
+    buf.put_slice(value.as_ref());
+    buf.put_slice(b"\r\n");
+}
+
 #[inline]
 fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl BufMut) {
     const CRLF: &[u8; 2] = b"\r\n";
@@ -1148,6 +1218,43 @@ mod tests {
                 req.case_header_iter().count(),
                 if req.has_case() { 4 } else { 0 }
             );
+        }
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 18): headers added as new go out after the map's, in
+    /// the order added and spelled as prebuilt names are, with and without a case map; they
+    /// join the map where the request becomes parts (HTTP/2) and survive a clone.
+    #[test]
+    fn gatehouse_patch_new_headers_written_after_the_map() {
+        let xff = http::HeaderName::from_static("x-forwarded-for");
+        let xrid = http::HeaderName::from_static("x-request-id");
+        for mut req in [
+            RequestHeader::build("GET", b"/", None).unwrap(),
+            RequestHeader::build_no_case("GET", b"/", None).unwrap(),
+        ] {
+            req.insert_header("Host", "a").unwrap();
+            req.append_new_header(&xff, HeaderValue::from_static("192.0.2.1"));
+            req.append_new_header(&http::header::CACHE_CONTROL, HeaderValue::from_static("x"));
+            req.append_new_header(&xrid, HeaderValue::from_static("id-1"));
+            assert!(req.headers.get(&xff).is_none(), "beside the map, not in it");
+            let mut buf: Vec<u8> = vec![];
+            req.header_to_h1_wire(&mut buf);
+            assert_eq!(
+                buf,
+                b"Host: a\r\nx-forwarded-for: 192.0.2.1\r\nCache-Control: x\r\nx-request-id: id-1\r\n"
+            );
+            let copy = req.clone();
+            let mut again: Vec<u8> = vec![];
+            copy.header_to_h1_wire(&mut again);
+            assert_eq!(again, buf, "a clone writes the same request");
+            assert_eq!(copy.new_headers().len(), 3);
+            let parts = req.as_owned_parts();
+            assert_eq!(parts.headers.len(), 4);
+            assert_eq!(parts.headers[&xff], "192.0.2.1");
+            assert_eq!(parts.headers[&xrid], "id-1");
+            let parts: ReqParts = req.into();
+            assert_eq!(parts.headers.len(), 4);
+            assert_eq!(parts.headers[&http::header::CACHE_CONTROL], "x");
         }
     }
 
