@@ -252,6 +252,7 @@ fn limits(
         let rate = match (l.per_second, l.burst, l.per_minute) {
             (0, _, _) | (_, 0, _) => Some("per_second and burst must be at least 1"),
             (_, _, n) if n > 60_000 => Some("per_minute must be at most 60000 (use per_second)"),
+            (n, _, 0) if n > 1_000_000 => Some("per_second must be at most 1000000"),
             _ => None,
         };
         if let Some(why) = rate {

@@ -94,8 +94,8 @@ pub struct Named {
     /// `key = "ip"`: IPv6 clients share a bucket per network of this prefix length.
     pub ipv6_prefix: u8,
     store: LimitStore,
-    /// Milliseconds between two tokens (GCRA emission interval).
-    interval_ms: u64,
+    /// Microseconds between two tokens (GCRA emission interval).
+    interval_us: u64,
     quota: Quota,
     limiter: ArcSwap<Keyed>,
 }
@@ -117,14 +117,9 @@ pub enum Verdict {
 
 impl Named {
     pub fn new(name: &str, l: &Limit) -> Self {
-        // One token every `interval_ms`: 1 s / per_second, or 1 min / per_minute.
-        let interval_ms = match l.per_minute {
-            0 => 1000 / u64::from(l.per_second.max(1)),
-            n => 60_000 / u64::from(n),
-        }
-        .max(1);
+        let interval_us = interval_us(l);
         let burst = NonZeroU32::new(l.burst).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::with_period(std::time::Duration::from_millis(interval_ms))
+        let quota = Quota::with_period(std::time::Duration::from_micros(interval_us))
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst);
         Self {
@@ -133,7 +128,7 @@ impl Named {
             burst: l.burst,
             ipv6_prefix: l.ipv6_prefix.unwrap_or(DEFAULT_IPV6_PREFIX),
             store: l.store,
-            interval_ms,
+            interval_us,
             quota,
             limiter: ArcSwap::from_pointee(Self::fresh(quota)),
         }
@@ -159,13 +154,13 @@ impl Named {
             // be laid out inline in `request_filter`'s future, which `async_trait` moves into a
             // box of its own on every request, whether or not a limit of the route is shared.
             let key = bucket.to_string();
-            let shared_check = Box::pin(redis.gcra(&self.name, &key, self.interval_ms, self.burst));
+            let shared_check = Box::pin(redis.gcra(&self.name, &key, self.interval_us, self.burst));
             match shared_check.await {
                 Ok(None) => return Verdict::Allowed,
-                Ok(Some(wait_ms)) => {
+                Ok(Some(wait_us)) => {
                     return Verdict::Limited {
                         limit: self.burst,
-                        retry_after_secs: wait_ms.div_ceil(1000).max(1),
+                        retry_after_secs: wait_us.div_ceil(1_000_000).max(1),
                     };
                 }
                 Err(e) => redis.failed(&self.name, &e),
@@ -234,12 +229,14 @@ pub fn headers(limit: u32, retry_after_secs: u64) -> Vec<(&'static str, String)>
     ]
 }
 
-/// GCRA on Redis: the key holds the theoretical arrival time (TAT, ms on Redis's clock). A
+/// GCRA on Redis: the key holds the theoretical arrival time (TAT, µs on Redis's clock). A
 /// request is allowed when the new TAT is at most `burst` intervals ahead of now; the key
-/// expires when the bucket would be full again. Returns 0, or the milliseconds to wait.
+/// expires when the bucket would be full again. Returns 0, or the microseconds to wait.
+/// The TAT is written with `%d`: a Lua number becomes a command argument with 14 significant
+/// digits, and a time in µs has 16.
 const GCRA: &str = r"
 local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = t[1] * 1000000 + t[2]
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
@@ -249,9 +246,20 @@ local ahead = new_tat - now
 if ahead > interval * burst then
   return ahead - interval * burst
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', ahead)
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil(ahead / 1000))
 return 0
 ";
+
+/// One token every this many microseconds: 1 s / `per_second`, or 1 min / `per_minute`. In
+/// microseconds, not milliseconds, where 1000 / `per_second` rounded down turned 400 a second
+/// into 500 and anything over 1 000 into 1 000 (settings refuse more than 1 000 000).
+fn interval_us(l: &Limit) -> u64 {
+    match l.per_minute {
+        0 => 1_000_000 / u64::from(l.per_second.max(1)),
+        n => 60_000_000 / u64::from(n),
+    }
+    .max(1)
+}
 
 /// The Redis connection shared by every `store = "redis"` limit.
 pub struct RedisLimits {
@@ -294,7 +302,7 @@ impl RedisLimits {
         &self,
         limit: &str,
         key: &str,
-        interval_ms: u64,
+        interval_us: u64,
         burst: u32,
     ) -> Result<Option<u64>, String> {
         if self
@@ -305,7 +313,9 @@ impl RedisLimits {
         {
             return Err("skipped after a recent failure".into());
         }
-        let redis_key = format!("gatehouse:rl:{limit}:{key}");
+        // `rl2`: the TAT is in µs since this version (`rl` held ms); instances of both versions
+        // side by side during a rollout keep apart rather than misread each other's buckets.
+        let redis_key = format!("gatehouse:rl2:{limit}:{key}");
         let attempt = async {
             // A kept connection may have died with an earlier Redis (restart, failover): on
             // its first error, one more try on a fresh connection.
@@ -328,7 +338,7 @@ impl RedisLimits {
                 match self
                     .script
                     .key(&redis_key)
-                    .arg(interval_ms)
+                    .arg(interval_us)
                     .arg(burst)
                     .invoke_async::<u64>(&mut conn)
                     .await
@@ -369,6 +379,34 @@ impl RedisLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rate is the configured one to the microsecond: 400 a second is one token every
+    /// 2.5 ms (it was 2 ms, 500 a second), and a million a second one every µs (it was capped
+    /// at one a millisecond, 1 000 a second).
+    #[test]
+    fn the_emission_interval_is_the_configured_rate() {
+        for (per_second, per_minute, us) in [
+            (1, 0, 1_000_000),
+            (3, 0, 333_333),
+            (400, 0, 2_500),
+            (700, 0, 1_428),
+            (1_000_000, 0, 1),
+            (1, 7, 8_571_428),
+            (1, 60_000, 1_000),
+        ] {
+            let l = Limit {
+                per_second,
+                per_minute,
+                burst: 1,
+                ..Limit::default()
+            };
+            assert_eq!(interval_us(&l), us, "{per_second}/s {per_minute}/min");
+            assert_eq!(
+                Named::new("t", &l).quota.replenish_interval(),
+                std::time::Duration::from_micros(us)
+            );
+        }
+    }
 
     #[test]
     fn burst_then_limited_per_key() {
