@@ -14,17 +14,20 @@
 //! (a generation number); it is served only while that set is the current one, so a
 //! verification that raced a key replacement can never bring an old key's verdict back.
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
+
+mod cache;
+mod keys;
+
+use cache::{Cache, TokenKey, TokenRef};
+pub use keys::{KeySet, VerificationKey};
 
 /// `typ` value required on access tokens (RFC 9068 §2.1).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
@@ -128,86 +131,6 @@ impl Rejection {
     }
 }
 
-/// One verification key: its id, its single algorithm and the key material.
-#[derive(Clone)]
-pub struct VerificationKey {
-    pub kid: String,
-    pub alg: Algorithm,
-    pub key: DecodingKey,
-}
-
-impl std::fmt::Debug for VerificationKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerificationKey")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish()
-    }
-}
-
-/// The keys tokens may be signed with, by `kid`.
-#[derive(Debug, Clone, Default)]
-pub struct KeySet {
-    keys: HashMap<String, VerificationKey>,
-}
-
-impl KeySet {
-    pub fn new(keys: impl IntoIterator<Item = VerificationKey>) -> Self {
-        Self {
-            keys: keys.into_iter().map(|k| (k.kid.clone(), k)).collect(),
-        }
-    }
-
-    /// Keys from a JWK Set. Keys without `kid` or `alg`, symmetric keys, and keys whose
-    /// algorithm is not allowed are skipped; the reasons are returned for logging.
-    pub fn from_jwks(set: &JwkSet, allowed: &[Algorithm]) -> (Self, Vec<String>) {
-        let mut keys = Vec::new();
-        let mut skipped = Vec::new();
-        for jwk in &set.keys {
-            match Self::key_from_jwk(jwk, allowed) {
-                Ok(k) => keys.push(k),
-                Err(why) => skipped.push(why),
-            }
-        }
-        (Self::new(keys), skipped)
-    }
-
-    fn key_from_jwk(jwk: &Jwk, allowed: &[Algorithm]) -> Result<VerificationKey, String> {
-        let kid = jwk.common.key_id.clone().ok_or("JWK without kid")?;
-        let alg = jwk
-            .common
-            .key_algorithm
-            .and_then(|a| Algorithm::try_from(a).ok())
-            .ok_or_else(|| format!("JWK {kid}: no supported alg"))?;
-        if !allowed.contains(&alg) {
-            return Err(format!("JWK {kid}: algorithm {alg:?} not allowed"));
-        }
-        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-            return Err(format!(
-                "JWK {kid}: symmetric keys are never taken from a JWK Set"
-            ));
-        }
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWK {kid}: {e}"))?;
-        Ok(VerificationKey { kid, alg, key })
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    pub fn get(&self, kid: &str) -> Option<&VerificationKey> {
-        self.keys.get(kid)
-    }
-
-    pub fn kids(&self) -> Vec<&str> {
-        self.keys.keys().map(String::as_str).collect()
-    }
-}
-
 /// What a verifier accepts.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -223,46 +146,6 @@ pub struct Policy {
 struct Verdict {
     generation: u64,
     claims: Arc<AccessClaims>,
-}
-
-/// Keyed by the whole token: a hit needs the same bytes, so no hash collision can serve one
-/// token's verdict for another (a digest per request cost ~0.3 µs of SHA-256 for nothing more).
-type Cache = quick_cache::sync::Cache<TokenKey, Verdict>;
-
-/// A cached token. Hashed by its length and its last [`HASHED_TAIL`] bytes only: they are the
-/// end of the signature, which no caller can choose for a token that verifies (only verified
-/// tokens are ever inserted), so entries spread as well as under the whole token, and a lookup
-/// hashes 16 bytes instead of a few hundred. Equality is still the whole token.
-#[derive(PartialEq, Eq)]
-struct TokenKey(Box<str>);
-
-/// A token looked up: hashed as [`TokenKey`] is, equal to the key of the same text.
-struct TokenRef<'a>(&'a str);
-
-const HASHED_TAIL: usize = 16;
-
-fn hash_token<H: Hasher>(token: &str, state: &mut H) {
-    let bytes = token.as_bytes();
-    state.write_usize(bytes.len());
-    state.write(&bytes[bytes.len().saturating_sub(HASHED_TAIL)..]);
-}
-
-impl Hash for TokenKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_token(&self.0, state);
-    }
-}
-
-impl Hash for TokenRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_token(self.0, state);
-    }
-}
-
-impl quick_cache::Equivalent<TokenKey> for TokenRef<'_> {
-    fn equivalent(&self, key: &TokenKey) -> bool {
-        *key.0 == *self.0
-    }
 }
 
 /// The key set in force and its generation (bumped on every replacement).
@@ -418,6 +301,8 @@ mod tests {
     use super::*;
     use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
     use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
+    use jsonwebtoken::DecodingKey;
+    use jsonwebtoken::jwk::JwkSet;
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
 
