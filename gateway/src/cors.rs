@@ -5,6 +5,7 @@
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 
+use crate::headers;
 use crate::settings::Cors;
 
 /// Hosting domains where anyone can get a subdomain: a wildcard under them is never safe.
@@ -75,9 +76,9 @@ impl OriginPattern {
     fn matches(&self, origin: &str) -> bool {
         match self {
             Self::Exact(o) => o.eq_ignore_ascii_case(origin),
-            Self::Subdomain { scheme, suffix } => strip_prefix_ignore_case(origin, scheme)
+            Self::Subdomain { scheme, suffix } => headers::strip_prefix_ignore_case(origin, scheme)
                 .and_then(|r| r.strip_prefix("://"))
-                .and_then(|host| strip_suffix_ignore_case(host, suffix))
+                .and_then(|host| headers::strip_suffix_ignore_case(host, suffix))
                 .is_some_and(|label| {
                     !label.is_empty()
                         && label
@@ -170,16 +171,6 @@ impl Policy {
         }
         self.origins.iter().any(|p| p.matches(origin))
     }
-}
-
-fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    let (head, rest) = s.split_at_checked(prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then_some(rest)
-}
-
-fn strip_suffix_ignore_case<'a>(s: &'a str, suffix: &str) -> Option<&'a str> {
-    let (rest, tail) = s.split_at_checked(s.len().checked_sub(suffix.len())?)?;
-    tail.eq_ignore_ascii_case(suffix).then_some(rest)
 }
 
 /// Response headers of a CORS decision, names and values ready to insert.

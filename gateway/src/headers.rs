@@ -90,6 +90,19 @@ pub fn secure(resp: &mut ResponseHeader, hsts: Option<&HeaderValue>, authenticat
     }
 }
 
+/// `s` without `prefix`, compared ignoring ASCII case (header values: `Origin` schemes,
+/// `Authorization` schemes); `None` when it does not start so.
+pub fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let (head, rest) = s.split_at_checked(prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then_some(rest)
+}
+
+/// `s` without `suffix`, compared ignoring ASCII case.
+pub fn strip_suffix_ignore_case<'a>(s: &'a str, suffix: &str) -> Option<&'a str> {
+    let (rest, tail) = s.split_at_checked(s.len().checked_sub(suffix.len())?)?;
+    tail.eq_ignore_ascii_case(suffix).then_some(rest)
+}
+
 /// The request id as a header value. It is marked sensitive, which HTTP/2 sends as a literal
 /// that is never indexed (RFC 7541 §6.2.3) and HTTP/1 ignores: indexed, every response would
 /// add an entry to the connection's HPACK table that no later response can use, push out the

@@ -120,17 +120,13 @@ pub async fn limit(
 /// accepts (visible ASCII, space, tab). One pass over the value (its validation); the scheme is
 /// compared in place rather than searched for.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, Rejection> {
-    let value = headers
+    headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or(Rejection::MissingToken)?;
-    match value.split_at_checked("bearer ".len()) {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer ") => {
-            Some(rest.trim_ascii()).filter(|t| !t.is_empty())
-        }
-        _ => None,
-    }
-    .ok_or(Rejection::MissingToken)
+        .and_then(|value| crate::headers::strip_prefix_ignore_case(value, "bearer "))
+        .map(str::trim_ascii)
+        .filter(|token| !token.is_empty())
+        .ok_or(Rejection::MissingToken)
 }
 
 /// The verified subject of `token`. A key we do not have, or a signature that fails under
