@@ -151,3 +151,32 @@ async fn outside_development_reload_over_http_is_off_without_a_token() {
     assert_eq!(gw.admin("/healthz").await.status, 200);
     let _ = std::fs::remove_dir_all(&certs);
 }
+
+/// What an operator's monitoring reads: health, readiness and the metrics of a served request.
+#[tokio::test]
+async fn admin_listener_reports_health_and_metrics() {
+    let (_echo, gw, _key) = crate::edge::setup().await;
+    gw.get("/open/x", None).await;
+    assert_eq!(gw.admin("/healthz").await.status, 200);
+    assert_eq!(
+        gw.admin("/readyz").await.body,
+        serde_json::json!({"status": "ready"})
+    );
+    // Counted when the request is logged, just after its answer went out: the client can ask
+    // before that.
+    let served = r#"gatehouse_gateway_http_requests_total{route="/open/",status="200"}"#;
+    gw.wait_metric(served, 1.0, 10).await;
+    let m = gw.admin("/metrics").await.text;
+    assert!(
+        m.contains(r#"gatehouse_gateway_http_requests_total{route="/open/",status="200"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"gatehouse_gateway_jwks_refreshes_total{outcome="ok"}"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"gatehouse_gateway_upstream_healthy_targets{upstream="echo"} 1"#),
+        "{m}"
+    );
+}
