@@ -52,12 +52,24 @@ impl Connector {
 
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
-        mut session: HttpSession,
+        session: HttpSession,
+        peer: &P,
+        idle_timeout: Option<Duration>,
+    ) {
+        self.release_boxed_http_session(Box::new(session), peer, idle_timeout)
+            .await
+    }
+
+    /// [`Self::release_http_session`] of a boxed session, which is not moved out of its box
+    /// (GATEHOUSE PATCH, vendor/README.md, 19).
+    pub async fn release_boxed_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        mut session: Box<HttpSession>,
         peer: &P,
         idle_timeout: Option<Duration>,
     ) {
         session.respect_keepalive();
-        if let Some(stream) = session.reuse().await {
+        if let Some(stream) = session.reuse_boxed().await {
             self.transport
                 .release_stream(stream, peer.reuse_hash(), idle_timeout);
         }

@@ -22,9 +22,13 @@ use super::{custom::client::Session, v1::client::HttpSession as Http1Session};
 use crate::protocols::{Digest, SocketAddr, Stream};
 
 /// A type for Http client session. It can be either an Http1 connection or an Http2 stream.
+///
+/// GATEHOUSE PATCH (vendor/README.md, 19): the HTTP/1 session (~500 bytes) and the HTTP/2
+/// stream (~400) are boxed, so the moves of a session between the futures of a request (out of
+/// the pool, into the proxy, back into the pool) copy a pointer.
 pub enum HttpSession<S = ()> {
-    H1(Http1Session),
-    H2(Http2Session),
+    H1(Box<Http1Session>),
+    H2(Box<Http2Session>),
     Custom(S),
 }
 
@@ -236,7 +240,7 @@ impl<S: Session> HttpSession<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::{HttpSession, Session};
+    use super::{Http1Session, HttpSession, Session};
     use crate::protocols::http::custom::{BodyWrite, CustomMessageWrite};
     use crate::protocols::{Digest, SocketAddr, UniqueIDType};
     use async_trait::async_trait;
@@ -383,5 +387,27 @@ mod tests {
         session.shutdown().await;
 
         assert_eq!(*shutdown_calls.lock().unwrap(), ["abandon(shutdown)"]);
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 19): a client session moves as a pointer, and the
+    /// boxed release path still hands a kept-alive connection's stream back.
+    #[tokio::test]
+    async fn gatehouse_patch_h1_session_is_boxed_and_reused_from_its_box() {
+        use pingora_http::RequestHeader;
+        assert!(std::mem::size_of::<HttpSession>() <= 3 * std::mem::size_of::<usize>());
+        let mock = tokio_test::io::Builder::new()
+            .write(b"GET / HTTP/1.1\r\n\r\n")
+            .read(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .build();
+        let mut h1 = Box::new(Http1Session::new(Box::new(mock)));
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        h1.write_request_header(Box::new(req)).await.unwrap();
+        h1.read_response().await.unwrap();
+        assert_eq!(h1.read_body_bytes().await.unwrap().unwrap().as_ref(), b"ok");
+        h1.respect_keepalive();
+        assert!(
+            h1.reuse_boxed().await.is_some(),
+            "a complete keep-alive exchange is reusable"
+        );
     }
 }

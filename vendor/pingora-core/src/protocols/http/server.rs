@@ -53,27 +53,32 @@ impl ReusableHttpStream {
 }
 
 /// HTTP server session object for both HTTP/1.x and HTTP/2
+///
+/// GATEHOUSE PATCH (vendor/README.md, 19): each protocol's session is boxed. A session is
+/// 500-700 bytes and is moved by value between the futures of a request (into the proxy's
+/// session, into `finish`, into `reuse`): about ten copies of it per request, where a box moves
+/// as a pointer.
 pub enum Session {
-    H1(SessionV1),
-    H2(SessionV2),
-    Subrequest(SessionSubrequest),
+    H1(Box<SessionV1>),
+    H2(Box<SessionV2>),
+    Subrequest(Box<SessionSubrequest>),
     Custom(Box<dyn SessionCustom>),
 }
 
 impl Session {
     /// Create a new [`Session`] from an established connection for HTTP/1.x
     pub fn new_http1(stream: Stream) -> Self {
-        Self::H1(SessionV1::new(stream))
+        Self::H1(Box::new(SessionV1::new(stream)))
     }
 
     /// Create a new [`Session`] from an established HTTP/2 stream
     pub fn new_http2(session: SessionV2) -> Self {
-        Self::H2(session)
+        Self::H2(Box::new(session))
     }
 
     /// Create a new [`Session`] from a subrequest session
     pub fn new_subrequest(session: SessionSubrequest) -> Self {
-        Self::Subrequest(session)
+        Self::Subrequest(Box::new(session))
     }
 
     /// Create a new [`Session`] from a custom session
@@ -270,7 +275,7 @@ impl Session {
             Self::H1(mut s) => {
                 // need to flush body due to buffering
                 s.finish_body().await?;
-                s.reuse().await
+                s.reuse_boxed().await
             }
             Self::H2(mut s) => {
                 s.finish()?;
@@ -1029,6 +1034,28 @@ mod tests {
     use futures::Stream;
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::sync::{Arc, Mutex};
+
+    /// GATEHOUSE PATCH (vendor/README.md, 19): a session moves as a pointer, and an HTTP/1
+    /// session finishes from its box: a kept-alive connection comes back with the bytes of the
+    /// next (pipelined) request.
+    #[tokio::test]
+    async fn gatehouse_patch_sessions_are_boxed_and_finish_from_their_box() {
+        assert!(std::mem::size_of::<Session>() <= 3 * std::mem::size_of::<usize>());
+        let request = b"GET / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 0\r\n\r\nGET /next";
+        let mock = tokio_test::io::Builder::new().read(request).build();
+        let mut session = Session::new_http1(Box::new(mock));
+        session.set_pipelining_enabled(true);
+        assert!(session.read_request().await.unwrap());
+        assert_eq!(session.req_header().uri.path(), "/");
+        assert!(session.read_request_body().await.unwrap().is_none());
+        let reused = session
+            .finish()
+            .await
+            .unwrap()
+            .expect("connection reusable");
+        let (_stream, prefix) = reused.into_parts();
+        assert_eq!(prefix.expect("pipelined bytes").as_ref(), b"GET /next");
+    }
 
     #[tokio::test]
     async fn custom_proxy_task_defaults_are_opted_out_and_fail_loudly() {

@@ -736,7 +736,13 @@ impl HttpSession {
     /// server is being contacted. A new client session can be created via [`Self::new()`].
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
-    pub async fn reuse(mut self) -> Option<Stream> {
+    pub async fn reuse(self) -> Option<Stream> {
+        Box::new(self).reuse_boxed().await
+    }
+
+    /// [`Self::reuse`] of a boxed session, which is not moved out of its box
+    /// (GATEHOUSE PATCH, vendor/README.md, 19).
+    pub async fn reuse_boxed(mut self: Box<Self>) -> Option<Stream> {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
