@@ -357,6 +357,14 @@ pub(crate) fn sanitize_h1_upstream_request(
         return Ok(());
     }
 
+    // GATEHOUSE PATCH (vendor/README.md, 10): a request without any hop-by-hop field (most
+    // requests) has nothing below to act on: no `Connection` to nominate fields, no `Upgrade`,
+    // nothing to strip. Without this, every request paid for an empty nomination list
+    // (sixteen `Option<HeaderName>`s built, copied and walked) and two more lookups.
+    if !carries_hop_by_hop(req) {
+        return Ok(());
+    }
+
     let nominations = policy
         .strip_connection_nominated
         .then(|| ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations))
@@ -374,31 +382,24 @@ pub(crate) fn sanitize_h1_upstream_request(
         nominations.remove_from(req);
     }
 
-    // GATEHOUSE PATCH (vendor/README.md, 10): nothing to remove from a request without any of
-    // these fields.
-    let hop_by_hop = carries_hop_by_hop(req);
-    if policy.strip_hop_by_hop && hop_by_hop {
+    if policy.strip_hop_by_hop {
         strip_standard_hop_by_hop_headers(req);
     }
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            if hop_by_hop {
-                req.remove_header(&header::CONNECTION);
-                req.remove_header(&header::UPGRADE);
-                req.remove_header(HTTP2_SETTINGS);
-            }
+            req.remove_header(&header::CONNECTION);
+            req.remove_header(&header::UPGRADE);
+            req.remove_header(HTTP2_SETTINGS);
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
         H1UpgradePolicy::Deny => {
-            if hop_by_hop {
-                req.remove_header(&header::CONNECTION);
-                req.remove_header(&header::UPGRADE);
-                req.remove_header(HTTP2_SETTINGS);
-            }
+            req.remove_header(&header::CONNECTION);
+            req.remove_header(&header::UPGRADE);
+            req.remove_header(HTTP2_SETTINGS);
         }
         H1UpgradePolicy::Preserve => {}
     }
@@ -692,6 +693,67 @@ mod tests {
         reconcile_upstream_authority(&mut absolute_deleted).unwrap();
         set_h1_host_from_authority(&mut absolute_deleted).unwrap();
         assert_eq!(absolute_deleted.headers[header::HOST], "client.example");
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 10): a request without any hop-by-hop field leaves
+    /// as it came, under every policy that would strip one.
+    #[test]
+    fn gatehouse_patch_h1_request_without_hop_by_hop_fields_is_unchanged() {
+        let fields = [
+            ("Host", "a.example"),
+            ("X-Private-Hop", "kept"),
+            ("Accept", "*/*"),
+            ("X-Forwarded-For", "192.0.2.1"),
+        ];
+        let mut deny = HttpUpstreamRequestPolicy::standard();
+        deny.h1_upgrade = H1UpgradePolicy::Deny;
+        for policy in [
+            HttpUpstreamRequestPolicy::standard(),
+            lenient_policy(),
+            deny,
+        ] {
+            let mut request = request_with_headers(&fields);
+            sanitize_h1_upstream_request(&mut request, policy, true).unwrap();
+            assert_eq!(request.headers.len(), fields.len());
+            for (name, value) in fields {
+                assert_eq!(request.headers[name], value);
+            }
+        }
+    }
+
+    /// ...and one with them still loses each of them and every field its `Connection` names.
+    #[test]
+    fn h1_upstream_removes_hop_by_hop_and_nominated_fields() {
+        let hop_by_hop = [
+            ("Connection", "X-Private-Hop, keep-alive"),
+            ("X-Private-Hop", "secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Trailer", "X-Trailer"),
+            ("Proxy-Authorization", "secret"),
+            ("Upgrade", "h2c"),
+            ("HTTP2-Settings", "settings"),
+        ];
+        // each alone (`Connection` with the field it names, which is hop-by-hop only so)
+        for (i, field) in hop_by_hop.iter().enumerate().filter(|(i, _)| *i != 1) {
+            let mut fields = vec![*field, ("Accept", "*/*")];
+            if i == 0 {
+                fields.push(hop_by_hop[1]);
+            }
+            let mut request = request_with_headers(&fields);
+            sanitize_h1_upstream_request(&mut request, HttpUpstreamRequestPolicy::standard(), true)
+                .unwrap();
+            assert!(request.headers.get(field.0).is_none(), "{} kept", field.0);
+            assert!(request.headers.get("x-private-hop").is_none());
+            assert_eq!(request.headers["accept"], "*/*");
+        }
+        let mut request = request_with_headers(&hop_by_hop);
+        sanitize_h1_upstream_request(&mut request, HttpUpstreamRequestPolicy::standard(), true)
+            .unwrap();
+        for (name, _) in hop_by_hop {
+            assert!(request.headers.get(name).is_none(), "{name} kept");
+        }
+        assert!(request.headers.is_empty());
     }
 
     #[test]
