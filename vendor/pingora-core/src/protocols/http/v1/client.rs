@@ -21,6 +21,7 @@ use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
 use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use std::io::ErrorKind;
+use std::mem::MaybeUninit;
 use std::str;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -352,9 +353,12 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
+                // GATEHOUSE PATCH (vendor/README.md, 20): the parser writes the headers it finds
+                // into uninitialised slots (256 empty headers, 8 KiB, were written first).
+                let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed =
+                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
@@ -968,14 +972,16 @@ impl HttpSession {
 }
 
 #[inline]
-fn parse_resp_buffer<'buf>(
-    resp: &mut httparse::Response<'_, 'buf>,
+fn parse_resp_buffer<'headers, 'buf>(
+    resp: &mut httparse::Response<'headers, 'buf>,
     buf: &'buf [u8],
+    headers: &'headers mut [MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
     parser.allow_obsolete_multiline_headers_in_responses(true);
-    let res = match parser.parse_response(resp, buf) {
+    // GATEHOUSE PATCH (vendor/README.md, 20): into uninitialised headers.
+    let res = match parser.parse_response_with_uninit_headers(resp, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -1066,6 +1072,44 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 20): headers parsed into uninitialised slots are all
+    /// there, in order, up to the limit of 256 (with an obs-fold continuation, which responses
+    /// may carry); one more is refused.
+    #[tokio::test]
+    async fn gatehouse_patch_response_headers_parsed_into_uninitialised_slots() {
+        init_log();
+        for count in [1, 2, 100, MAX_HEADERS] {
+            let mut input = b"HTTP/1.1 200 OK\r\nX-H0: v0\r\n folded\r\n".to_vec();
+            for i in 1..count {
+                input.extend(format!("X-H{i}: v{i}\r\n").as_bytes());
+            }
+            input.extend(b"\r\n");
+            let mock_io = Builder::new().read(&input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            assert_eq!(input.len(), http_stream.read_response().await.unwrap());
+            let headers = &http_stream.resp_header().unwrap().headers;
+            assert_eq!(count, headers.len());
+            for (i, (name, value)) in headers.iter().enumerate() {
+                assert_eq!(name.as_str(), format!("x-h{i}"));
+                let want = if i == 0 {
+                    "v0 folded".into()
+                } else {
+                    format!("v{i}")
+                };
+                assert_eq!(value.as_bytes(), want.as_bytes());
+            }
+        }
+        let mut input = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            input.extend(format!("X-H{i}: v{i}\r\n").as_bytes());
+        }
+        input.extend(b"\r\n");
+        let mock_io = Builder::new().read(&input).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let err = http_stream.read_response().await.unwrap_err();
+        assert_eq!(err.etype(), &InvalidHTTPHeader);
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -335,9 +336,11 @@ impl HttpSession {
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                let parsed = parse_req_buffer(&mut req, &buf);
+                // GATEHOUSE PATCH (vendor/README.md, 20): the parser writes the headers it finds
+                // into uninitialised slots (256 empty headers, 8 KiB, were written first).
+                let mut headers = [MaybeUninit::uninit(); MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut []);
+                let parsed = parse_req_buffer(&mut req, &buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
@@ -1823,23 +1826,44 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
 }
 
 #[inline]
-fn parse_req_buffer<'buf>(
-    req: &mut httparse::Request<'_, 'buf>,
+fn parse_req_buffer<'headers, 'buf>(
+    req: &mut httparse::Request<'headers, 'buf>,
     buf: &'buf [u8],
+    headers: &'headers mut [MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     use httparse::Result;
 
     #[cfg(feature = "patched_http1")]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
+    fn parse<'headers, 'buf>(
+        req: &mut httparse::Request<'headers, 'buf>,
+        buf: &'buf [u8],
+        headers: &'headers mut [MaybeUninit<httparse::Header<'buf>>],
+    ) -> Result<usize> {
+        // The patched parser parses into initialised headers.
+        for header in headers.iter_mut() {
+            header.write(httparse::EMPTY_HEADER);
+        }
+        // SAFETY: every element was initialised just above, and `MaybeUninit<T>` has the layout
+        // of `T`.
+        req.headers = unsafe {
+            &mut *(headers as *mut [MaybeUninit<httparse::Header<'buf>>]
+                as *mut [httparse::Header<'buf>])
+        };
         req.parse_unchecked(buf)
     }
 
+    // GATEHOUSE PATCH (vendor/README.md, 20): `Request::parse` with the default configuration,
+    // into uninitialised headers.
     #[cfg(not(feature = "patched_http1"))]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
-        req.parse(buf)
+    fn parse<'headers, 'buf>(
+        req: &mut httparse::Request<'headers, 'buf>,
+        buf: &'buf [u8],
+        headers: &'headers mut [MaybeUninit<httparse::Header<'buf>>],
+    ) -> Result<usize> {
+        httparse::ParserConfig::default().parse_request_with_uninit_headers(req, buf, headers)
     }
 
-    let res = match parse(req, buf) {
+    let res = match parse(req, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -1906,6 +1930,39 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 20): headers parsed into uninitialised slots are all
+    /// there, in order, up to the limit of 256; one more is refused.
+    #[tokio::test]
+    async fn gatehouse_patch_request_headers_parsed_into_uninitialised_slots() {
+        init_log();
+        for count in [1, 2, 100, MAX_HEADERS] {
+            let mut input = b"GET /x HTTP/1.1\r\n".to_vec();
+            for i in 0..count {
+                input.extend(format!("X-H{i}: v{i}\r\n").as_bytes());
+            }
+            input.extend(b"\r\n");
+            let mock_io = Builder::new().read(&input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let res = http_stream.read_request().await;
+            assert_eq!(input.len(), res.unwrap().unwrap());
+            let headers = &http_stream.req_header().headers;
+            assert_eq!(count, headers.len());
+            for (i, (name, value)) in headers.iter().enumerate() {
+                assert_eq!(name.as_str(), format!("x-h{i}"));
+                assert_eq!(value.as_bytes(), format!("v{i}").as_bytes());
+            }
+        }
+        let mut input = b"GET /x HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            input.extend(format!("X-H{i}: v{i}\r\n").as_bytes());
+        }
+        input.extend(b"\r\n");
+        let mock_io = Builder::new().read(&input).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let err = http_stream.read_request().await.unwrap_err();
+        assert_eq!(err.etype(), &InvalidHTTPHeader);
     }
 
     #[cfg(feature = "patched_http1")]
