@@ -283,15 +283,17 @@ impl TransportConnector {
     /// to be reused.
     ///
     /// If a [Stream] is dropped instead of being returned via this function. it will be closed.
+    ///
+    /// GATEHOUSE PATCH (vendor/README.md, 21): the stream is not tested here for having been
+    /// closed or for unexpected data. [`Self::reused_stream`] tests every stream before handing
+    /// it out, and the pool's sweeper tests the idle ones, so a stream that fails here would
+    /// fail there; testing it twice cost a second non-blocking read per proxied request.
     pub fn release_stream(
         &self,
-        mut stream: Stream,
+        stream: Stream,
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
-        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
-            return;
-        }
         debug!("Try to keepalive client session");
         self.idle_pool.put(key, stream, idle_timeout);
     }
@@ -784,6 +786,32 @@ mod tests {
             .connect_local_addr()
             .expect("TLS handshake failure should retain the assigned local address");
         assert_ne!(local_addr.port(), 0);
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 21): a stream released to the pool is tested when it
+    /// is taken: one that the server closed, or that received unexpected data, while it was
+    /// released is not handed out (and the data is counted); one left alone is.
+    #[tokio::test]
+    async fn gatehouse_patch_released_streams_are_tested_when_taken() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let connector = TransportConnector::new(None);
+        for server_does in ["nothing", "close", "write"] {
+            let (stream, server) = tokio::join!(connector.new_stream(&peer), listener.accept());
+            let (mut server, _) = server.unwrap();
+            connector.release_stream(stream.unwrap(), peer.reuse_hash(), None);
+            match server_does {
+                "close" => drop(server),
+                "write" => server.write_all(b"unexpected").await.unwrap(),
+                _ => {}
+            }
+            // let the close or the bytes arrive
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let reused = connector.reused_stream(&peer).await;
+            assert_eq!(reused.is_some(), server_does == "nothing", "{server_does}");
+        }
+        assert_eq!(connector.unexpected_data_connection_count(), 1);
     }
 
     #[tokio::test]
