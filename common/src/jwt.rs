@@ -213,17 +213,36 @@ impl Verifier {
         self.verify_under(&current, token)
     }
 
+    /// The cache's verdict on `token` under the current key set, if it holds one; `None` when
+    /// the token would have to be verified. Takes the bytes as received, unchecked: only
+    /// verified tokens (base64url and dots) are ever cached, so a hit means the bytes are such
+    /// a token, and a client reusing its access token costs neither a check of its characters
+    /// nor a signature.
+    pub fn verify_cached(&self, token: &[u8]) -> Option<Result<Arc<AccessClaims>, Rejection>> {
+        self.cached_under(&self.current.load(), token)
+    }
+
+    fn cached_under(
+        &self,
+        current: &Current,
+        token: &[u8],
+    ) -> Option<Result<Arc<AccessClaims>, Rejection>> {
+        let cached = self.cache.get(&TokenRef(token))?;
+        if cached.generation != current.generation {
+            return None;
+        }
+        if cached.claims.exp.saturating_add(self.policy.leeway_secs) > now_secs() {
+            return Some(Ok(cached.claims));
+        }
+        self.cache.remove(&TokenRef(token));
+        Some(Err(Rejection::Expired))
+    }
+
     /// Verification against one snapshot of the key set: what a request sees from start to end
     /// even when the set is replaced meanwhile.
     fn verify_under(&self, current: &Current, token: &str) -> Result<Arc<AccessClaims>, Rejection> {
-        if let Some(cached) = self.cache.get(&TokenRef(token))
-            && cached.generation == current.generation
-        {
-            if cached.claims.exp.saturating_add(self.policy.leeway_secs) > now_secs() {
-                return Ok(cached.claims);
-            }
-            self.cache.remove(&TokenRef(token));
-            return Err(Rejection::Expired);
+        if let Some(verdict) = self.cached_under(current, token.as_bytes()) {
+            return verdict;
         }
         let claims = Arc::new(self.verify_uncached(&current.keys, token)?);
         // Tagged with the generation it was verified under: if the set was replaced while we
@@ -429,7 +448,7 @@ mod tests {
         let hasher = std::collections::hash_map::RandomState::new();
         assert_eq!(
             hasher.hash_one(TokenKey(t.as_str().into())),
-            hasher.hash_one(TokenRef(&forged)),
+            hasher.hash_one(TokenRef(forged.as_bytes())),
             "one hash for both"
         );
         assert!(v.verify(&forged).is_err(), "a cached verdict served");
@@ -438,12 +457,31 @@ mod tests {
         // Shorter than the tail: the whole token is hashed.
         assert_eq!(
             hasher.hash_one(TokenKey("abc".into())),
-            hasher.hash_one(TokenRef("abc"))
+            hasher.hash_one(TokenRef(b"abc"))
         );
         assert_ne!(
-            hasher.hash_one(TokenRef("abc")),
-            hasher.hash_one(TokenRef("abd"))
+            hasher.hash_one(TokenRef(b"abc")),
+            hasher.hash_one(TokenRef(b"abd"))
         );
+    }
+
+    /// `verify_cached` answers only for bytes that are a token verified under the current
+    /// keys: not for other bytes (obs-text in place of one character, none), and not after the
+    /// keys changed.
+    #[test]
+    fn the_cache_answers_raw_bytes_only_for_a_verified_token() {
+        let (enc, dec) = keypair(1);
+        let v = verifier(dec.clone());
+        let t = token(&enc, 300);
+        assert!(v.verify_cached(t.as_bytes()).is_none(), "not verified yet");
+        let claims = v.verify(&t).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(v.verify_cached(t.as_bytes()), Some(Ok(claims)));
+        let mut other = t.clone().into_bytes();
+        other[3] = 0xE9;
+        assert!(v.verify_cached(&other).is_none());
+        assert!(v.verify_cached(b"").is_none());
+        v.replace_keys(replacement(dec));
+        assert!(v.verify_cached(t.as_bytes()).is_none(), "keys replaced");
     }
 
     fn replacement(dec: DecodingKey) -> KeySet {

@@ -129,6 +129,39 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, Rejection> {
         .ok_or(Rejection::MissingToken)
 }
 
+/// The request's bearer token as received, unchecked: after `Bearer` (any case) and a space,
+/// with the spaces and tabs around it trimmed. Only for asking the verified-token cache
+/// ([`cached_claims`]), whose entries are verified tokens: a hit means these bytes are one.
+/// Anything else (a value [`bearer`] would refuse included) misses and goes through
+/// [`bearer`] and [`authenticate`], so the answer to every request is the same as theirs.
+fn raw_bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer ";
+    let value = headers.get(http::header::AUTHORIZATION)?.as_bytes();
+    let (scheme, mut token) = value.split_at_checked(SCHEME.len())?;
+    if !scheme.eq_ignore_ascii_case(SCHEME) {
+        return None;
+    }
+    while let [b' ' | b'\t', rest @ ..] = token {
+        token = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = token {
+        token = rest;
+    }
+    Some(token)
+}
+
+/// The claims of the request's bearer token from the verified-token cache, when it holds
+/// them (what a client reusing its access token costs: no check of the token's ~300
+/// characters, no signature); `None` when the token has to go through [`bearer`] and
+/// [`authenticate`].
+pub fn cached_claims(
+    jwks: &Jwks,
+    headers: &HeaderMap,
+) -> Option<Result<Arc<AccessClaims>, Rejection>> {
+    let verdict = jwks.verifier().verify_cached(raw_bearer(headers)?)?;
+    Some(verdict.map_err(Rejection::from).and_then(forwardable))
+}
+
 /// The verified subject of `token`. A key we do not have, or a signature that fails under
 /// the key we have for its kid (the issuer may have replaced it), lets the JWKS be fetched
 /// again (single-flight, at most once per `min_refetch_seconds`) before the token is refused.
@@ -144,8 +177,12 @@ pub async fn authenticate(jwks: &Jwks, token: &str) -> Result<Arc<AccessClaims>,
         }
         other => other?,
     };
-    // The subject travels upstream as `X-User-Id`: one that cannot be a header value (control
-    // characters, non-ASCII) is refused here rather than failing the forward with a 5xx.
+    forwardable(claims)
+}
+
+/// The subject travels upstream as `X-User-Id`: one that cannot be a header value (control
+/// characters, non-ASCII) is refused here rather than failing the forward with a 5xx.
+fn forwardable(claims: Arc<AccessClaims>) -> Result<Arc<AccessClaims>, Rejection> {
     if claims.sub_header().is_none() {
         return Err(jwt::Rejection::Malformed.into());
     }
@@ -179,6 +216,38 @@ mod tests {
 
     fn uri(s: &str) -> Uri {
         s.parse().unwrap_or_default()
+    }
+
+    /// What the cache is asked for is what `bearer` finds, wherever `bearer` finds a token;
+    /// where it finds none, the cache is asked for nothing or for bytes no verified token has.
+    #[test]
+    fn the_token_the_cache_is_asked_for_is_the_one_bearer_finds() {
+        for value in [
+            "Bearer abc",
+            "bearer  abc ",
+            "BEARER\tabc",
+            "Bearer a\tb\t",
+            "Bearer \t abc \t ",
+            "Bearer ",
+            "Basic abc",
+            "Bearerabc",
+        ] {
+            let h = headers(&[("authorization", value)]);
+            match bearer(&h) {
+                Ok(token) => assert_eq!(raw_bearer(&h), Some(token.as_bytes()), "{value:?}"),
+                Err(_) => assert!(
+                    raw_bearer(&h)
+                        .is_none_or(|t| t.is_empty() || !t.iter().all(u8::is_ascii_graphic)),
+                    "{value:?}"
+                ),
+            }
+        }
+        // obs-text, which `bearer` refuses: asked for, but no verified token has such bytes
+        let mut h = HeaderMap::new();
+        let v = HeaderValue::from_bytes("Bearer é".as_bytes()).unwrap_or_else(|_| unreachable!());
+        h.insert(http::header::AUTHORIZATION, v);
+        assert!(bearer(&h).is_err());
+        assert_eq!(raw_bearer(&h), Some("é".as_bytes()));
     }
 
     #[test]

@@ -15,20 +15,20 @@ pub(super) type Cache = quick_cache::sync::Cache<TokenKey, Verdict>;
 #[derive(PartialEq, Eq)]
 pub(super) struct TokenKey(pub(super) Box<str>);
 
-/// A token looked up: hashed as [`TokenKey`] is, equal to the key of the same text.
-pub(super) struct TokenRef<'a>(pub(super) &'a str);
+/// A token looked up, as bytes (which need not be UTF-8): hashed as [`TokenKey`] is, equal to
+/// the key of the same bytes.
+pub(super) struct TokenRef<'a>(pub(super) &'a [u8]);
 
 const HASHED_TAIL: usize = 16;
 
-fn hash_token<H: Hasher>(token: &str, state: &mut H) {
-    let bytes = token.as_bytes();
+fn hash_token<H: Hasher>(bytes: &[u8], state: &mut H) {
     state.write_usize(bytes.len());
     state.write(&bytes[bytes.len().saturating_sub(HASHED_TAIL)..]);
 }
 
 impl Hash for TokenKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_token(&self.0, state);
+        hash_token(self.0.as_bytes(), state);
     }
 }
 
@@ -40,6 +40,6 @@ impl Hash for TokenRef<'_> {
 
 impl quick_cache::Equivalent<TokenKey> for TokenRef<'_> {
     fn equivalent(&self, key: &TokenKey) -> bool {
-        *key.0 == *self.0
+        key.0.as_bytes() == self.0
     }
 }
