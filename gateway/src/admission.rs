@@ -142,6 +142,10 @@ pub fn framing_problem(h: &HeaderMap) -> Option<&'static str> {
 /// ignored (RFC 3986 §3.3; Tomcat and Spring strip them, so `..;x` is `..` there). An
 /// upstream resolving any of these would climb out of the route the gateway chose.
 pub fn has_dot_segments(path: &[u8]) -> bool {
+    // A dot segment needs a `.`, sent as it is or percent-encoded: most paths have neither.
+    if !path.iter().any(|&b| b == b'.' || b == b'%') {
+        return false;
+    }
     percent_decode(path)
         .split(|b| matches!(b, b'/' | b'\\'))
         .any(|segment| {
