@@ -1005,6 +1005,21 @@ pub fn header_value_from_raw(raw: impl Into<bytes::Bytes>) -> HeaderValue {
     unsafe { HeaderValue::from_maybe_shared_unchecked(normalized) }
 }
 
+/// GATEHOUSE PATCH (vendor/README.md, 22): [`header_value_from_raw`] for a field value as
+/// `httparse` parsed it. httparse admits only HTAB, SP, VCHAR and obs-text in a field value,
+/// and CR or LF only inside an obs-fold, which always holds an LF: a value without an LF has
+/// nothing to normalize, and one `memchr` for it replaces the byte-by-byte search for CR, LF
+/// and NUL. Any other value goes through [`header_value_from_raw`].
+pub fn header_value_from_parsed(raw: impl Into<bytes::Bytes>) -> HeaderValue {
+    let raw = raw.into();
+    if raw.contains(&b'\n') {
+        return header_value_from_raw(raw);
+    }
+    // SAFETY: as in `header_value_from_raw`: by the parser's grammar above, these bytes are
+    // HTAB, SP, VCHAR or obs-text only.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(raw) }
+}
+
 /// Build a [`HeaderValue`] from a borrowed slice, normalizing obs-fold per
 /// RFC 9112 section 5.2. The slice is copied into an owned buffer.
 ///
@@ -1949,6 +1964,34 @@ mod tests {
             b"default-src 'self';\r\n script-src 'self'",
         ));
         assert_eq!(hv.as_bytes(), b"default-src 'self'; script-src 'self'");
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 22): for every shape of value httparse returns
+    /// (plain, empty, inner whitespace, obs-text, folded with CRLF or LF and SP or HTAB), the
+    /// parsed-value shortcut builds what the general normalization does.
+    #[test]
+    fn gatehouse_patch_parsed_values_built_as_raw_ones() {
+        for value in [
+            &b""[..],
+            b"a",
+            b"application/json",
+            b"x \t y",
+            b"\x80caf\xc3\xa9\xff",
+            b"v0\r\n folded",
+            b"v0\n\tfolded",
+            b"a\r\n \r\n\tb",
+        ] {
+            let raw = bytes::Bytes::copy_from_slice(value);
+            assert_eq!(
+                header_value_from_parsed(raw.clone()).as_bytes(),
+                header_value_from_raw(raw).as_bytes(),
+                "{value:?}"
+            );
+        }
+        assert_eq!(
+            header_value_from_parsed(bytes::Bytes::from_static(b"v0\r\n folded")).as_bytes(),
+            b"v0 folded"
+        );
     }
 
     #[test]

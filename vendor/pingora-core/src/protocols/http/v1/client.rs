@@ -400,7 +400,8 @@ impl HttpSession {
                             let header_name = header.get_name_bytes(&buf);
                             let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
-                            let header_value = pingora_http::header_value_from_raw(value_bytes);
+                            // GATEHOUSE PATCH (vendor/README.md, 22)
+                            let header_value = pingora_http::header_value_from_parsed(value_bytes);
                             if let Err(e) = response_header
                                 .append_header(header_name, header_value)
                                 .or_err(InvalidHTTPHeader, "while parsing request header")
