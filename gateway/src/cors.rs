@@ -76,15 +76,17 @@ impl OriginPattern {
     fn matches(&self, origin: &str) -> bool {
         match self {
             Self::Exact(o) => o.eq_ignore_ascii_case(origin),
-            Self::Subdomain { scheme, suffix } => headers::strip_prefix_ignore_case(origin, scheme)
-                .and_then(|r| r.strip_prefix("://"))
-                .and_then(|host| headers::strip_suffix_ignore_case(host, suffix))
-                .is_some_and(|label| {
-                    !label.is_empty()
-                        && label
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                }),
+            Self::Subdomain { scheme, suffix } => {
+                headers::strip_prefix_ignore_case(origin.as_bytes(), scheme.as_bytes())
+                    .and_then(|r| r.strip_prefix(b"://"))
+                    .and_then(|host| headers::strip_suffix_ignore_case(host, suffix.as_bytes()))
+                    .is_some_and(|label| {
+                        !label.is_empty()
+                            && label
+                                .iter()
+                                .all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+                    })
+            }
         }
     }
 }

@@ -90,15 +90,15 @@ pub fn secure(resp: &mut ResponseHeader, hsts: Option<&HeaderValue>, authenticat
     }
 }
 
-/// `s` without `prefix`, compared ignoring ASCII case (header values: `Origin` schemes,
-/// `Authorization` schemes); `None` when it does not start so.
-pub fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+/// `s` without `prefix`, compared ignoring ASCII case (header values as bytes: `Origin`
+/// schemes, `Authorization` schemes); `None` when it does not start so.
+pub fn strip_prefix_ignore_case<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
     let (head, rest) = s.split_at_checked(prefix.len())?;
     head.eq_ignore_ascii_case(prefix).then_some(rest)
 }
 
 /// `s` without `suffix`, compared ignoring ASCII case.
-pub fn strip_suffix_ignore_case<'a>(s: &'a str, suffix: &str) -> Option<&'a str> {
+pub fn strip_suffix_ignore_case<'a>(s: &'a [u8], suffix: &[u8]) -> Option<&'a [u8]> {
     let (rest, tail) = s.split_at_checked(s.len().checked_sub(suffix.len())?)?;
     tail.eq_ignore_ascii_case(suffix).then_some(rest)
 }

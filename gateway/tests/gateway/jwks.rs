@@ -18,6 +18,58 @@ async fn after_min_refetch() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
 }
 
+/// A token answered from the verified-token cache is answered as when it was verified:
+/// whatever the spelling of `Bearer` and the blanks around it; a token whose subject cannot go
+/// upstream as `X-User-Id` is refused every time, not only the first; a byte added to a cached
+/// token makes it no token at all.
+#[tokio::test]
+async fn a_cached_token_is_answered_as_when_it_was_verified() {
+    let (echo, gw, key) = crate::edge::setup().await;
+    let token = key.token("alice");
+    for auth in [
+        format!("Bearer {token}"),
+        format!("bearer   {token} \t"),
+        format!("BEARER {token}"),
+    ] {
+        let r = gw
+            .send(
+                gw.client
+                    .get(gw.url("/api/me"))
+                    .header("authorization", &auth),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{auth}: {}", r.text);
+        assert_eq!(r.body["headers"]["x-user-id"], "alice");
+    }
+    let unforwardable = key.token("al\u{ef}ce");
+    for attempt in 1..=2 {
+        let r = gw.get("/api/me", Some(&unforwardable)).await;
+        assert_eq!(r.status, 401, "attempt {attempt}: {}", r.text);
+        assert_eq!(r.body["type"], "invalid_token", "attempt {attempt}");
+    }
+    let mut appended = format!("Bearer {token}").into_bytes();
+    appended.push(0xE9);
+    let value = reqwest::header::HeaderValue::from_bytes(&appended).unwrap();
+    let r = gw
+        .send(
+            gw.client
+                .get(gw.url("/api/me"))
+                .header("authorization", value),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"gatehouse\""),
+        "no token at all"
+    );
+    assert_eq!(
+        echo.count("/api/me"),
+        3,
+        "only the three good requests went upstream"
+    );
+}
+
 #[tokio::test]
 async fn a_key_replaced_under_its_kid_is_installed_and_the_old_one_refused() {
     let old = TestKey::new(51);
