@@ -107,11 +107,9 @@ async fn admit(rt: &Runtime, req: &RequestHeader, ctx: &mut Ctx) -> Result<Admit
     stages::limit(route, redis, LimitKey::Ip, ctx.client_ip, None).await?;
     stages::limit(route, redis, LimitKey::Global, None, None).await?;
     if route.cfg.auth == Auth::Jwt {
-        let claims = match stages::cached_claims(&rt.jwks, headers) {
-            Some(verdict) => verdict?,
-            None => stages::authenticate(&rt.jwks, stages::bearer(headers)?).await?,
-        };
-        let claims = ctx.user.insert(claims);
+        let claims = ctx
+            .user
+            .insert(stages::authenticate(&rt.jwks, headers).await?);
         stages::path_claim(route, uri.path(), &claims.sub)?;
         let subject = claims.sub_header();
         stages::limit(route, redis, LimitKey::Subject, None, subject).await?;

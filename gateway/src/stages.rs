@@ -115,56 +115,53 @@ pub async fn limit(
     Ok(())
 }
 
-/// The bearer token of `Authorization` (RFC 6750 §2.1: `Bearer`, case-insensitive, one or more
-/// spaces, the token; blanks around it ignored), checked: visible ASCII, spaces and tabs only
-/// (what `HeaderValue::to_str` accepts), and not empty.
-pub fn bearer(headers: &HeaderMap) -> Result<&str, Rejection> {
-    raw_bearer(headers)
-        .filter(|token| !token.is_empty())
-        .filter(|token| {
-            token
-                .iter()
-                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-        })
-        .and_then(|token| std::str::from_utf8(token).ok())
-        .ok_or(Rejection::MissingToken)
-}
-
-/// The bearer token as received, unchecked: what [`bearer`] checks, and what the
-/// verified-token cache is asked with ([`cached_claims`]): its entries are verified tokens, so
-/// a hit means these bytes are one, and a value [`bearer`] would refuse can never hit. (A
-/// header value holds no control character but tab, so `trim_ascii` trims spaces and tabs.)
+/// The bearer token of `Authorization` as received, unchecked (RFC 6750 §2.1: `Bearer`,
+/// case-insensitive, one or more spaces, the token; blanks around it ignored). A header value
+/// holds no control character but tab, so `trim_ascii` trims spaces and tabs.
 fn raw_bearer(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(http::header::AUTHORIZATION)?.as_bytes();
     crate::headers::strip_prefix_ignore_case(value, b"bearer ").map(<[u8]>::trim_ascii)
 }
 
-/// The claims of the request's bearer token from the verified-token cache, when it holds
-/// them (what a client reusing its access token costs: no check of the token's ~300
-/// characters, no signature); `None` when the token has to go through [`bearer`] and
-/// [`authenticate`].
-pub fn cached_claims(
-    jwks: &Jwks,
-    headers: &HeaderMap,
-) -> Option<Result<Arc<AccessClaims>, Rejection>> {
-    let verdict = jwks.verifier().verify_cached(raw_bearer(headers)?)?;
-    Some(verdict.map_err(Rejection::from).and_then(forwardable))
+/// A bearer token as `HeaderValue::to_str` would pass it (visible ASCII, spaces and tabs),
+/// and not empty.
+fn checked_token(token: &[u8]) -> Option<&str> {
+    let visible = |b: &u8| *b == b'\t' || (b' '..=b'~').contains(b);
+    if token.is_empty() || !token.iter().all(visible) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
 }
 
-/// The verified subject of `token`. A key we do not have, or a signature that fails under
-/// the key we have for its kid (the issuer may have replaced it), lets the JWKS be fetched
+/// The verified claims of the request's bearer token. The verified-token cache is asked first,
+/// with the token's bytes as received: its entries are verified tokens, so a hit means the
+/// bytes are one (a client reusing its access token costs neither a check of its ~300
+/// characters nor a signature), and bytes [`checked_token`] would refuse can never hit.
+/// Otherwise the token is checked and verified; a key we do not have, or a signature that fails
+/// under the key we have for its kid (the issuer may have replaced it), lets the JWKS be fetched
 /// again (single-flight, at most once per `min_refetch_seconds`) before the token is refused.
-pub async fn authenticate(jwks: &Jwks, token: &str) -> Result<Arc<AccessClaims>, Rejection> {
+pub async fn authenticate(
+    jwks: &Jwks,
+    headers: &HeaderMap,
+) -> Result<Arc<AccessClaims>, Rejection> {
+    let raw = raw_bearer(headers).ok_or(Rejection::MissingToken)?;
     let verifier = jwks.verifier();
-    let rejected_at = Instant::now();
-    let claims = match verifier.verify(token) {
-        // Boxed: a rare path whose state would otherwise be part of every request's future.
-        Err(jwt::Rejection::UnknownKey | jwt::Rejection::BadSignature)
-            if Box::pin(jwks.refetch_after_rejection(rejected_at)).await =>
-        {
-            verifier.verify(token)?
+    let claims = match verifier.verify_cached(raw) {
+        Some(verdict) => verdict?,
+        None => {
+            let token = checked_token(raw).ok_or(Rejection::MissingToken)?;
+            let rejected_at = Instant::now();
+            match verifier.verify(token) {
+                // Boxed: a rare path whose state would otherwise be part of every request's
+                // future.
+                Err(jwt::Rejection::UnknownKey | jwt::Rejection::BadSignature)
+                    if Box::pin(jwks.refetch_after_rejection(rejected_at)).await =>
+                {
+                    verifier.verify(token)?
+                }
+                other => other?,
+            }
         }
-        other => other?,
     };
     forwardable(claims)
 }
@@ -205,6 +202,13 @@ mod tests {
 
     fn uri(s: &str) -> Uri {
         s.parse().unwrap_or_default()
+    }
+
+    /// The token `authenticate` verifies when the cache does not hold it.
+    fn bearer(h: &HeaderMap) -> Result<&str, Rejection> {
+        raw_bearer(h)
+            .and_then(checked_token)
+            .ok_or(Rejection::MissingToken)
     }
 
     #[test]
