@@ -426,12 +426,16 @@ pub(crate) fn sanitize_h2_upstream_request(
     req: &mut RequestHeader,
     policy: HttpUpstreamRequestPolicy,
 ) -> Result<()> {
+    // GATEHOUSE PATCH (vendor/README.md, 10): as in `sanitize_h1_upstream_request`, nothing
+    // to nominate or strip in a request without any hop-by-hop field.
+    if !carries_hop_by_hop(req) {
+        return Ok(());
+    }
     if policy.strip_connection_nominated {
         ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations)?
             .remove_from(req);
     }
-    // GATEHOUSE PATCH (vendor/README.md, 10)
-    if policy.strip_hop_by_hop && carries_hop_by_hop(req) {
+    if policy.strip_hop_by_hop {
         strip_standard_hop_by_hop_headers(req);
     }
     Ok(())
@@ -696,9 +700,9 @@ mod tests {
     }
 
     /// GATEHOUSE PATCH (vendor/README.md, 10): a request without any hop-by-hop field leaves
-    /// as it came, under every policy that would strip one.
+    /// as it came, to an HTTP/1 or an HTTP/2 upstream, under every policy that would strip one.
     #[test]
-    fn gatehouse_patch_h1_request_without_hop_by_hop_fields_is_unchanged() {
+    fn gatehouse_patch_request_without_hop_by_hop_fields_is_unchanged() {
         let fields = [
             ("Host", "a.example"),
             ("X-Private-Hop", "kept"),
@@ -712,11 +716,15 @@ mod tests {
             lenient_policy(),
             deny,
         ] {
-            let mut request = request_with_headers(&fields);
-            sanitize_h1_upstream_request(&mut request, policy, true).unwrap();
-            assert_eq!(request.headers.len(), fields.len());
-            for (name, value) in fields {
-                assert_eq!(request.headers[name], value);
+            let mut h1 = request_with_headers(&fields);
+            sanitize_h1_upstream_request(&mut h1, policy, true).unwrap();
+            let mut h2 = request_with_headers(&fields);
+            sanitize_h2_upstream_request(&mut h2, policy).unwrap();
+            for request in [h1, h2] {
+                assert_eq!(request.headers.len(), fields.len());
+                for (name, value) in fields {
+                    assert_eq!(request.headers[name], value);
+                }
             }
         }
     }
