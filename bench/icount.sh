@@ -19,6 +19,9 @@
 #   N [20000]  WARM [1000]  CONNECTIONS [16]  H2_STREAMS [10]
 #   GATEWAY_CONFIG [bench/peers/gateway.toml]  LOG_LEVEL [warn]   (info: access log on)
 #   OUT_DIR [a temp dir, printed]
+#   TOOL [callgrind]   none: the same requests with nothing counted, the proxies run natively
+#     (scripts/pgo-build.sh trains its instrumented build with this; each proxy is stopped with
+#     SIGTERM after each scenario, so it exits normally and writes its profile)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,6 +39,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 H2_STREAMS=${H2_STREAMS:-10}
 GATEWAY_CONFIG=${GATEWAY_CONFIG:-bench/peers/gateway.toml}
 LOG_LEVEL=${LOG_LEVEL:-warn}
+TOOL=${TOOL:-callgrind}
 
 say() { printf 'icount: %s\n' "$*" >&2; }
 die() {
@@ -46,8 +50,12 @@ die() {
 for v in N WARM CONNECTIONS H2_STREAMS; do
   [[ ${!v} =~ ^[0-9]+$ ]] && ((${!v} >= 1)) || die "$v must be a whole number >= 1 (got '${!v}')"
 done
+case $TOOL in
+  callgrind | none) ;;
+  *) die "TOOL must be callgrind or none (got '$TOOL')" ;;
+esac
 pkgs=()
-command -v valgrind >/dev/null || pkgs+=(valgrind)
+[[ $TOOL == none ]] || command -v valgrind >/dev/null || pkgs+=(valgrind)
 command -v h2load >/dev/null || pkgs+=(nghttp2-client)
 [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || pkgs+=(nginx)
 command -v openssl >/dev/null || pkgs+=(openssl)
@@ -70,7 +78,7 @@ cleanup() {
   local rc=$?
   stop_pid "$proxy_pid"
   stop_pid "$upstream_pid"
-  if [[ $OUT_DIR == "$work/out" ]]; then
+  if [[ $OUT_DIR == "$work/out" && $TOOL == callgrind ]]; then
     say "callgrind files kept in $OUT_DIR (remove $work when done)"
     find "$work" -mindepth 1 -maxdepth 1 ! -name out -exec rm -rf {} +
   else
@@ -159,6 +167,7 @@ for p in $PROXIES; do
   for s in $SCENARIOS; do
     cg=$OUT_DIR/callgrind.$p.$s
     vg=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$cg" --trace-children=no)
+    [[ $TOOL == none ]] && vg=()
     case $p in
       gateway)
         env -u RUST_LOG APP_ENV=development GATEWAY_UPGRADE_SOCK="$work/gateway/upgrade.sock" \
@@ -181,6 +190,13 @@ for p in $PROXIES; do
     esac
     say "$p $s: warm-up ($WARM requests)"
     load "$s" "$ptls" "$pplain" "$WARM" "$work/warm.txt"
+    if [[ $TOOL == none ]]; then
+      say "$p $s: $N requests"
+      load "$s" "$ptls" "$pplain" "$N" "$work/run.txt"
+      stop_pid "$proxy_pid"
+      proxy_pid=
+      continue
+    fi
     callgrind_control -i on "$proxy_pid" >/dev/null 2>&1
     say "$p $s: $N requests counted"
     load "$s" "$ptls" "$pplain" "$N" "$work/run.txt"
@@ -201,5 +217,6 @@ for p in $PROXIES; do
     printf '| %s | %s | %s | %s | %s |\n' "$p" "$s" "$N" "$ir" "$per" >>"$work/table.md"
   done
 done
+[[ $TOOL == none ]] && exit 0
 cat "$work/table.md"
 cp "$work/table.md" "$OUT_DIR/table.md"
