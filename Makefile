@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help dev dev-acme test fuzz lint fmt build release bench clean-dev
+.PHONY: help dev dev-acme test fuzz lint fmt build release pgo bench clean-dev
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +31,9 @@ build: ## Debug build of the workspace
 
 release: ## Release build of the workspace
 	$(CARGO) build --release --workspace
+
+pgo: ## The gateway's PGO release build (what its image ships, bench/gateway.sh measures): target/pgo/
+	scripts/pgo-build.sh
 
 bench: ## Core API vs pgbench (needs cargo build --release -p core-api)
 	bench/api.sh

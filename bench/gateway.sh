@@ -3,7 +3,11 @@
 # a bare Pingora proxy (gateway/examples/bare_proxy.rs) as reverse proxies in front of one small
 # upstream, on loopback, each pinned to the same CPU with one worker. Nothing is built here.
 #
-#   cargo build --release -p gateway --bin gateway --example bare_proxy && bench/gateway.sh
+#   scripts/pgo-build.sh && bench/gateway.sh
+#
+# The default binaries are the PGO build the gateway image ships (scripts/pgo-build.sh), the
+# bare Pingora proxy built the same way; GATEWAY_BIN / BARE_BIN measure others (a plain
+# `cargo build --release -p gateway --bin gateway --example bare_proxy`, say).
 #
 # Steps:
 #   1. a throwaway ECDSA P-256 CA + leaf (the one certificate of every proxy), an Ed25519
@@ -37,9 +41,9 @@
 # Any non-2xx answer or socket error in any run stops the benchmark (exit 1).
 #
 # Environment (defaults in brackets):
-#   GATEWAY_BIN [target/release/gateway]   binary under test (copied, so a rebuild mid-run
-#                                          cannot swap it)
-#   BARE_BIN [target/release/examples/bare_proxy]   the bare Pingora proxy (copied too)
+#   GATEWAY_BIN [target/pgo/<host>/release/gateway]   binary under test (copied, so a rebuild
+#                                          mid-run cannot swap it)
+#   BARE_BIN [target/pgo/<host>/release/examples/bare_proxy]   the bare Pingora proxy (copied too)
 #   DURATION [10]        seconds per measured run     WARMUP [2]  seconds of warm-up before each
 #   REPEATS [3]          times the whole load sequence runs (median reported)
 #   CONNECTIONS [64]     wrk / h2load connections     H2_STREAMS [10]  h2load streams per conn.
@@ -69,8 +73,9 @@ UPSTREAM_CPU=${UPSTREAM_CPU:-0}
 BENCH_STRICT=${BENCH_STRICT:-0}
 BENCH_KEEP=${BENCH_KEEP:-0}
 BENCH_RESULTS_DIR=${BENCH_RESULTS_DIR:-$repo/bench/results}
-GATEWAY_BIN=${GATEWAY_BIN:-target/release/gateway}
-BARE_BIN=${BARE_BIN:-target/release/examples/bare_proxy}
+pgo_dir=target/pgo/$(rustc -vV 2>/dev/null | awk '/^host:/ { print $2 }')/release
+GATEWAY_BIN=${GATEWAY_BIN:-$pgo_dir/gateway}
+BARE_BIN=${BARE_BIN:-$pgo_dir/examples/bare_proxy}
 
 # Targets (issue 10): the plain proxy >= 0.85x nginx's req/s over HTTP/1.1 (plain and TLS) with
 # p99 <= 1.25x nginx's, over h2 >= 0.85x with p99 <= 1.5x; JWT + CORS + limits >= 0.9x the
@@ -142,14 +147,15 @@ CADDY=$(bin_path caddy)
 for b in "$GATEWAY_BIN" "$BARE_BIN"; do
   if [[ ! -f $b ]]; then
     say "no binary at $b"
-    say "build them first:  cargo build --release -p gateway --bin gateway --example bare_proxy"
-    say "(or set GATEWAY_BIN and BARE_BIN)"
+    say "build them first:  scripts/pgo-build.sh   (the PGO build the gateway image ships)"
+    say "(or set GATEWAY_BIN and BARE_BIN, e.g. to a plain cargo build --release's)"
     exit 1
   fi
 done
 bin_label=$GATEWAY_BIN
 case $GATEWAY_BIN in
   */debug/*) build_kind="debug build: the numbers below mean nothing" ;;
+  */pgo/*/release/*) build_kind="release build with PGO, scripts/pgo-build.sh" ;;
   */release/*) build_kind="release build" ;;
   *) build_kind="build profile unknown" ;;
 esac

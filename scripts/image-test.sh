@@ -7,8 +7,9 @@
 # test PostgreSQL over verified TLS: migrate, serve, the images' HEALTHCHECK commands, and a
 # request through the gateway to the API. No shell, curl or package manager inside.
 #
-#   scripts/image-test.sh [BIN_DIR]     (default target/release: what the images ship;
-#                                        make test builds it)
+#   scripts/image-test.sh [BIN_DIR [GATEWAY_BIN]]
+#       BIN_DIR (default target/release) holds core-api, and the gateway unless GATEWAY_BIN names
+#       it: make test passes the PGO build the gateway image ships (scripts/pgo-build.sh)
 #
 # Needs: root (chroot, uid switch) or unprivileged user namespaces (unshare -r), openssl,
 # curl, and DATABASE_URL / TEST_PG_CA_FILE from scripts/pg.sh (make test provides them).
@@ -16,14 +17,15 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin_dir=${1:-$repo/target/release}
+gateway_bin=${2:-$bin_dir/gateway}
 say() { printf 'image-test: %s\n' "$*" >&2; }
 die() {
   say "$*"
   exit 1
 }
 
-for b in core-api gateway; do
-  [[ -x $bin_dir/$b ]] || die "no $bin_dir/$b (build it first)"
+for b in "$bin_dir/core-api" "$gateway_bin"; do
+  [[ -x $b ]] || die "no $b (build it first)"
 done
 : "${DATABASE_URL:?DATABASE_URL (scripts/pg.sh) is needed}"
 : "${TEST_PG_CA_FILE:?TEST_PG_CA_FILE (scripts/pg.sh) is needed}"
@@ -45,7 +47,8 @@ trap cleanup EXIT
 chmod 0755 "$root" # mktemp makes it 0700: the runtime user must reach /
 install -d "$root"/{usr/local/bin,etc/gatehouse,etc/ssl/certs,tmp,run/secrets,var/lib/gatehouse}
 chmod 1777 "$root/tmp"
-install -m 0755 "$bin_dir/core-api" "$bin_dir/gateway" "$root/usr/local/bin/"
+install -m 0755 "$bin_dir/core-api" "$root/usr/local/bin/"
+install -m 0755 "$gateway_bin" "$root/usr/local/bin/gateway"
 cp -r "$repo/config" "$root/etc/gatehouse/config"
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
 printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
@@ -54,7 +57,7 @@ printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
 printf '127.0.0.1 localhost\n::1 localhost\n' >"$root/etc/hosts"
 install -d -o 65532 -g 65532 "$root/var/lib/gatehouse/acme" "$root/home/nonroot"
 # The shared libraries the binaries load (what distroless/cc ships), at the same paths.
-for lib in $(ldd "$bin_dir/core-api" "$bin_dir/gateway" | awk '/=>/ {print $3} /^\t\/lib/ {print $1}' | sort -u); do
+for lib in $(ldd "$bin_dir/core-api" "$gateway_bin" | awk '/=>/ {print $3} /^\t\/lib/ {print $1}' | sort -u); do
   install -D -m 0755 "$lib" "$root$lib"
 done
 # Secrets as an orchestrator would mount them (readable by the runtime user only).
