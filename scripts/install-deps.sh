@@ -6,8 +6,10 @@ set -euo pipefail
 # pebble: Let's Encrypt's ACME test server (with pebble-challtestsrv), for the ACME tests;
 # prometheus: promtool, for the alert rule tests; redis-server: the shared rate-limit store;
 # python3 + venv: the deployment-file checks (scripts/check-deploy.sh) and small helpers;
-# chromium: the browser the front end's tests drive (scripts/web-test.sh, Playwright).
-APT_PACKAGES=(postgresql postgresql-contrib openssl cmake build-essential pkg-config curl ca-certificates pebble prometheus redis-server python3 python3-venv chromium)
+# chromium: the browser the front end's tests drive (scripts/web-test.sh, Playwright);
+# nginx + nghttp2-client (h2load): the upstream and the load of the gateway's PGO training
+# (scripts/pgo-build.sh).
+APT_PACKAGES=(postgresql postgresql-contrib openssl cmake build-essential pkg-config curl ca-certificates pebble prometheus redis-server python3 python3-venv chromium nginx nghttp2-client)
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -25,9 +27,10 @@ missing=()
 for tool in initdb pg_ctl psql; do
   have_pg_tool "$tool" || missing+=("$tool")
 done
-for tool in openssl cmake cc pkg-config curl pebble pebble-challtestsrv promtool redis-server chromium; do
+for tool in openssl cmake cc pkg-config curl pebble pebble-challtestsrv promtool redis-server chromium h2load; do
   have "$tool" || missing+=("$tool")
 done
+[[ -x /usr/sbin/nginx ]] || have nginx || missing+=(nginx)
 if [[ ! -x /usr/bin/python3 ]] || ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null; then
   missing+=("python3-venv")
 fi

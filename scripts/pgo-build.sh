@@ -10,8 +10,9 @@
 #    (gateway/examples/bare_proxy.rs) with -Cprofile-generate, in target/pgo-gen.
 # 2. Training: bench/icount.sh with TOOL=none drives the bench's requests through both, on
 #    loopback against the bench's nginx upstream: plain HTTP/1.1, TLS HTTP/1.1, TLS h2 and the
-#    JWT + CORS + rate-limit route, PGO_N requests each. Every proxy exits normally (SIGTERM)
-#    and writes its profile.
+#    JWT + CORS + rate-limit route, PGO_N requests each; then the gateway again over TLS with
+#    its access log on, as production runs it (config/gateway.toml logs at info). Every proxy
+#    exits normally (SIGTERM) and writes its profile.
 # 3. llvm-profdata merges the profiles into target/pgo/merged.profdata, and the same release
 #    build is made again with -Cprofile-use in target/pgo. The bare proxy gets the same
 #    treatment, so bench/gateway.sh's "gateway vs bare Pingora" compares like with like.
@@ -63,8 +64,13 @@ RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$raw" CARGO_TARGET_DIR=$gen_dir "${
 [[ $only == all ]] || exit 0
 
 say "2/3 training: bench/icount.sh TOOL=none, $PGO_N requests per scenario and proxy"
-GATEWAY_BIN=$gen_dir/$host/release/gateway BARE_BIN=$gen_dir/$host/release/examples/bare_proxy \
-  TOOL=none N="$PGO_N" SCENARIOS="plain-h1 tls-h1 tls-h2 tls-jwt" bench/icount.sh
+# train NAME=VALUE...: bench/icount.sh's requests through the instrumented binaries.
+train() {
+  env GATEWAY_BIN="$gen_dir/$host/release/gateway" BARE_BIN="$gen_dir/$host/release/examples/bare_proxy" \
+    TOOL=none N="$PGO_N" "$@" bench/icount.sh
+}
+train SCENARIOS="plain-h1 tls-h1 tls-h2 tls-jwt"
+train PROXIES=gateway SCENARIOS="tls-h1 tls-jwt" LOG_LEVEL=info
 # One file per binary (LLVM merges the runs of one binary into its file): both must be there.
 shopt -s nullglob
 profiles=("$raw"/*.profraw)
