@@ -73,7 +73,7 @@ UPSTREAM_CPU=${UPSTREAM_CPU:-0}
 BENCH_STRICT=${BENCH_STRICT:-0}
 BENCH_KEEP=${BENCH_KEEP:-0}
 BENCH_RESULTS_DIR=${BENCH_RESULTS_DIR:-$repo/bench/results}
-pgo_dir=target/pgo/$(rustc -vV 2>/dev/null | awk '/^host:/ { print $2 }')/release
+pgo_dir=target/pgo/$(rustc -vV 2>/dev/null | awk '/^host:/ { print $2 }' || true)/release
 GATEWAY_BIN=${GATEWAY_BIN:-$pgo_dir/gateway}
 BARE_BIN=${BARE_BIN:-$pgo_dir/examples/bare_proxy}
 

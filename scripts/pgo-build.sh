@@ -59,19 +59,28 @@ fi
 gen_dir=$repo/target/pgo-gen
 use_dir=$repo/target/pgo
 raw=$gen_dir/profraw
-build=(env "CARGO_PROFILE_RELEASE_LTO=${CARGO_PROFILE_RELEASE_LTO:-fat}"
-  "CARGO_PROFILE_RELEASE_CODEGEN_UNITS=${CARGO_PROFILE_RELEASE_CODEGEN_UNITS:-1}"
-  cargo build --release --locked --target "$host" -p gateway --bin gateway --example bare_proxy)
+# build NAME=VALUE...: the gateway's binary, then the bare proxy, in two cargo runs: building an
+# example enables the dev-dependencies' features too, and the binary that ships is built with the
+# gateway's own features only (as `cargo build -p gateway` builds it).
+build() {
+  local target
+  for target in "--bin gateway" "--example bare_proxy"; do
+    # shellcheck disable=SC2086 # the target is two words
+    env "$@" "CARGO_PROFILE_RELEASE_LTO=${CARGO_PROFILE_RELEASE_LTO:-fat}" \
+      "CARGO_PROFILE_RELEASE_CODEGEN_UNITS=${CARGO_PROFILE_RELEASE_CODEGEN_UNITS:-1}" \
+      cargo build --release --locked --target "$host" -p gateway $target
+  done
+}
 
 say "1/3 instrumented build ($gen_dir)"
 rm -rf "$raw"
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$raw" CARGO_TARGET_DIR=$gen_dir "${build[@]}"
+build "RUSTFLAGS=${RUSTFLAGS:-} -Cprofile-generate=$raw" "CARGO_TARGET_DIR=$gen_dir"
 [[ $only == all ]] || exit 0
 
 say "2/3 training: bench/icount.sh TOOL=none, $PGO_N requests per scenario and proxy"
 # train NAME=VALUE...: bench/icount.sh's requests through the instrumented binaries.
 train() {
-  env GATEWAY_BIN="$gen_dir/$host/release/gateway" BARE_BIN="$gen_dir/$host/release/examples/bare_proxy" \
+  env -u LLVM_PROFILE_FILE GATEWAY_BIN="$gen_dir/$host/release/gateway" BARE_BIN="$gen_dir/$host/release/examples/bare_proxy" \
     TOOL=none N="$PGO_N" "$@" bench/icount.sh
 }
 train SCENARIOS="plain-h1 tls-h1 tls-h2 tls-jwt"
@@ -84,5 +93,5 @@ mkdir -p "$use_dir"
 "$profdata" merge -o "$use_dir/merged.profdata" "${profiles[@]}"
 
 say "3/3 optimised build with the profile ($use_dir)"
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$use_dir/merged.profdata" CARGO_TARGET_DIR=$use_dir "${build[@]}"
+build "RUSTFLAGS=${RUSTFLAGS:-} -Cprofile-use=$use_dir/merged.profdata" "CARGO_TARGET_DIR=$use_dir"
 say "built $use_dir/$host/release/gateway and $use_dir/$host/release/examples/bare_proxy"
