@@ -32,7 +32,7 @@ build: ## Debug build of the workspace
 release: ## Release build of the workspace
 	$(CARGO) build --release --workspace
 
-pgo: ## The gateway's PGO release build (what its image ships, bench/gateway.sh measures): target/pgo/
+pgo: ## The gateway's PGO release build (what its image ships, bench/gateway.sh measures): target/pgo/bin/
 	scripts/pgo-build.sh
 
 bench: ## Core API vs pgbench (needs cargo build --release -p core-api)

@@ -41,9 +41,9 @@
 # Any non-2xx answer or socket error in any run stops the benchmark (exit 1).
 #
 # Environment (defaults in brackets):
-#   GATEWAY_BIN [target/pgo/<host>/release/gateway]   binary under test (copied, so a rebuild
-#                                          mid-run cannot swap it)
-#   BARE_BIN [target/pgo/<host>/release/examples/bare_proxy]   the bare Pingora proxy (copied too)
+#   GATEWAY_BIN [target/pgo/bin/gateway]   binary under test (copied, so a rebuild mid-run
+#                                          cannot swap it)
+#   BARE_BIN [target/pgo/bin/bare_proxy]   the bare Pingora proxy (copied too)
 #   DURATION [10]        seconds per measured run     WARMUP [2]  seconds of warm-up before each
 #   REPEATS [3]          times the whole load sequence runs (median reported)
 #   CONNECTIONS [64]     wrk / h2load connections     H2_STREAMS [10]  h2load streams per conn.
@@ -73,9 +73,8 @@ UPSTREAM_CPU=${UPSTREAM_CPU:-0}
 BENCH_STRICT=${BENCH_STRICT:-0}
 BENCH_KEEP=${BENCH_KEEP:-0}
 BENCH_RESULTS_DIR=${BENCH_RESULTS_DIR:-$repo/bench/results}
-pgo_dir=target/pgo/$(rustc -vV 2>/dev/null | awk '/^host:/ { print $2 }' || true)/release
-GATEWAY_BIN=${GATEWAY_BIN:-$pgo_dir/gateway}
-BARE_BIN=${BARE_BIN:-$pgo_dir/examples/bare_proxy}
+GATEWAY_BIN=${GATEWAY_BIN:-target/pgo/bin/gateway}
+BARE_BIN=${BARE_BIN:-target/pgo/bin/bare_proxy}
 
 # Targets (issue 10): the plain proxy >= 0.85x nginx's req/s over HTTP/1.1 (plain and TLS) with
 # p99 <= 1.25x nginx's, over h2 >= 0.85x with p99 <= 1.5x; JWT + CORS + limits >= 0.9x the
@@ -155,7 +154,7 @@ done
 bin_label=$GATEWAY_BIN
 case $GATEWAY_BIN in
   */debug/*) build_kind="debug build: the numbers below mean nothing" ;;
-  */pgo/*/release/*) build_kind="release build with PGO, scripts/pgo-build.sh" ;;
+  */pgo/*) build_kind="release build with PGO, scripts/pgo-build.sh" ;;
   */release/*) build_kind="release build" ;;
   *) build_kind="build profile unknown" ;;
 esac

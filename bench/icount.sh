@@ -193,17 +193,16 @@ for p in $PROXIES; do
     if [[ $TOOL == none ]]; then
       say "$p $s: $N requests"
       load "$s" "$ptls" "$pplain" "$N" "$work/run.txt"
-      stop_pid "$proxy_pid"
-      proxy_pid=
-      continue
+    else
+      callgrind_control -i on "$proxy_pid" >/dev/null 2>&1
+      say "$p $s: $N requests counted"
+      load "$s" "$ptls" "$pplain" "$N" "$work/run.txt"
+      callgrind_control -d "$p.$s" "$proxy_pid" >/dev/null 2>&1
+      callgrind_control -i off "$proxy_pid" >/dev/null 2>&1
     fi
-    callgrind_control -i on "$proxy_pid" >/dev/null 2>&1
-    say "$p $s: $N requests counted"
-    load "$s" "$ptls" "$pplain" "$N" "$work/run.txt"
-    callgrind_control -d "$p.$s" "$proxy_pid" >/dev/null 2>&1
-    callgrind_control -i off "$proxy_pid" >/dev/null 2>&1
     stop_pid "$proxy_pid"
     proxy_pid=
+    [[ $TOOL == none ]] && continue
     # The dump named after the run: the file with the largest Ir among this run's dumps.
     ir=0
     for f in "$cg"*; do

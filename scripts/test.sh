@@ -74,7 +74,6 @@ step "the gateway's PGO release build (what its image ships; scripts/pgo-build.s
 "$repo/scripts/pgo-build.sh"
 
 step "runtime image layout (scripts/image-test.sh): the shipped binaries in a distroless-like root filesystem"
-host=$(rustc -vV | awk '/^host:/ { print $2 }')
-"$repo/scripts/image-test.sh" "$repo/target/release" "$repo/target/pgo/$host/release/gateway"
+"$repo/scripts/image-test.sh" "$repo/target/release" "$repo/target/pgo/bin/gateway"
 
 step "all checks passed"
