@@ -199,9 +199,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
                     () = &mut shutdown_wait => return,
                 }
             };
-            let header_deadline = match next {
-                Next::First => first,
-                Next::Reused(_) => Instant::now() + self.limits.header_timeout,
+            // A later request's header is due `header_timeout` after its first bytes; the
+            // clock is read for it only when the first poll below leaves the header incomplete
+            // (rare: it usually comes whole), so that deadline counts from the end of that poll.
+            let first_request_deadline = match next {
+                Next::First => Some(first),
+                Next::Reused(_) => None,
             };
 
             let mut session = ServerSession::new_http1(stream);
@@ -251,7 +254,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
                 Poll::Pending => tokio::select! {
                     biased;
                     reused = &mut request => reused,
-                    () = tokio::time::sleep_until(header_deadline) => {
+                    () = tokio::time::sleep_until(first_request_deadline.unwrap_or_else(|| {
+                        Instant::now() + self.limits.header_timeout
+                    })) => {
                         if state.header_done.load(Ordering::Acquire) {
                             // A slow answer is not the client's doing; the header came in time.
                             request.await

@@ -1,26 +1,29 @@
 //! Route selection: longest matching path prefix, optionally restricted to a host and methods;
 //! and the path-claim rule (`/api/users/{sub}/…` must carry the verified subject).
 
+use std::cell::LazyCell;
+
 use http::Method;
 
 use crate::settings::Route;
 
-/// Index of the route for this request, or `None` (404 at the edge).
-pub fn select<'a>(
+/// Index of the route for this request, or `None` (404 at the edge). `host` gives the
+/// request's host; it is asked only when a route restricted to a host matches the path, so a
+/// configuration without host routes never reads or parses it.
+pub fn select<'a, 'h>(
     routes: impl IntoIterator<Item = &'a Route>,
-    host: Option<&str>,
+    host: impl FnOnce() -> Option<&'h str>,
     method: &Method,
     path: &str,
 ) -> Option<usize> {
-    let host = host.map(host_name);
+    let host = LazyCell::new(|| host().map(host_name));
     routes
         .into_iter()
         .enumerate()
         .filter(|(_, r)| path.starts_with(r.prefix.as_str()))
-        .filter(|(_, r)| match (&r.host, host) {
-            (None, _) => true,
-            (Some(want), Some(h)) => host_name(want).eq_ignore_ascii_case(h),
-            (Some(_), None) => false,
+        .filter(|(_, r)| match &r.host {
+            None => true,
+            Some(want) => host.is_some_and(|h| host_name(want).eq_ignore_ascii_case(h)),
         })
         .filter(|(_, r)| {
             // RFC 9110 §9.1: methods are case-sensitive (`post` is not POST).
@@ -77,6 +80,37 @@ mod tests {
             upstream: "u".into(),
             ..Route::default()
         }
+    }
+
+    /// `super::select` with the host already known.
+    fn select(routes: &[Route], host: Option<&str>, method: &Method, path: &str) -> Option<usize> {
+        super::select(routes, || host, method, path)
+    }
+
+    #[test]
+    fn the_host_is_read_only_for_a_host_route_on_the_path() {
+        let asked = std::cell::Cell::new(0);
+        let host = || {
+            asked.set(asked.get() + 1);
+            Some("api.example.com")
+        };
+        let open = vec![route("/", &[], None), route("/api/", &[], None)];
+        assert_eq!(super::select(&open, host, &Method::GET, "/api/x"), Some(1));
+        assert_eq!(asked.get(), 0, "no route is restricted to a host");
+        let hosted = vec![
+            route("/", &[], None),
+            route("/api/", &[], Some("api.example.com")),
+        ];
+        assert_eq!(
+            super::select(&hosted, host, &Method::GET, "/other"),
+            Some(0)
+        );
+        assert_eq!(asked.get(), 0, "the host route does not match the path");
+        assert_eq!(
+            super::select(&hosted, host, &Method::GET, "/api/x"),
+            Some(1)
+        );
+        assert_eq!(asked.get(), 1, "asked once");
     }
 
     #[test]

@@ -40,10 +40,12 @@ pub fn route(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<usize, Rejection> {
-    let host = headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(uri.host());
+    let host = || {
+        headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(uri.host())
+    };
     routing::select(routes.iter().map(|r| &r.cfg), host, method, uri.path())
         .ok_or(Rejection::NoRoute)
 }

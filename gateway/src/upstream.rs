@@ -7,6 +7,7 @@
 //! changes), so a pick reads flags in a short list instead of hashing every candidate backend
 //! into Pingora's health map.
 
+use std::cell::LazyCell;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -166,13 +167,14 @@ impl UpstreamRt {
     /// by round robin or fewest requests in flight. Ejection is ignored when it would leave
     /// nothing, so a flapping check never turns into a total outage by itself.
     pub fn pick(&self) -> Option<SocketAddr> {
-        let now = Instant::now();
+        // The clock is read only if some target was ejected.
+        let now = LazyCell::new(Instant::now);
         let mut state = self.targets_state.lock().unwrap_or_else(|p| p.into_inner());
         let usable = |a: &SocketAddr| {
             state
                 .get(a)
                 .and_then(|t| t.ejected_until)
-                .is_none_or(|until| until <= now)
+                .is_none_or(|until| until <= *now)
         };
         let healthy = |t: &&Target| t.healthy.load(Ordering::Relaxed);
         let chosen = match self.settings.balance {

@@ -46,7 +46,12 @@ static FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS: AtomicU64 =
     AtomicU64::new(DEFAULT_FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS);
 
 fn check_clock_thread(tm: &Arc<TimerManager>) {
-    if tm.should_i_start_clock() {
+    check_clock_thread_at(tm, std::time::Instant::now());
+}
+
+/// GATEHOUSE PATCH (vendor/README.md, 15): [check_clock_thread] with the clock already read.
+fn check_clock_thread_at(tm: &Arc<TimerManager>, now: std::time::Instant) {
+    if tm.should_i_start_clock_at(now) {
         std::thread::Builder::new()
             .name("Timer thread".into())
             .spawn(|| TIMER_MANAGER.clock_thread())
@@ -91,9 +96,11 @@ pub struct FastTimeout(Duration);
 impl ToTimeout for FastTimeout {
     fn timeout(&self) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         // GATEHOUSE PATCH (vendor/README.md, 15): the clock thread is checked here, when a
-        // timer is registered, not by every `fast_timeout()` whose future is ready at once.
-        check_clock_thread(&TIMER_MANAGER);
-        Box::pin(TIMER_MANAGER.register_timer(self.0).poll())
+        // timer is registered, not by every `fast_timeout()` whose future is ready at once;
+        // the check and the timer's deadline share one clock read.
+        let now = std::time::Instant::now();
+        check_clock_thread_at(&TIMER_MANAGER, now);
+        Box::pin(TIMER_MANAGER.register_timer_at(now, self.0).poll())
     }
 
     fn create(d: Duration) -> Self {

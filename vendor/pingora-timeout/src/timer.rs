@@ -195,11 +195,19 @@ impl TimerManager {
 
     // False if the clock is already started
     // If true, the caller must start the clock thread next
+    // GATEHOUSE PATCH (vendor/README.md, 15): only the tests read the clock here.
+    #[cfg(test)]
     pub(crate) fn should_i_start_clock(&self) -> bool {
-        let Err(prev) = self.is_clock_running() else {
+        self.should_i_start_clock_at(Instant::now())
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 15): [Self::should_i_start_clock] with the clock
+    /// already read.
+    pub(crate) fn should_i_start_clock_at(&self, now: Instant) -> bool {
+        let Err(prev) = self.is_clock_running_at(now) else {
             return false;
         };
-        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
+        let now = now.duration_since(self.zero).as_secs() as i64;
         let res =
             self.clock_watchdog
                 .compare_exchange(prev, now, Ordering::SeqCst, Ordering::SeqCst);
@@ -208,8 +216,16 @@ impl TimerManager {
 
     // Ok(()) if clock is running (watch dog is within DELAYS_SEC of now)
     // Err(time) if watch do stopped at `time`
+    // GATEHOUSE PATCH (vendor/README.md, 15): only the tests read the clock here.
+    #[cfg(test)]
     pub(crate) fn is_clock_running(&self) -> Result<(), i64> {
-        let now = Instant::now().duration_since(self.zero).as_secs() as i64;
+        self.is_clock_running_at(Instant::now())
+    }
+
+    // GATEHOUSE PATCH (vendor/README.md, 15): [Self::is_clock_running] with the clock already
+    // read.
+    fn is_clock_running_at(&self, now: Instant) -> Result<(), i64> {
+        let now = now.duration_since(self.zero).as_secs() as i64;
         let prev = self.clock_watchdog.load(Ordering::SeqCst);
         if now < prev + DELAYS_SEC {
             Ok(())
@@ -222,6 +238,12 @@ impl TimerManager {
     ///
     /// When the timer expires, the [TimerStub] will be notified.
     pub fn register_timer(&self, duration: Duration) -> TimerStub {
+        self.register_timer_at(Instant::now(), duration)
+    }
+
+    /// GATEHOUSE PATCH (vendor/README.md, 15): [Self::register_timer] for a timer of `duration`
+    /// from `now`, a clock read the caller has made already.
+    pub fn register_timer_at(&self, now: Instant, duration: Duration) -> TimerStub {
         if self.is_paused_for_fork() {
             // Return a dummy TimerStub that will trigger right away.
             // This is fine assuming pause_for_fork() is called right before fork().
@@ -232,7 +254,7 @@ impl TimerManager {
             timer.fire();
             return timer.subscribe();
         }
-        let now: Time = (Instant::now() + duration - self.zero).into();
+        let now: Time = (now + duration - self.zero).into();
         {
             let timers = self.timers.get_or(Default::default).read();
             // GATEHOUSE PATCH (vendor/README.md, 15): the timer made last first.
