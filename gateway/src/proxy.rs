@@ -104,15 +104,21 @@ async fn admit(rt: &Runtime, req: &RequestHeader, ctx: &mut Ctx) -> Result<Admit
     }
     stages::declared_body(route, headers)?;
     let redis = rt.redis.as_deref();
-    stages::limit(route, redis, LimitKey::Ip, ctx.client_ip, None).await?;
-    stages::limit(route, redis, LimitKey::Global, None, None).await?;
+    // A route without limits skips the limit stages (and their futures) altogether.
+    let limited = !route.limits.is_empty();
+    if limited {
+        stages::limit(route, redis, LimitKey::Ip, ctx.client_ip, None).await?;
+        stages::limit(route, redis, LimitKey::Global, None, None).await?;
+    }
     if route.cfg.auth == Auth::Jwt {
         let claims = ctx
             .user
             .insert(stages::authenticate(&rt.jwks, headers).await?);
         stages::path_claim(route, uri.path(), &claims.sub)?;
-        let subject = claims.sub_header();
-        stages::limit(route, redis, LimitKey::Subject, None, subject).await?;
+        if limited {
+            let subject = claims.sub_header();
+            stages::limit(route, redis, LimitKey::Subject, None, subject).await?;
+        }
     }
     Ok(Admitted::Forward)
 }
@@ -438,7 +444,10 @@ impl ProxyHttp for Gateway {
         // Every one of these names was removed from the client's request (`strip_spoofable`,
         // of which this is a copy), so each is added as new, beside the header map rather than
         // hashed into it (vendored Pingora patch 18).
-        if let Some(ip) = ctx.client_ip.and_then(headers::ip_value) {
+        let client = ctx
+            .client_ip
+            .and_then(|ip| crate::conn::address_value(session.stream(), ip, headers::ip_value));
+        if let Some(ip) = client {
             upstream.append_new_header(&headers::X_FORWARDED_FOR, ip);
         }
         upstream.append_new_header(&headers::X_FORWARDED_PROTO, proto.clone());

@@ -3,14 +3,16 @@
 
 use std::fmt;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
+use http::HeaderValue;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -28,6 +30,9 @@ pub(super) struct State {
     pub(super) header_done: AtomicBool,
     /// HTTP/2: octets of the connection preface not read yet; 0 on HTTP/1.
     pub(super) preface_left: AtomicUsize,
+    /// The client's address as a header value, for the address it was first made for
+    /// (`address_value`).
+    pub(super) address_value: OnceLock<(IpAddr, HeaderValue)>,
     /// Bytes to read before the stream's own (only when pipelining; see `serve_h1`).
     stashed: AtomicBool,
     stash: Mutex<Option<BytesMut>>,
