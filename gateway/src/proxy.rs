@@ -382,7 +382,8 @@ impl ProxyHttp for Gateway {
             ));
         };
         ctx.target = Some(target);
-        let mut peer = HttpPeer::new(target, false, String::new());
+        // Built in its box: the peer is ~470 bytes, and a peer made on the stack was copied in.
+        let mut peer = Box::new(HttpPeer::new(target, false, String::new()));
         let route_timeout = self
             .route(ctx)
             .and_then(|r| r.cfg.timeout_ms)
@@ -400,7 +401,7 @@ impl ProxyHttp for Gateway {
         peer.options.read_timeout = Some(route_timeout.unwrap_or(up.read).min(left));
         peer.options.write_timeout = Some(route_timeout.unwrap_or(up.write).min(left));
         peer.options.idle_timeout = Some(up.idle);
-        Ok(Box::new(peer))
+        Ok(peer)
     }
 
     fn fail_to_connect(
