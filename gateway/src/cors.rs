@@ -211,8 +211,11 @@ pub fn decide(policy: Option<&Policy>, method: &Method, headers: &HeaderMap) -> 
     };
     // An origin that is not even ASCII matches nothing (RFC 6454 serialises origins in ASCII).
     let origin = origin_value.to_str().unwrap_or("null");
-    let requested_method = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let preflight = method == Method::OPTIONS && requested_method.is_some();
+    // Only an OPTIONS request can be a preflight: no other asks for the requested method.
+    let requested_method = (method == Method::OPTIONS)
+        .then(|| headers.get(header::ACCESS_CONTROL_REQUEST_METHOD))
+        .flatten();
+    let preflight = requested_method.is_some();
     let Some(policy) = policy.filter(|p| p.allows_origin(origin)) else {
         return if preflight {
             Outcome::PreflightRejected("origin is not allowed")

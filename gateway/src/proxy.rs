@@ -104,10 +104,11 @@ async fn admit(rt: &Runtime, req: &RequestHeader, ctx: &mut Ctx) -> Result<Admit
     }
     stages::declared_body(route, headers)?;
     let redis = rt.redis.as_deref();
-    // A route without limits skips the limit stages (and their futures) altogether.
-    let limited = !route.limits.is_empty();
-    if limited {
+    // Only the stages of the keys the route has limits for run (each is a future of its own).
+    if route.limited_by(LimitKey::Ip) {
         stages::limit(route, redis, LimitKey::Ip, ctx.client_ip, None).await?;
+    }
+    if route.limited_by(LimitKey::Global) {
         stages::limit(route, redis, LimitKey::Global, None, None).await?;
     }
     if route.cfg.auth == Auth::Jwt {
@@ -115,7 +116,7 @@ async fn admit(rt: &Runtime, req: &RequestHeader, ctx: &mut Ctx) -> Result<Admit
             .user
             .insert(stages::authenticate(&rt.jwks, headers).await?);
         stages::path_claim(route, uri.path(), &claims.sub)?;
-        if limited {
+        if route.limited_by(LimitKey::Subject) {
             let subject = claims.sub_header();
             stages::limit(route, redis, LimitKey::Subject, None, subject).await?;
         }

@@ -11,7 +11,7 @@ use crate::cors;
 use crate::jwks::Jwks;
 use crate::limits::{Limits, Named, RedisLimits};
 use crate::metrics::RouteMetrics;
-use crate::settings::{Route, Settings};
+use crate::settings::{LimitKey, Route, Settings};
 use crate::upstream::UpstreamRt;
 
 /// A route with everything it references resolved.
@@ -23,6 +23,13 @@ pub struct RouteRt {
     pub body_limit: usize,
     pub upstream: Arc<UpstreamRt>,
     pub metrics: Arc<RouteMetrics>,
+}
+
+impl RouteRt {
+    /// Whether the route has a limit keyed by `key` (a few limits at most: a short scan).
+    pub fn limited_by(&self, key: LimitKey) -> bool {
+        self.limits.iter().any(|l| l.key == key)
+    }
 }
 
 /// The compiled configuration (`compile.rs` builds it); swapped whole on reload.

@@ -104,9 +104,13 @@ pub async fn limit(
             },
             LimitKey::Global => Bucket::Shared,
         };
+        let verdict = match l.check_now(&bucket, redis) {
+            Some(verdict) => verdict,
+            None => l.check_shared(&bucket, redis).await,
+        };
         if let Verdict::Limited {
             retry_after_secs, ..
-        } = l.check(&bucket, redis).await
+        } = verdict
         {
             return Err(Rejection::RateLimited {
                 limit: l.clone(),
