@@ -171,6 +171,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
                     Next::First => false,
                     Next::Reused(_) => {
                         wait_deadline = Instant::now() + self.limits.keepalive;
+                        // Still set for the first request's header deadline, later than this
+                        // wait's end (a header timeout longer than the keep-alive timeout):
+                        // brought forward, once per connection at most.
+                        if idle_timer.deadline() > wait_deadline {
+                            idle_timer.as_mut().reset(wait_deadline);
+                        }
                         true
                     }
                 };
@@ -614,6 +620,28 @@ mod tests {
                 "open after /r{i}"
             );
         }
+        assert!(closed(&mut c, Duration::from_millis(1500)).await);
+        task.await.unwrap();
+        assert_eq!(limits.header_timeouts.get(), 0);
+    }
+
+    /// A keep-alive timeout shorter than the header deadline still closes an idle connection
+    /// on time: the connection's one timer, set for the first header, is brought forward.
+    #[tokio::test]
+    async fn a_short_keepalive_timeout_is_kept_after_a_long_header_deadline() {
+        let limits = limits(0, 3000, 300);
+        let app = Arc::new(Guarded::new(
+            HeaderMarked(Paths { pipelining: false }),
+            limits.clone(),
+            None,
+        ));
+        let (mut c, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            let (_tx, rx) = tokio::sync::watch::channel(false);
+            app.process_new(Box::new(server), &rx).await;
+        });
+        c.write_all(&get("/a")).await.unwrap();
+        assert_eq!(answer(&mut c).await, "/a");
         assert!(closed(&mut c, Duration::from_millis(1500)).await);
         task.await.unwrap();
         assert_eq!(limits.header_timeouts.get(), 0);
