@@ -145,34 +145,39 @@ impl Named {
     }
 
     /// The verdict for one request in `bucket` without waiting, when this process's bucket
-    /// decides (the limit is local, or no Redis is configured); `None` when Redis must be asked
+    /// decides (the limit is local, or no Redis is configured); else the Redis to ask
     /// ([`Self::check_shared`]). A local limit's check is a plain call, with no `async` state
     /// machine around it.
-    pub fn check_now(&self, bucket: &Bucket, shared: Option<&RedisLimits>) -> Option<Verdict> {
-        (self.store != LimitStore::Redis || shared.is_none()).then(|| self.check_local(bucket))
+    pub fn check_now<'r>(
+        &self,
+        bucket: &Bucket,
+        shared: Option<&'r RedisLimits>,
+    ) -> Result<Verdict, &'r RedisLimits> {
+        match shared {
+            Some(redis) if self.store == LimitStore::Redis => Err(redis),
+            _ => Ok(self.check_local(bucket)),
+        }
     }
 
     /// The verdict of a shared limit: from Redis when it answers in time, from this process's
     /// bucket otherwise.
-    pub async fn check_shared(&self, bucket: &Bucket, shared: Option<&RedisLimits>) -> Verdict {
-        if let Some(redis) = shared {
-            // Boxed: the Redis round trip's state (kilobytes, with its timeout) would otherwise
-            // be laid out inline in `request_filter`'s future, which `async_trait` moves into a
-            // box of its own on every request, whether or not a limit of the route is shared.
-            let key = bucket.to_string();
-            let shared_check = Box::pin(redis.gcra(&self.name, &key, self.interval_us, self.burst));
-            match shared_check.await {
-                Ok(None) => return Verdict::Allowed,
-                Ok(Some(wait_us)) => {
-                    return Verdict::Limited {
-                        limit: self.burst,
-                        retry_after_secs: wait_us.div_ceil(1_000_000).max(1),
-                    };
-                }
-                Err(e) => redis.failed(&self.name, &e),
+    pub async fn check_shared(&self, bucket: &Bucket, redis: &RedisLimits) -> Verdict {
+        // Boxed: the Redis round trip's state (kilobytes, with its timeout) would otherwise be
+        // laid out inline in `request_filter`'s future, which `async_trait` moves into a box of
+        // its own on every request, whether or not a limit of the route is shared.
+        let key = bucket.to_string();
+        let shared_check = Box::pin(redis.gcra(&self.name, &key, self.interval_us, self.burst));
+        match shared_check.await {
+            Ok(None) => Verdict::Allowed,
+            Ok(Some(wait_us)) => Verdict::Limited {
+                limit: self.burst,
+                retry_after_secs: wait_us.div_ceil(1_000_000).max(1),
+            },
+            Err(e) => {
+                redis.failed(&self.name, &e);
+                self.check_local(bucket)
             }
         }
-        self.check_local(bucket)
     }
 
     fn check_local(&self, bucket: &Bucket) -> Verdict {

@@ -105,8 +105,8 @@ pub async fn limit(
             LimitKey::Global => Bucket::Shared,
         };
         let verdict = match l.check_now(&bucket, redis) {
-            Some(verdict) => verdict,
-            None => l.check_shared(&bucket, redis).await,
+            Ok(verdict) => verdict,
+            Err(redis) => l.check_shared(&bucket, redis).await,
         };
         if let Verdict::Limited {
             retry_after_secs, ..
